@@ -1,0 +1,139 @@
+"""The one settings object of Local RAG Chat.
+
+Every tunable is read here, from the environment or a ``.env`` file in the
+working directory, and nowhere else. Code takes a ``Settings`` argument (or
+calls :func:`get_settings`) instead of reading ``os.environ``.
+
+>>> from rag.settings import Settings
+>>> s = Settings(RAG_DATA_DIR="/tmp/rag-data")
+>>> s.models_dir.name
+'models'
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    # The environment name; populate_by_name lets code pass the field name too.
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """Paths, store, embedding, retrieval, LLM endpoint and routing settings."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # --- paths -----------------------------------------------------------
+    docs_dir: Path = Field(Path("docs"), validation_alias=_env("RAG_DOCS_DIR"))
+    data_dir: Path = Field(Path(".data"), validation_alias=_env("RAG_DATA_DIR"))
+    # Models are big and built once; tests point many throwaway data dirs at
+    # one models dir, so it is a setting of its own (default: DATA_DIR/models).
+    models_dir_override: Path | None = Field(None, validation_alias=_env("RAG_MODELS_DIR"))
+
+    # --- store -------------------------------------------------------------
+    collection: str = Field("chunks", validation_alias=_env("RAG_COLLECTION"))
+    chroma_host: str | None = Field(None, validation_alias=_env("CHROMA_HOST"))
+    chroma_port: int = Field(8000, validation_alias=_env("CHROMA_PORT"))
+
+    # --- ingest ------------------------------------------------------------
+    chunk_tokens: int = Field(220, ge=32, le=256, validation_alias=_env("RAG_CHUNK_TOKENS"))
+    chunk_overlap: int = Field(40, ge=0, validation_alias=_env("RAG_CHUNK_OVERLAP"))
+    max_file_mb: float = Field(50.0, gt=0, validation_alias=_env("RAG_MAX_FILE_MB"))
+    lock_timeout_s: float = Field(0.0, ge=0, validation_alias=_env("RAG_LOCK_TIMEOUT"))
+
+    # --- embeddings ----------------------------------------------------------
+    embed_precision: Literal["fp32", "int8"] = Field(
+        "fp32", validation_alias=_env("RAG_EMBED_PRECISION")
+    )
+    embed_batch: int = Field(32, ge=1, validation_alias=_env("RAG_EMBED_BATCH"))
+    embed_max_tokens: int = Field(256, ge=16, le=512, validation_alias=_env("RAG_EMBED_MAX_TOKENS"))
+    threads: int = Field(0, ge=0, validation_alias=_env("RAG_THREADS"))  # 0: one per core
+
+    # --- retrieval -----------------------------------------------------------
+    top_k: int = Field(5, ge=1, le=50, validation_alias=_env("RAG_TOP_K"))
+    candidates: int = Field(30, ge=1, validation_alias=_env("RAG_CANDIDATES"))
+    rrf_k: int = Field(60, ge=1, validation_alias=_env("RAG_RRF_K"))
+
+    # --- local LLM endpoint --------------------------------------------------
+    llm_base_url: str | None = Field(None, validation_alias=_env("LLM_BASE_URL"))
+    llm_api_key: str = Field("not-needed", validation_alias=_env("LLM_API_KEY"))
+    llm_model: str | None = Field(None, validation_alias=_env("LLM_MODEL"))
+    foundry_model: str = Field("phi-4-mini", validation_alias=_env("FOUNDRY_MODEL"))
+    llm_timeout_s: float = Field(120.0, gt=0, validation_alias=_env("LLM_TIMEOUT"))
+    llm_connect_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("LLM_CONNECT_TIMEOUT"))
+    # The whole prompt plus answer must fit here: Ollama's default is 2048.
+    context_tokens: int = Field(2048, ge=256, validation_alias=_env("RAG_CONTEXT_TOKENS"))
+    answer_tokens: int = Field(512, ge=16, validation_alias=_env("RAG_ANSWER_TOKENS"))
+    history_turns: int = Field(6, ge=0, validation_alias=_env("RAG_HISTORY_TURNS"))
+    temperature: float = Field(0.2, ge=0, le=2, validation_alias=_env("RAG_TEMPERATURE"))
+
+    # --- embedded engine (ONNX Runtime GenAI) --------------------------------
+    engine: Literal["auto", "off"] = Field("auto", validation_alias=_env("RAG_ENGINE"))
+    engine_model_dir_override: Path | None = Field(
+        None, validation_alias=_env("RAG_ENGINE_MODEL_DIR")
+    )
+    engine_source: str | None = Field(None, validation_alias=_env("RAG_ENGINE_SOURCE"))
+
+    # --- routing and cloud fallback ------------------------------------------
+    llm_fallback_base_url: str | None = Field(None, validation_alias=_env("LLM_FALLBACK_BASE_URL"))
+    llm_fallback_api_key: str | None = Field(None, validation_alias=_env("LLM_FALLBACK_API_KEY"))
+    llm_fallback_model: str | None = Field(None, validation_alias=_env("LLM_FALLBACK_MODEL"))
+    routing: Literal["local-first", "cloud-first", "local-only"] = Field(
+        "local-first", validation_alias=_env("RAG_ROUTING")
+    )
+    llm_code_model: str | None = Field(None, validation_alias=_env("LLM_CODE_MODEL"))
+    routing_file: Path | None = Field(None, validation_alias=_env("RAG_ROUTING_FILE"))
+
+    # --- chat app and API ----------------------------------------------------
+    upload_max_mb: float = Field(20.0, gt=0, validation_alias=_env("RAG_UPLOAD_MAX_MB"))
+    api_key: str | None = Field(None, validation_alias=_env("RAG_API_KEY"))
+
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(
+                f"RAG_CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than "
+                f"RAG_CHUNK_TOKENS ({self.chunk_tokens})"
+            )
+        return self
+
+    @property
+    def models_dir(self) -> Path:
+        """Where exported models live (``RAG_MODELS_DIR``, default ``DATA_DIR/models``)."""
+        return self.models_dir_override or self.data_dir / "models"
+
+    @property
+    def embedder_dir(self) -> Path:
+        """The exported ONNX embedding model: model files, tokenizer.json, manifest.json."""
+        return self.models_dir / "all-MiniLM-L6-v2-onnx"
+
+    @property
+    def engine_model_dir(self) -> Path:
+        """The ONNX Runtime GenAI model the embedded engine serves."""
+        return self.engine_model_dir_override or self.models_dir / "smollm2-135m-instruct-int4"
+
+    @property
+    def chroma_dir(self) -> Path:
+        """The persistent Chroma store (unused when ``CHROMA_HOST`` is set)."""
+        return self.data_dir / "chroma"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with the given fields replaced, validated like the original (for CLI flags)."""
+        data = self.model_dump()
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return Settings(**data)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment and ``.env``."""
+    return Settings()

@@ -1,0 +1,227 @@
+"""The chunk store: one Chroma collection holding chunk text, metadata and vectors.
+
+The same code talks to an embedded, persistent Chroma (``DATA_DIR/chroma``) or,
+when ``CHROMA_HOST`` is set, to a Chroma server. Vectors are always computed by
+us (:mod:`rag.embed`) and passed in: Chroma's default embedding function would
+try to download a model.
+
+Chroma allows one writing process per store. Writers take the ingest lock
+(:mod:`ingest.lock`); after each committed change they bump the *generation*
+file so that long-lived readers (the chat app) know to reopen and see fresh
+vectors instead of Chroma's cached index.
+
+>>> store = ChunkStore(Settings(RAG_DATA_DIR="/tmp/x"))       # doctest: +SKIP
+>>> store.add([chunk], vectors); store.count()                 # doctest: +SKIP
+1
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag.errors import NoDocuments, RagError
+from rag.settings import Settings
+
+# Chroma rejects batches above its max_batch_size (5461 for the embedded store).
+_WRITE_BATCH = 4000
+# get(limit=...) above a few thousand ids hits SQLite's variable limit.
+_READ_PAGE = 2000
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of one source file, the unit that is embedded, stored and retrieved."""
+
+    id: str  # stable: "<source>#<index>"
+    source: str  # path relative to the docs folder, with "/" separators
+    index: int  # position of the chunk within its source
+    text: str
+    page: int | None = None  # 1-based page for paged formats (PDF), else None
+    heading: str | None = None  # nearest heading above the chunk, if any
+    file_sha256: str = ""  # content hash of the source file the chunk came from
+
+    def metadata(self) -> dict[str, str | int]:
+        # Chroma metadata values cannot be None, so absent fields are omitted.
+        meta: dict[str, str | int] = {
+            "source": self.source,
+            "index": self.index,
+            "file_sha256": self.file_sha256,
+        }
+        if self.page is not None:
+            meta["page"] = self.page
+        if self.heading:
+            meta["heading"] = self.heading
+        return meta
+
+    @classmethod
+    def from_record(cls, chunk_id: str, text: str, meta: dict[str, Any]) -> Chunk:
+        page = meta.get("page")
+        return cls(
+            id=chunk_id,
+            source=str(meta.get("source", "")),
+            index=int(meta.get("index", 0)),
+            text=text or "",
+            page=int(page) if page is not None else None,
+            heading=meta.get("heading") or None,
+            file_sha256=str(meta.get("file_sha256", "")),
+        )
+
+
+def chunk_id(source: str, index: int) -> str:
+    """The stable id of the ``index``-th chunk of ``source``."""
+    return f"{source}#{index}"
+
+
+class ChunkStore:
+    """A Chroma collection of :class:`Chunk` records with cosine-distance vectors."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client = _open_client(settings)
+        self._collection = self._client.get_or_create_collection(
+            name=settings.collection,
+            embedding_function=None,
+            configuration={"hnsw": {"space": "cosine"}},
+        )
+
+    @property
+    def location(self) -> str:
+        """Where the store lives, for messages: a folder or ``host:port``."""
+        s = self.settings
+        return f"http://{s.chroma_host}:{s.chroma_port}" if s.chroma_host else str(s.chroma_dir)
+
+    def count(self) -> int:
+        """Number of chunks in the store."""
+        return self._collection.count()
+
+    def add(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        """Write chunks with their vectors; an existing id is overwritten, never duplicated."""
+        if len(chunks) != len(vectors):
+            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+        for start in range(0, len(chunks), _WRITE_BATCH):
+            part = chunks[start : start + _WRITE_BATCH]
+            self._collection.upsert(
+                ids=[c.id for c in part],
+                documents=[c.text for c in part],
+                metadatas=[c.metadata() for c in part],
+                embeddings=np.asarray(vectors[start : start + _WRITE_BATCH], dtype=np.float32),
+            )
+
+    def delete_source(self, source: str) -> None:
+        """Remove every chunk of one source file (a no-op when it has none)."""
+        self._collection.delete(where={"source": source})
+
+    def query(self, vector: np.ndarray, k: int) -> list[tuple[Chunk, float]]:
+        """The ``k`` nearest chunks to a unit vector, with cosine similarity, best first.
+
+        Raises :class:`NoDocuments` when the store is empty.
+        """
+        if self.count() == 0:
+            raise NoDocuments(str(self.settings.docs_dir))
+        res = self._collection.query(
+            query_embeddings=[np.asarray(vector, dtype=np.float32)],
+            n_results=k,
+            include=["documents", "metadatas", "distances"],
+        )
+        ids, docs, metas, dists = (
+            res["ids"][0],
+            res["documents"][0],
+            res["metadatas"][0],
+            res["distances"][0],
+        )
+        return [
+            (Chunk.from_record(i, d, dict(m or {})), 1.0 - float(dist))
+            for i, d, m, dist in zip(ids, docs, metas, dists, strict=True)
+        ]
+
+    def iter_chunks(self, page_size: int = _READ_PAGE) -> Iterator[Chunk]:
+        """Every chunk in the store, read page by page (for the BM25 index and audits)."""
+        offset = 0
+        while True:
+            res = self._collection.get(
+                include=["documents", "metadatas"], limit=page_size, offset=offset
+            )
+            ids = res["ids"]
+            if not ids:
+                return
+            for i, d, m in zip(ids, res["documents"], res["metadatas"], strict=True):
+                yield Chunk.from_record(i, d, dict(m or {}))
+            offset += len(ids)
+
+    def ids_of_source(self, source: str) -> list[str]:
+        """Ids of the chunks stored for one source."""
+        return list(self._collection.get(where={"source": source}, include=[])["ids"])
+
+    def reset(self) -> None:
+        """Drop and recreate the collection (``python -m ingest --rebuild``)."""
+        try:
+            self._client.delete_collection(self.settings.collection)
+        except Exception:  # noqa: BLE001 - Chroma raises different types per version when absent
+            pass
+        self._collection = self._client.get_or_create_collection(
+            name=self.settings.collection,
+            embedding_function=None,
+            configuration={"hnsw": {"space": "cosine"}},
+        )
+
+
+def _open_client(settings: Settings) -> Any:
+    # Imported here: chromadb takes ~0.6 s to import and the CLIs print help without it.
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    if settings.chroma_host:
+        try:
+            return chromadb.HttpClient(
+                host=settings.chroma_host, port=settings.chroma_port, settings=chroma_settings
+            )
+        except Exception as exc:  # noqa: BLE001 - connection errors vary by transport
+            raise RagError(
+                f"Could not reach the Chroma server at {settings.chroma_host}:{settings.chroma_port}"
+                f" ({exc}). Start it with `chroma run --path DIR --port {settings.chroma_port}`"
+                " or unset CHROMA_HOST to use the local store."
+            ) from exc
+    settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+
+
+def forget_cached_clients() -> None:
+    """Drop Chroma's process-wide client cache so the next open reads fresh state from disk.
+
+    A reader that keeps a client open sees new counts but a stale vector index
+    after another process wrote the store; reopening after this call fixes it.
+    """
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    SharedSystemClient.clear_system_cache()
+
+
+def _generation_file(settings: Settings) -> Path:
+    return settings.data_dir / "store-generation"
+
+
+def read_generation(settings: Settings) -> str:
+    """A token that changes whenever a writer commits a change to the store."""
+    try:
+        return _generation_file(settings).read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def bump_generation(settings: Settings) -> str:
+    """Record that the store changed; returns the new generation token."""
+    path = _generation_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(token)
+    os.replace(tmp, path)  # atomic, so a reader never sees half a token
+    return token
