@@ -1,0 +1,295 @@
+"""Local RAG Chat: the Chainlit app (`chainlit run app.py`).
+
+The handlers below read like the conversation: greet and offer the models, take
+dropped files into the knowledge base, answer with sources. The work lives in
+``rag/`` (discovery, retrieval, prompt, answer pipeline, uploads) and ``ingest/``;
+this file only turns its events and error sentences into chat messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import chainlit as cl
+from chainlit.input_widget import Select
+from chainlit.server import app as chainlit_server
+
+from ingest.pipeline import IngestReport, ingest
+from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer
+from rag.discovery import local_endpoint
+from rag.errors import NoDocuments, RagError, StreamInterrupted
+from rag.llm import Endpoint, Message, list_models
+from rag.openai_api import mount_openai_api
+from rag.prompt import source_label
+from rag.retrieve import Hit, retrieve
+from rag.settings import Settings, get_settings
+from rag.uploads import SavedUpload, save_upload
+
+log = logging.getLogger("local_rag_chat")
+
+
+# --- the conversation ---------------------------------------------------------------
+
+
+@cl.on_chat_start
+async def on_chat_start() -> None:
+    """Find the model server, offer its models in the settings, and say what to do."""
+    settings = get_settings()
+    cl.user_session.set("history", [])
+    try:
+        endpoint = await local_endpoint(settings)
+        models = await list_models(endpoint, settings)
+    except RagError as exc:
+        await cl.Message(content=f"{welcome(settings)}\n\n**No model server yet.** {exc}").send()
+        return
+    model = default_choice(models, settings.llm_model or endpoint.model)
+    remember_endpoint(endpoint, models, model)
+    if models:
+        picker = Select(id="model", label="Model", values=models, initial_index=models.index(model))
+        await cl.ChatSettings([picker]).send()
+    await cl.Message(content=welcome(settings, endpoint, model)).send()
+
+
+@cl.on_settings_update
+async def on_settings_update(values: dict[str, object]) -> None:
+    """Switch the model for this chat; the history stays and the next answer uses it."""
+    model = values.get("model")
+    if isinstance(model, str) and model and model != cl.user_session.get("model"):
+        cl.user_session.set("model", model)
+        await cl.Message(
+            content=f"Switched to `{model}`. It answers from your next message; "
+            "the conversation so far is kept."
+        ).send()
+
+
+@cl.on_message
+async def on_message(message: cl.Message) -> None:
+    """Add any dropped files to the knowledge base, then answer the question."""
+    settings = get_settings()
+    try:
+        uploads = [el for el in message.elements if getattr(el, "path", None)]
+        if uploads:
+            await add_uploads(uploads, settings)
+        question = message.content.strip()
+        # /compare (rag/compare.py) will be dispatched here: two models side by side.
+        if question:
+            await reply(question, settings)
+    except Exception:  # noqa: BLE001 - the chat shows a sentence, the log keeps the traceback
+        log.exception("unexpected error while handling a message")
+        await cl.Message(
+            content="Something went wrong while answering. The details are in the server log; "
+            "please try again."
+        ).send()
+
+
+# --- answering ------------------------------------------------------------------------
+
+
+async def reply(question: str, settings: Settings) -> None:
+    """Search, then stream the answer with its sources; errors become one plain sentence."""
+    history: list[Message] = cl.user_session.get("history") or []
+    msg = cl.Message(content="")
+    start: AnswerStart | None = None
+    done: AnswerDone | None = None
+    try:
+        endpoint = await session_endpoint(settings)
+        hits = await search_step(question, settings)
+        async for event in answer(
+            question,
+            history=history,
+            model=cl.user_session.get("model") or None,
+            local=endpoint,
+            hits=hits,
+            settings=settings,
+        ):
+            if isinstance(event, AnswerStart):
+                start = event
+            elif isinstance(event, AnswerDelta):
+                await msg.stream_token(event.text)
+            elif isinstance(event, AnswerDone):
+                done = event
+    except StreamInterrupted as exc:
+        msg.content = f"{exc.partial}\n\n---\n*{exc} The answer above is incomplete; ask again to retry.*"
+        await msg.send()
+        if start is not None:
+            await show_sources(start.hits, msg.id)
+        remember_turn(history, question, exc.partial)
+        return
+    except NoDocuments as exc:
+        await cl.Message(content=f"**The knowledge base is empty.** {exc}").send()
+        return
+    except RagError as exc:
+        await cl.Message(content=str(exc)).send()
+        return
+
+    assert start is not None and done is not None
+    msg.content = (done.text or "_The model returned an empty answer._") + footer(start, done, endpoint)
+    await msg.send()
+    await show_sources(start.hits, msg.id)
+    remember_turn(history, question, done.text)
+
+
+async def search_step(question: str, settings: Settings) -> list[Hit]:
+    """Retrieve the passages inside a collapsed step that lists them."""
+    async with cl.Step(name="document search", type="retrieval", default_open=False) as step:
+        step.input = question
+        try:
+            # Embedding and Chroma block for a few ms; keep the event loop free.
+            hits = await asyncio.to_thread(retrieve, question, settings=settings)
+        except NoDocuments:
+            step.output = "The knowledge base is empty."
+            raise
+        step.output = hits_table(hits)
+    return hits
+
+
+def footer(start: AnswerStart, done: AnswerDone, endpoint: Endpoint) -> str:
+    """A line under the answer: sources, and who answered when it was not the local default."""
+    lines = []
+    if start.hits:
+        lines.append("**Sources:** " + " · ".join(f"[{n}] {source_label(h)}" for n, h in enumerate(start.hits, 1)))
+    route = done.route
+    if route.endpoint.base_url != endpoint.base_url:
+        lines.append(f"*Answered by `{route.model}` at {route.endpoint.name} ({route.reason}).*")
+    if start.dropped_hits or start.dropped_history:
+        lines.append(
+            f"*To fit the model's context window, {start.dropped_hits} passage(s) and "
+            f"{start.dropped_history} earlier message(s) were left out.*"
+        )
+    return "\n\n" + "\n\n".join(lines) if lines else ""
+
+
+async def show_sources(hits: Sequence[Hit], answer_id: str) -> None:
+    """Show the answer's passages (file, page, full text) in the sidebar beside the chat.
+
+    The sidebar's elements are *replaced* per answer (keyed by its id): side elements
+    attached to messages pile up duplicates across turns, and inline ones print every
+    full passage into the conversation. The answer itself keeps the file/page line.
+    """
+    elements = [
+        cl.Text(name=f"[{n}] {source_label(h)}", content=f"**[{n}] {source_label(h)}**\n\n{h.text}")
+        for n, h in enumerate(hits, start=1)
+    ]
+    await cl.ElementSidebar.set_elements(elements, key=answer_id)
+    if elements:
+        # After the elements: a title set first is dropped when the new elements arrive.
+        await cl.ElementSidebar.set_title("Sources of the last answer")
+
+
+def hits_table(hits: Sequence[Hit]) -> str:
+    """The retrieval step's output: one line per passage, best first."""
+    if not hits:
+        return "No passage matched."
+    return "\n".join(
+        f"{n}. **{source_label(h)}** (score {h.score:.3f}) {h.text[:140].strip()}…"
+        for n, h in enumerate(hits, start=1)
+    )
+
+
+# --- uploads ----------------------------------------------------------------------------
+
+
+async def add_uploads(elements: Sequence[cl.File], settings: Settings) -> None:
+    """Save dropped files into the docs folder, ingest them, and report in one message."""
+    names = ", ".join(el.name for el in elements)
+    progress = cl.Message(content=f"Adding {names} to the knowledge base…")
+    await progress.send()
+    saved: list[SavedUpload] = []
+    problems: list[str] = []
+    for el in elements:
+        try:
+            saved.append(save_upload(Path(str(el.path)), el.name, settings))
+        except RagError as exc:
+            problems.append(str(exc))
+    report: IngestReport | None = None
+    if saved:
+        try:
+            report = await asyncio.to_thread(ingest, settings)
+        except RagError as exc:
+            problems.append(str(exc))
+    progress.content = upload_summary(saved, report, problems)
+    await progress.update()
+
+
+def upload_summary(saved: list[SavedUpload], report: IngestReport | None, problems: list[str]) -> str:
+    """What happened to each dropped file, in sentences."""
+    failed = {f.path: f.error for f in report.failed} if report else {}
+    lines = []
+    for s in saved:
+        if s.name in failed:
+            lines.append(f"**{s.uploaded_as}** was saved but could not be read: {failed[s.name]}")
+        elif report is None:
+            continue
+        elif s.already_present:
+            lines.append(f"**{s.uploaded_as}** is already in the knowledge base (as `{s.name}`).")
+        elif s.renamed:
+            lines.append(
+                f"Added **{s.uploaded_as}** as `{s.name}`, because a different file already had that name."
+            )
+        else:
+            lines.append(f"Added **{s.name}** to the knowledge base.")
+    lines.extend(problems)
+    if report is not None and any(not s.already_present and s.name not in failed for s in saved):
+        lines.append(f"{report.chunks} passages are searchable now; ask about them.")
+    return "\n\n".join(lines)
+
+
+# --- session state -----------------------------------------------------------------------
+
+
+def remember_endpoint(endpoint: Endpoint, models: list[str], model: str) -> None:
+    cl.user_session.set("endpoint", endpoint)
+    cl.user_session.set("models", models)
+    cl.user_session.set("model", model)
+
+
+async def session_endpoint(settings: Settings) -> Endpoint:
+    """This chat's endpoint; discovered again if none was found when the chat started."""
+    endpoint: Endpoint | None = cl.user_session.get("endpoint")
+    if endpoint is None:
+        endpoint = await local_endpoint(settings)
+        models = await list_models(endpoint, settings)
+        remember_endpoint(endpoint, models, default_choice(models, settings.llm_model or endpoint.model))
+    return endpoint
+
+
+def remember_turn(history: list[Message], question: str, text: str) -> None:
+    history.append({"role": "user", "content": question})
+    history.append({"role": "assistant", "content": text})
+    cl.user_session.set("history", history)
+
+
+def default_choice(models: list[str], preferred: str | None) -> str:
+    """The preferred model when the server lists it, else the first listed one."""
+    if preferred and preferred in models:
+        return preferred
+    return models[0] if models else (preferred or "")
+
+
+def welcome(settings: Settings, endpoint: Endpoint | None = None, model: str = "") -> str:
+    """The first message: what this is, what to do, where documents live, which model answers."""
+    kinds = "PDF, Word (.docx), Markdown, HTML or text"
+    text = (
+        "**Local RAG Chat** answers questions from your own documents and shows the sources "
+        "(file and page) under each answer.\n\n"
+        "- **Ask** a question in the box below.\n"
+        f"- **Add a document:** drop a {kinds} file (up to {settings.upload_max_mb:g} MB) into the "
+        f"chat. Files live in `{settings.docs_dir}`; after changing that folder yourself, run "
+        "`python -m ingest`.\n"
+        "- **Switch models** with the settings button next to the input; the conversation is kept."
+    )
+    if endpoint is not None:
+        text += f"\n\nAnswering with `{model}` at {endpoint.base_url}."
+        if endpoint.name == "embedded":
+            from rag.engine.process import EMBEDDED_NOTICE
+
+            text += f"\n\n{EMBEDDED_NOTICE}"
+    return text
+
+
+# --- OpenAI-compatible API on the app's own port (rag/openai_api.py) -----------------------
+# Open WebUI and any OpenAI client chat with the documents at http://127.0.0.1:8000/v1.
+mount_openai_api(chainlit_server, get_settings())

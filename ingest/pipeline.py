@@ -1,0 +1,359 @@
+"""Incremental ingest: the docs folder into the chunk store, changing only what changed.
+
+``ingest(settings)`` scans the docs folder and, under the one-writer lock:
+
+1. repairs sources a killed run left ``pending`` (their chunks are deleted, and
+   the file, if it still exists, is ingested again below);
+2. reads each file once and hashes its bytes: a file whose sha256 matches the
+   state is *unchanged* and is not parsed; a file that failed before with the
+   same bytes is reported again without being parsed;
+3. loads and chunks each new or changed file; embeds files in batches, then
+   marks the batch ``pending``, deletes its old chunks, writes the new ones and
+   marks each file ``done``;
+4. deletes the chunks of files that disappeared;
+5. when anything changed: bumps the store generation and rebuilds the BM25 index.
+
+Every store change is bracketed by the intent log in :mod:`ingest.state`, so a
+SIGKILL at any moment leaves at most the ``pending`` sources to redo, and chunk
+ids are stable (``source#index``) with delete-before-add, so nothing is ever
+duplicated. A file that cannot be read is reported in ``failed`` with a sentence
+and holds no chunks; it never stops the rest.
+
+>>> report = ingest(get_settings())      # doctest: +SKIP
+>>> report.summary()                     # doctest: +SKIP
+'Ingested 12 files: 3 added, 1 updated, 1 removed, 7 unchanged, 1 failed; 345 chunks in store.'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ingest.chunker import Chunker
+from ingest.loaders import LoadError, load_document
+from ingest.lock import writer_lock
+from ingest.report import Failure, IngestReport
+from ingest.scan import SourceFile, scan_docs
+from ingest.state import IngestState, SourceState
+from rag.errors import RagError
+from rag.settings import Settings
+from rag.store import Chunk, ChunkStore, bump_generation
+
+if TYPE_CHECKING:
+    from rag.embed import Embedder
+
+__all__ = ["DocsFolderMissing", "Failure", "IngestReport", "ingest", "state_path"]
+
+
+# Files are embedded and written together until a batch holds this many chunks:
+# bigger ONNX batches and fewer Chroma round trips than one file at a time.
+_COMMIT_CHUNKS = 256
+# What parser libraries raise on corrupt input besides their own error types.
+_PARSER_ERRORS = (
+    RecursionError, MemoryError, ValueError, KeyError, TypeError, AttributeError,
+    IndexError, OSError, UnicodeError, AssertionError, ZeroDivisionError,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A new or changed file, loaded and chunked, waiting to be embedded and written."""
+
+    source: str
+    sha256: str
+    chunks: list[Chunk]
+    had_state: bool  # the state knew it: old chunks may exist and must be deleted
+    was_ingested: bool  # it had chunks before: reported as updated, not added
+    warnings: tuple[str, ...]
+
+
+class DocsFolderMissing(RagError):
+    """The docs folder to ingest does not exist."""
+
+
+def state_path(settings: Settings) -> Path:
+    """The SQLite file holding the per-source ingest state."""
+    return settings.data_dir / "ingest-state.sqlite3"
+
+
+def ingest(settings: Settings, *, rebuild: bool = False, progress: bool = False) -> IngestReport:
+    """Bring the store in line with ``settings.docs_dir``; see the module docstring.
+
+    ``rebuild`` resets the store and the state and ingests everything again.
+    ``progress`` shows a tqdm bar on stderr. Raises :class:`~rag.errors.IngestLocked`
+    when another process is writing, :class:`DocsFolderMissing`, and
+    :class:`~rag.errors.ModelMissing` when the embedding model is not exported.
+    """
+    docs = settings.docs_dir
+    if not docs.is_dir():
+        raise DocsFolderMissing(
+            f"The docs folder {docs} does not exist: create it and put your files in it, "
+            "or name another folder (python -m ingest DIR, or RAG_DOCS_DIR)."
+        )
+    with writer_lock(settings):
+        store = ChunkStore(settings)
+        with IngestState(state_path(settings)) as state:
+            return _IngestRun(settings, store, state, progress=progress).run(rebuild=rebuild)
+
+
+class _IngestRun:
+    """One ingest under the lock: owns the store, the state and the lazily loaded models."""
+
+    def __init__(
+        self, settings: Settings, store: ChunkStore, state: IngestState, *, progress: bool
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.state = state
+        self.progress = progress
+        self.report = IngestReport()
+        self._chunker: Chunker | None = None
+        self._embedder: Embedder | None = None
+        self._max_bytes = int(settings.max_file_mb * 1024 * 1024)
+
+    # --- the run ------------------------------------------------------------
+
+    def run(self, *, rebuild: bool) -> IngestReport:
+        self._reset_if_needed(rebuild)
+        repaired = self._repair_pending()
+        self._audit()
+        known = self.state.all()
+        scan = scan_docs(self.settings.docs_dir)
+        seen = {f.source for f in scan.files} | {f.path for f in scan.failed}
+
+        for failure in scan.failed:
+            self._fail(failure.path, "", failure.error, known.get(failure.path))
+        batch: list[_Prepared] = []
+        for file in self._with_progress(scan.files):
+            prepared = self._prepare(file, known.get(file.source), repaired.get(file.source, False))
+            if prepared is not None:
+                batch.append(prepared)
+            if sum(len(p.chunks) for p in batch) >= _COMMIT_CHUNKS:
+                self._commit(batch)
+                batch = []
+        self._commit(batch)
+
+        for source, previous in sorted(known.items()):
+            if source not in seen:
+                self._remove(source, previous)
+        for source, had_old in sorted(repaired.items()):
+            if source not in seen and had_old:
+                self.report.removed.append(source)
+
+        if self.report.changed or repaired or self.state.get_meta("dirty"):
+            self._publish()
+        self.report.chunks = self.store.count()
+        return self.report
+
+    def _reset_if_needed(self, rebuild: bool) -> None:
+        # The state must describe this very collection; a state made for another
+        # store (CHROMA_HOST changed, data dir copied) cannot be trusted, so the
+        # store is rebuilt. The "rebuild" flag makes a killed reset finish next time.
+        key = f"{self.store.location}#{self.settings.collection}"
+        recorded = self.state.get_meta("store")
+        if not (rebuild or self.state.get_meta("rebuild") or (recorded and recorded != key)):
+            if recorded is None and (self.state.all() or self.store.count()):
+                pass  # an unstamped state from an older run: fall through to a reset
+            else:
+                self.state.set_meta("store", key)
+                return
+        self.state.set_meta("rebuild", "1")
+        self.state.set_meta("dirty", "1")
+        self.store.reset()
+        self.state.clear()
+        self.state.set_meta("store", key)
+        self.state.set_meta("rebuild", None)
+
+    def _repair_pending(self) -> dict[str, bool]:
+        """Delete the chunks of sources a killed run left pending.
+
+        Returns ``{source: it had been ingested before}``.
+        """
+        repaired: dict[str, bool] = {}
+        for source, row in self.state.all().items():
+            if row.status != "pending":
+                continue
+            self.state.set_meta("dirty", "1")
+            self.store.delete_source(source)
+            self.state.forget(source)
+            repaired[source] = bool(row.sha256)
+        return repaired
+
+    def _audit(self) -> None:
+        """Rebuild when the store does not hold the chunks the state says it does.
+
+        After the repair the two always agree, unless something outside ingest
+        changed the store (its folder deleted, another tool writing the collection);
+        then the state cannot be trusted, and one ``count()`` is cheap to check.
+        """
+        expected = sum(r.chunks for r in self.state.all().values() if r.status == "done")
+        actual = self.store.count()
+        if actual != expected:
+            self.report.warnings.append(
+                Failure(
+                    self.store.location,
+                    f"the store holds {actual} chunks but the ingest state expects {expected}; "
+                    "it was rebuilt from the docs folder",
+                )
+            )
+            self._reset_if_needed(rebuild=True)
+
+    def _prepare(
+        self, file: SourceFile, previous: SourceState | None, was_ingested: bool
+    ) -> _Prepared | None:
+        """Read, hash, load and chunk one file; ``None`` when unchanged or failed.
+
+        ``was_ingested``: a repaired source that had chunks (so it counts as updated).
+        """
+        source = file.source
+        try:
+            data = read_source(file.path, self._max_bytes, self.settings.max_file_mb)
+        except LoadError as exc:
+            self._fail(source, "", str(exc), previous)
+            return None
+        sha = hashlib.sha256(data).hexdigest()
+        if previous is not None and previous.sha256 == sha:
+            if previous.status == "done":
+                self.report.unchanged.append(source)
+                return None
+            if previous.status == "failed" and previous.error:
+                self.report.failed.append(Failure(source, previous.error))
+                return None
+        try:
+            document = load_document(source, data)
+            chunks = self.chunker.run(document, file_sha256=sha)
+        except LoadError as exc:
+            self._fail(source, sha, str(exc), previous)
+            return None
+        except _PARSER_ERRORS as exc:
+            # A parser library choking on a corrupt file must not stop the ingest.
+            error = f"could not read the file ({type(exc).__name__}: {exc})"
+            self._fail(source, sha, error, previous)
+            return None
+        if not chunks:
+            self._fail(source, sha, "no text found: nothing to index", previous)
+            return None
+        was_ingested = was_ingested or (previous is not None and previous.status == "done")
+        return _Prepared(source, sha, chunks, previous is not None, was_ingested, document.warnings)
+
+    def _commit(self, batch: list[_Prepared]) -> None:
+        """Embed a batch of files together, then replace their chunks in the store.
+
+        Embedding runs before anything is marked, so a kill while embedding costs
+        nothing to repair. Then every file of the batch is marked pending (one
+        transaction), old chunks are deleted, the new ones written in one add, and
+        each file is marked done.
+        """
+        if not batch:
+            return
+        chunks = [c for p in batch for c in p.chunks]
+        vectors = self.embedder.embed([c.text for c in chunks])
+
+        self.state.set_meta("dirty", "1")
+        self.state.mark_pending(*(p.source for p in batch))
+        for p in batch:
+            if p.had_state:  # a repaired source's chunks are already gone
+                self.store.delete_source(p.source)
+        self.store.add(chunks, vectors)
+        self.state.mark_done(*((p.source, p.sha256, len(p.chunks)) for p in batch))
+
+        for p in batch:
+            (self.report.updated if p.was_ingested else self.report.added).append(p.source)
+            self.report.warnings.extend(Failure(p.source, w) for w in p.warnings)
+
+    def _fail(self, source: str, sha: str, error: str, previous: SourceState | None) -> None:
+        """Report a failed file; if it had chunks (an older, readable version), remove them."""
+        self.report.failed.append(Failure(source, error))
+        if previous is not None and previous.status in ("done", "pending"):
+            self.state.set_meta("dirty", "1")
+            self.state.mark_pending(source)
+            self.store.delete_source(source)
+        # Remembering the hash lets the next run report the error without parsing again.
+        self.state.mark_failed(source, sha, error)
+
+    def _remove(self, source: str, previous: SourceState) -> None:
+        """Delete the chunks of a file that is gone from the docs folder."""
+        if previous.status == "failed":
+            self.state.forget(source)  # it never had chunks: nothing to report
+            return
+        self.state.set_meta("dirty", "1")
+        self.state.mark_pending(source)
+        self.store.delete_source(source)
+        self.state.forget(source)
+        self.report.removed.append(source)
+
+    def _publish(self) -> None:
+        """Tell readers the store changed: new generation, fresh BM25 index."""
+        bump_generation(self.settings)
+        rebuild_lexical = _lexical_rebuilder()
+        if rebuild_lexical is not None:
+            rebuild_lexical(self.settings, self.store)
+        self.state.set_meta("dirty", None)
+
+    # --- helpers bound to this run -------------------------------------------
+
+    @property
+    def chunker(self) -> Chunker:
+        # Loaded on first use: a run where nothing changed needs no model at all.
+        if self._chunker is None:
+            self._chunker = Chunker.from_settings(self.settings)
+        return self._chunker
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from rag.embed import get_embedder
+
+            self._embedder = get_embedder(self.settings)
+        return self._embedder
+
+    def _with_progress(self, files: list[SourceFile]) -> list[SourceFile]:
+        if not self.progress or not files:
+            return files
+        from tqdm import tqdm
+
+        return tqdm(files, desc="ingest", unit="file", file=sys.stderr, leave=False)  # type: ignore[return-value]
+
+
+def read_source(path: Path, max_bytes: int, max_mb: float) -> bytes:
+    """The bytes of one file, read once; :class:`LoadError` with a sentence when impossible."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise LoadError("cannot read the file: it vanished or is a broken symlink") from None
+    except OSError as exc:
+        raise LoadError(f"cannot read the file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        # Reading a FIFO would block the ingest forever; devices and sockets are not documents.
+        raise LoadError("cannot read the file: it is not a regular file (a pipe, device or socket)")
+    if info.st_size > max_bytes:
+        raise LoadError(
+            f"file too large: {info.st_size / 1024 / 1024:.1f} MB, above the {max_mb:g} MB limit "
+            "(raise RAG_MAX_FILE_MB to ingest it)"
+        )
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except PermissionError:
+        raise LoadError("cannot read the file: permission denied") from None
+    except OSError as exc:
+        raise LoadError(f"cannot read the file: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:  # it grew after the size check
+        raise LoadError(f"file too large: above the {max_mb:g} MB limit (raise RAG_MAX_FILE_MB)")
+    return data
+
+
+def _lexical_rebuilder():  # type: ignore[no-untyped-def]
+    """``rag.lexical.rebuild_lexical_index``, or ``None`` while that module does not exist yet."""
+    try:
+        from rag.lexical import rebuild_lexical_index
+    except ModuleNotFoundError as exc:
+        if exc.name != "rag.lexical":
+            raise
+        return None
+    return rebuild_lexical_index

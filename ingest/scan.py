@@ -1,0 +1,97 @@
+"""Finding the files to ingest in the docs folder.
+
+Hidden files and folders (``.git``, ``.DS_Store``, editor swap files) and files
+whose suffix no loader handles are skipped silently: they are not documents, and
+listing them as failures would drown the real problems. Symlinks that resolve
+outside the docs folder are refused (reported as failures) so a link cannot pull
+arbitrary files of the machine into the index.
+
+>>> found = scan_docs(Path("docs"))      # doctest: +SKIP
+>>> [f.source for f in found.files]      # doctest: +SKIP
+['guide/install.md', 'user guide.pdf']
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingest.loaders import SUPPORTED_SUFFIXES
+from ingest.report import Failure
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file to ingest: ``source`` relative to the docs folder with ``/`` separators."""
+
+    source: str
+    path: Path
+
+
+@dataclass
+class Scan:
+    """The outcome of scanning the docs folder."""
+
+    files: list[SourceFile] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    skipped: int = 0  # hidden or unsupported files, not reported
+
+
+def scan_docs(docs_dir: Path) -> Scan:
+    """Every supported file under ``docs_dir``, sorted by source path."""
+    root = docs_dir.resolve()
+    scan = Scan()
+    for dirpath, dirnames, filenames in os.walk(docs_dir, followlinks=False):
+        here = Path(dirpath)
+        # os.walk does not descend into symlinked folders; refuse those leading outside.
+        for name in list(dirnames):
+            if name.startswith("."):
+                dirnames.remove(name)
+            elif (here / name).is_symlink():
+                dirnames.remove(name)
+                _check_link(here / name, root, docs_dir, scan)
+        dirnames.sort()
+        for name in filenames:
+            path = here / name
+            if name.startswith(".") or Path(name).suffix.lower() not in SUPPORTED_SUFFIXES:
+                scan.skipped += 1
+                continue
+            source = path.relative_to(docs_dir).as_posix()
+            if not _is_utf8(source):
+                scan.failed.append(
+                    Failure(_printable(source), "file name is not valid UTF-8: rename the file")
+                )
+                continue
+            if path.is_symlink() and not _check_link(path, root, docs_dir, scan):
+                continue
+            scan.files.append(SourceFile(source, path))
+    scan.files.sort(key=lambda f: f.source)
+    return scan
+
+
+def _check_link(path: Path, root: Path, docs_dir: Path, scan: Scan) -> bool:
+    """False (and a failure recorded) when the symlink ``path`` leads outside ``root``."""
+    target = path.resolve()
+    if target == root or target.is_relative_to(root):
+        return True
+    scan.failed.append(
+        Failure(
+            path.relative_to(docs_dir).as_posix(),
+            f"symlink points outside the docs folder (to {target}) and is refused",
+        )
+    )
+    return False
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    # os.walk hands undecodable name bytes over as surrogates; show them as escapes.
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

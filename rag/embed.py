@@ -1,0 +1,196 @@
+"""Sentence embeddings with the exported all-MiniLM-L6-v2, on onnxruntime and tokenizers only.
+
+The model is exported once by ``python -m rag.export_embedder`` (``make models``) into
+``settings.embedder_dir``; this module only runs it, so the query path never loads torch.
+
+>>> from rag.embed import get_embedder
+>>> from rag.settings import get_settings
+>>> embedder = get_embedder(get_settings())                      # doctest: +SKIP
+>>> embedder.embed(["How do I add my own files?"]).shape          # doctest: +SKIP
+(1, 384)
+
+Vectors are mean-pooled over real tokens and L2-normalised, exactly as sentence-transformers
+does for this model, so a dot product is a cosine similarity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from rag.errors import ModelMissing
+from rag.settings import Settings
+
+# The exported directory's layout; rag.export_embedder writes it, this module reads it.
+MANIFEST_NAME = "manifest.json"
+TOKENIZER_NAME = "tokenizer.json"
+MODEL_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model_int8.onnx"}
+MANIFEST_VERSION = 1
+
+_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _missing(embedder_dir: Path, what: str) -> ModelMissing:
+    return ModelMissing(
+        f"The embedding model is not ready ({what} in {embedder_dir}): run `make models` "
+        "(or `python -m rag.export_embedder`) to export it."
+    )
+
+
+def read_manifest(embedder_dir: Path) -> dict[str, Any]:
+    """The export's manifest as a dict; raises :class:`ModelMissing` when absent or unreadable."""
+    path = embedder_dir / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _missing(embedder_dir, f"no {MANIFEST_NAME}") from None
+    except (OSError, ValueError) as exc:
+        raise _missing(embedder_dir, f"unreadable {MANIFEST_NAME}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION:
+        raise _missing(embedder_dir, f"{MANIFEST_NAME} from another exporter version")
+    return manifest
+
+
+def load_tokenizer(settings: Settings) -> Tokenizer:
+    """The model's tokenizer with truncation and padding switched off (for chunking by tokens).
+
+    The shipped ``tokenizer.json`` truncates and pads to 128; a chunker must see every token,
+    so both are disabled here. ``encode(text).ids`` includes ``[CLS]``/``[SEP]``; pass
+    ``add_special_tokens=False`` to count only the text's tokens.
+    """
+    embedder_dir = settings.embedder_dir
+    read_manifest(embedder_dir)
+    path = embedder_dir / TOKENIZER_NAME
+    if not path.is_file():
+        raise _missing(embedder_dir, f"no {TOKENIZER_NAME}")
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+class Embedder:
+    """Embeds texts into L2-normalised float32 vectors with the exported ONNX model.
+
+    >>> embedder = Embedder(settings)                                # doctest: +SKIP
+    >>> vectors = embedder.embed(["first chunk", "second chunk"])    # (2, 384), input order
+    >>> query = embedder.embed_query("what is in the first chunk?")  # (384,)
+    >>> float(vectors[0] @ query)                                    # cosine similarity
+
+    ``settings.embed_precision`` picks the fused fp32 graph (default) or its int8 variant;
+    texts longer than ``settings.embed_max_tokens`` tokens are truncated, as sentence-transformers
+    does. One instance is safe to share between threads (onnxruntime sessions are).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.embedder_dir = settings.embedder_dir
+        manifest = read_manifest(self.embedder_dir)
+        self.precision = settings.embed_precision
+        entry = manifest.get("files", {}).get(self.precision)
+        if not entry:
+            raise _missing(self.embedder_dir, f"no {self.precision} model listed in the manifest")
+        model_path = self.embedder_dir / entry["path"]
+        # A full sha256 of 90 MB costs ~0.2 s per process; the size catches truncated copies,
+        # and the exporter verifies checksums on every `make models`.
+        try:
+            size = model_path.stat().st_size
+        except FileNotFoundError:
+            raise _missing(self.embedder_dir, f"no {entry['path']}") from None
+        if size != entry["size"]:
+            raise _missing(
+                self.embedder_dir,
+                f"{entry['path']} is {size} bytes, the manifest says {entry['size']}: damaged",
+            )
+
+        self.dim: int = int(manifest["dimension"])
+        self.max_tokens: int = settings.embed_max_tokens
+        self.batch_size: int = settings.embed_batch
+        self.model_name: str = manifest["model"]
+
+        self._tokenizer = load_tokenizer(settings)
+        self._tokenizer.enable_truncation(max_length=self.max_tokens)
+        # Padding is done per batch after sorting by length (see embed), not by the tokenizer.
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.threads or os.cpu_count() or 1
+        # One request at a time per session; parallelism is inside each op.
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        unknown = set(self._inputs) - set(_INPUT_NAMES)
+        if unknown:
+            raise _missing(self.embedder_dir, f"unexpected model inputs {sorted(unknown)}")
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts``: an ``(len(texts), dim)`` float32 array, row i for ``texts[i]``."""
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of texts; use embed_query() for one text")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        encodings = self._tokenizer.encode_batch(list(texts))
+        # Batches of similar length waste little on padding, which dominates CPU time otherwise.
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            out[batch] = self._embed_encoded([encodings[i] for i in batch])
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Embed one text: a ``(dim,)`` float32 unit vector."""
+        return self.embed([text])[0]
+
+    def _embed_encoded(self, encodings: list[Any]) -> np.ndarray:
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        types = np.zeros_like(ids)
+        for row, enc in enumerate(encodings):
+            n = len(enc.ids)
+            ids[row, :n] = enc.ids
+            mask[row, :n] = enc.attention_mask
+            types[row, :n] = enc.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        (hidden,) = self._session.run(
+            ["last_hidden_state"], {name: feeds[name] for name in self._inputs}
+        )
+        # Mean over real tokens only, then unit length: the model's sentence-transformers recipe.
+        weights = mask[:, :, None].astype(np.float32)
+        summed = (hidden * weights).sum(axis=1)
+        pooled = summed / np.clip(weights.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32, copy=False)
+
+
+_cache: dict[tuple[str, str, int, int, int], Embedder] = {}
+_cache_lock = threading.Lock()
+
+
+def get_embedder(settings: Settings) -> Embedder:
+    """The process-wide :class:`Embedder` for these settings (one per model dir and precision).
+
+    Loading takes ~0.5 s, so ingest and every query share one session.
+    """
+    key = (
+        str(settings.embedder_dir.resolve()),
+        settings.embed_precision,
+        settings.embed_max_tokens,
+        settings.embed_batch,
+        settings.threads,
+    )
+    with _cache_lock:
+        embedder = _cache.get(key)
+        if embedder is None:
+            embedder = _cache[key] = Embedder(settings)
+        return embedder

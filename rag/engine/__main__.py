@@ -1,0 +1,78 @@
+"""Command line of the embedded engine.
+
+python -m rag.engine build [--source GGUF_OR_FOLDER] [--out DIR] [--force]
+python -m rag.engine serve [--host 127.0.0.1] [--port N] [--model-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rag.errors import RagError
+from rag.settings import get_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rag.engine", description=__doc__.split("\n")[1]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser(
+        "build", help="convert the model (skipped when its checksums match)"
+    )
+    build.add_argument(
+        "--source",
+        help="a .gguf file, a Hugging Face folder or a GenAI model folder "
+        "(default: RAG_ENGINE_SOURCE, else the packaged SmolLM2-135M-Instruct)",
+    )
+    build.add_argument("--out", type=Path, help="output folder (default: the engine model dir)")
+    build.add_argument("--force", action="store_true", help="rebuild even when up to date")
+
+    serve = commands.add_parser("serve", help="serve the model over an OpenAI-compatible API")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8099, help="port (0 picks a free one)")
+    serve.add_argument("--model-dir", type=Path, help="ONNX Runtime GenAI model folder")
+    # Used by EngineProcess: serve on an inherited listening socket, and exit when the parent's
+    # end of stdin closes (the parent died), so the app never leaves an orphan behind.
+    serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    settings = get_settings()
+    try:
+        if args.command == "build":
+            from rag.engine.build import build
+
+            result = build(settings, source=args.source, out=args.out, force=args.force)
+            if result.status == "up to date":
+                print(f"engine model up to date ({result.model_dir})")
+            elif result.status == "external":
+                print(
+                    f"engine model at {result.model_dir} is a ready ONNX Runtime GenAI folder: "
+                    "nothing to build"
+                )
+            return 0
+        from rag.engine.server import serve
+
+        return serve(
+            settings,
+            host=args.host,
+            port=args.port,
+            model_dir=args.model_dir,
+            fd=args.fd,
+            exit_with_parent=args.exit_with_parent,
+        )
+    except RagError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

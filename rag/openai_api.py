@@ -1,0 +1,416 @@
+"""The RAG as an OpenAI-compatible API, on the chat app's own port.
+
+Any OpenAI client (the ``openai`` SDK, Open WebUI, curl) can chat with the
+documents through two routes:
+
+- ``GET /v1/models``: the local endpoint's models (routed: code questions,
+  fallback and size rules apply) plus the routed ones as ``endpoint:model``
+  (pinned to that endpoint). In ``local-only`` mode remote ones are not listed.
+- ``POST /v1/chat/completions`` (streamed or not): retrieval runs on the last
+  user message, earlier user/assistant messages are the history, and the answer
+  comes from :func:`rag.answer.answer` through the routed endpoint. The answer
+  ends with a ``Sources:`` list (file and page) so every client shows citations.
+  Which endpoint answered is in the ``X-RAG-Endpoint``/``X-RAG-Model``/``X-RAG-Route``
+  headers and in an extra ``rag`` field of the body (OpenAI clients ignore it);
+  when routing sent the question somewhere other than the local model, the
+  answer also says so in one line.
+
+When ``RAG_API_KEY`` is set, requests need ``Authorization: Bearer <key>``.
+Errors are OpenAI-style JSON (``{"error": {"message", "type", "param", "code"}}``)
+with the library's sentence: 400 malformed, 401 bad key, 403 refused by
+``local-only``, 404 unknown model, 409 no documents, 502 the model server
+failed, 503 no model server answered. Never a traceback.
+
+The chat app mounts it into Chainlit's FastAPI app::
+
+    from chainlit.server import app as chainlit_app
+    mount_openai_api(chainlit_app, get_settings())
+
+``temperature``/``max_tokens`` in requests are ignored: the answer pipeline uses
+``RAG_TEMPERATURE``/``RAG_ANSWER_TOKENS`` so answers stay grounded and within budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from rag.answer import AnswerDelta, AnswerDone, AnswerEvent, AnswerStart, answer, format_sources
+from rag.discovery import local_endpoint
+from rag.errors import (
+    EndpointError,
+    EndpointUnavailable,
+    NoDocuments,
+    RagError,
+    StreamInterrupted,
+)
+from rag.llm import Endpoint, Message, list_models
+from rag.retrieve import Hit
+from rag.routing import Route, RouteRefused, load_routing, routed_models, split_qualified
+from rag.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+SOURCES_MARKER = "\n\nSources:\n"
+OWNER = "local-rag-chat"
+
+
+class ApiError(Exception):
+    """An OpenAI-style error response: HTTP status, sentence, type and code."""
+
+    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.code, self.kind = status, message, code, kind
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": self.message, "type": self.kind, "param": None, "code": self.code}},
+            status_code=self.status,
+        )
+
+
+def api_error(exc: RagError) -> ApiError:
+    """The HTTP status and code for a library error; the message stays the library's sentence."""
+    if isinstance(exc, NoDocuments):
+        return ApiError(409, str(exc), "no_documents")
+    if isinstance(exc, RouteRefused):
+        return ApiError(403, str(exc), "local_only")
+    if isinstance(exc, EndpointUnavailable):
+        return ApiError(503, str(exc), "endpoint_unavailable", "server_error")
+    if isinstance(exc, EndpointError | StreamInterrupted):
+        return ApiError(502, str(exc), "endpoint_error", "server_error")
+    return ApiError(500, str(exc), "rag_error", "server_error")
+
+
+# --- request parsing ------------------------------------------------------------
+
+
+def _text(content: Any) -> str:
+    """A message's text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    if content is None:
+        return ""
+    raise ApiError(400, "Each message's content must be a string or a list of text parts.", "bad_content")
+
+
+def parse_chat_request(body: Any) -> tuple[str, str, list[Message], bool]:
+    """``(model, question, history, stream)`` from a chat completions body, or ApiError 400.
+
+    The question is the last message, which must come from the user. History is
+    the earlier user and assistant turns; client system prompts are dropped
+    because the pipeline's own system message keeps answers grounded. The
+    ``Sources:`` trailer this API appended to earlier answers is cut off again,
+    so it does not eat the history budget.
+    """
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", "bad_body")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ApiError(400, "The request needs a 'model' (see GET /v1/models).", "missing_model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "The request needs a non-empty 'messages' list.", "missing_messages")
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        raise ApiError(400, "Each message needs a 'role' and 'content'.", "bad_message")
+    last = messages[-1]
+    question = _text(last.get("content")).strip()
+    if last["role"] != "user" or not question:
+        raise ApiError(400, "The last message must be a non-empty user message.", "no_question")
+    history: list[Message] = []
+    for message in messages[:-1]:
+        if message["role"] not in ("user", "assistant"):
+            continue
+        text = _text(message.get("content")).split(SOURCES_MARKER)[0].strip()
+        if text:
+            history.append({"role": message["role"], "content": text})
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be true or false.", "bad_stream")
+    return model.strip(), question, history, stream
+
+
+# --- models -----------------------------------------------------------------------
+
+
+async def local_models(settings: Settings) -> tuple[Endpoint | None, list[str] | None]:
+    """The local endpoint and the model ids it lists; ``(…, None)`` when it does not answer."""
+    try:
+        local = await local_endpoint(settings)
+    except EndpointUnavailable:
+        return None, None
+    try:
+        return local, await list_models(local, settings)
+    except (EndpointUnavailable, EndpointError):
+        return local, None
+
+
+async def available_models(settings: Settings) -> list[tuple[str, str]]:
+    """``(id, owner endpoint)`` for every model a client may ask for, local ones first."""
+    local, ids = await local_models(settings)
+    listed = [(m, local.name if local else "local") for m in ids or []]
+    for model in routed_models(settings, local):
+        listed.append((model, model.split(":", 1)[0]))
+    return list(dict.fromkeys(listed))
+
+
+# --- the answer ------------------------------------------------------------------
+
+
+def sources_trailer(hits: list[Hit], route: Route) -> str:
+    """The text appended to every answer: which sources, and where routing sent it if not local."""
+    parts: list[str] = []
+    if route.reason != "local endpoint":
+        parts.append(f"\n\n_Answered by '{route.endpoint.name}' ({route.model}): {route.reason}._")
+    if hits:
+        parts.append(SOURCES_MARKER + format_sources(hits))
+    return "".join(parts)
+
+
+def rag_field(route: Route, hits: list[Hit]) -> dict[str, Any]:
+    """The extra ``rag`` field: who answered and the sources, for clients that look."""
+    return {
+        "endpoint": route.endpoint.name,
+        "model": route.model,
+        "local": route.endpoint.is_local,
+        "reason": route.reason,
+        "sources": [
+            {"n": n, "source": h.source, "page": h.page} for n, h in enumerate(hits, start=1)
+        ],
+    }
+
+
+def _headers(route: Route) -> dict[str, str]:
+    def latin1(value: str) -> str:
+        return value.encode("latin-1", "replace").decode("latin-1")
+
+    return {
+        "X-RAG-Endpoint": latin1(route.endpoint.name),
+        "X-RAG-Model": latin1(route.model),
+        "X-RAG-Route": latin1(route.reason),
+    }
+
+
+def _chunk(cid: str, created: int, model: str, delta: dict[str, Any],
+           finish: str | None = None, **extra: Any) -> str:
+    body = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        **extra,
+    }
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+async def _sse(
+    events: AsyncIterator[AnswerEvent], start: AnswerStart, model: str
+) -> AsyncIterator[str]:
+    cid = f"chatcmpl-rag-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    route = start.route
+    yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+    try:
+        async for event in events:
+            if isinstance(event, AnswerDelta):
+                yield _chunk(cid, created, model, {"content": event.text})
+            elif isinstance(event, AnswerDone):
+                route = event.route
+    except RagError as exc:
+        # Headers are gone already: the break is told in the text, then the stream ends cleanly.
+        yield _chunk(cid, created, model, {"content": f"\n\n[The answer stopped early: {exc}]"})
+    except Exception:  # noqa: BLE001 - a client must get a finished stream, not a cut one
+        log.exception("answer stream failed")
+        yield _chunk(cid, created, model, {"content": "\n\n[The answer stopped early: internal error.]"})
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    yield _chunk(cid, created, model, {"content": sources_trailer(start.hits, route)})
+    yield _chunk(cid, created, model, {}, "stop", rag=rag_field(route, start.hits))
+    yield "data: [DONE]\n\n"
+
+
+async def chat_completions(request: Request, settings: Settings) -> Response:
+    """``POST /v1/chat/completions``: the handler behind the route (see the module docstring)."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "The request body is not valid JSON.", "bad_json") from None
+    model, question, history, stream = parse_chat_request(body)
+
+    table = load_routing(settings)
+    local, ids = await local_models(settings)
+    pinned = split_qualified(model, table, local or Endpoint(name="local", base_url=""))
+    if pinned is None:
+        # When the local server is down its list is unknown: let routing decide
+        # (fallback in local-first, the endpoint-down sentence in local-only).
+        if ids is not None and model not in ids:
+            raise ApiError(
+                404,
+                f"The model '{model}' does not exist here; GET /v1/models lists the available ones.",
+                "model_not_found",
+            )
+    elif local is None:
+        # A pinned model does not need the local endpoint; routing only wants one to
+        # hand. "local:x" with the local server gone: discovery raises its sentence.
+        local = pinned[0] if pinned[0].base_url else await local_endpoint(settings)
+
+    events = answer(question, history=history, model=model, local=local, settings=settings)
+    try:
+        start = await anext(events)
+    except StopAsyncIteration:
+        raise ApiError(502, "The model server ended the answer before it began.", "empty", "server_error") from None
+    except RagError as exc:
+        raise api_error(exc) from exc
+    assert isinstance(start, AnswerStart)
+
+    if stream:
+        return StreamingResponse(
+            _sse(events, start, model),
+            media_type="text/event-stream",
+            headers={**_headers(start.route), "Cache-Control": "no-cache"},
+        )
+
+    parts: list[str] = []
+    done: AnswerDone | None = None
+    try:
+        async for event in events:
+            if isinstance(event, AnswerDelta):
+                parts.append(event.text)
+            elif isinstance(event, AnswerDone):
+                done = event
+    except RagError as exc:
+        raise api_error(exc) from exc
+    route = done.route if done else start.route
+    text = "".join(parts) + sources_trailer(start.hits, route)
+    completion_tokens = done.completion_tokens if done else len(parts)
+    return JSONResponse(
+        {
+            "id": f"chatcmpl-rag-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": start.prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": start.prompt_tokens + completion_tokens,
+            },
+            "rag": rag_field(route, start.hits),
+        },
+        headers=_headers(route),
+    )
+
+
+# --- mounting ----------------------------------------------------------------------
+
+
+def _authorized(request: Request, settings: Settings) -> bool:
+    if not settings.api_key:
+        return True
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    # Constant-time comparison: the key is the only thing between the network and the documents.
+    return scheme.lower() == "bearer" and secrets.compare_digest(
+        token.strip().encode(), settings.api_key.encode()
+    )
+
+
+def create_router(settings: Settings | None = None) -> APIRouter:
+    """The ``/v1`` routes as a FastAPI router (mount with :func:`mount_openai_api`)."""
+    router = APIRouter()
+
+    def current() -> Settings:
+        return settings or get_settings()
+
+    async def guarded(request: Request, handler) -> Response:  # noqa: ANN001
+        s = current()
+        if not _authorized(request, s):
+            return ApiError(
+                401,
+                "Missing or wrong API key: send 'Authorization: Bearer <RAG_API_KEY>'.",
+                "invalid_api_key",
+            ).response()
+        try:
+            return await handler(request, s)
+        except ApiError as exc:
+            return exc.response()
+        except RagError as exc:
+            return api_error(exc).response()
+        except Exception:  # noqa: BLE001 - clients get JSON, the log gets the traceback
+            log.exception("OpenAI-compatible API request failed")
+            return ApiError(
+                500, "The RAG server failed on this request; its log has the details.",
+                "internal_error", "server_error",
+            ).response()
+
+    async def models_handler(request: Request, s: Settings) -> Response:
+        models = await available_models(s)
+        if not models:
+            raise api_error(await _why_no_models(s))
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": f"{OWNER}:{owner}"}
+                    for m, owner in models
+                ],
+            }
+        )
+
+    @router.get("/v1/models")
+    async def list_models_route(request: Request) -> Response:
+        return await guarded(request, models_handler)
+
+    @router.post("/v1/chat/completions")
+    async def chat_route(request: Request) -> Response:
+        return await guarded(request, chat_completions)
+
+    return router
+
+
+async def _why_no_models(settings: Settings) -> RagError:
+    try:
+        local = await local_endpoint(settings)
+        await list_models(local, settings)
+    except RagError as exc:
+        return exc
+    return EndpointError("No model is available on the local endpoint.")
+
+
+def mount_openai_api(app: FastAPI, settings: Settings | None = None) -> None:
+    """Add ``GET /v1/models`` and ``POST /v1/chat/completions`` to ``app`` (Chainlit's server app).
+
+    The routes go to the *front* of the route list: Chainlit serves its web app
+    from a catch-all GET route, which would otherwise answer ``/v1/models``
+    with HTML. Calling it again (a reload re-running app.py) replaces the routes
+    instead of adding a second copy.
+    """
+    previous = getattr(app.state, "rag_openai_routes", [])
+    existing = [r for r in app.router.routes if all(r is not p for p in previous)]
+    # The router's own APIRoute objects go in directly: include_router() may wrap
+    # them (FastAPI 0.16x), and then their place in the list is not theirs to keep.
+    added = list(create_router(settings).routes)
+    app.router.routes[:] = added + existing
+    app.state.rag_openai_routes = added

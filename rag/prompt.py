@@ -1,0 +1,269 @@
+"""Building the chat messages for a grounded answer, within the model's context window.
+
+The prompt has three parts, in this order:
+
+1. a short system message: answer only from the numbered context, cite ``[n]``,
+   say so when the context does not contain the answer;
+2. the recent conversation (``settings.history_turns`` question/answer pairs), so
+   follow-ups work; history holds the bare questions and answers, never old context;
+3. ONE user message with the numbered context *first* and the question *after* it::
+
+       Context:
+       [1] (guide.pdf, page 3) To add your own files, drop them into docs/ ...
+       [2] (faq.md) ...
+
+       Question: How do I add my own files?
+
+The format is kept tight on purpose: the embedded 135M model stays grounded only
+with short, clearly numbered passages right before the question.
+
+Budget: prompt plus ``settings.answer_tokens`` must fit the endpoint's context
+window. When it does not, the oldest history goes first, then the lowest-ranked
+passages, then the last remaining passage is cut short. A prompt that cannot fit
+even with the question alone raises :class:`~rag.errors.RagError`; an over-long
+prompt is never sent.
+
+>>> prompt = build_prompt("How do I add files?", hits, settings=settings)   # doctest: +SKIP
+>>> prompt.messages[-1]["content"].startswith("Context:\\n[1]")              # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from rag.errors import ModelMissing, RagError
+from rag.llm import Message
+from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from rag.retrieve import Hit
+
+SYSTEM_PROMPT = (
+    "Answer the question using only the numbered context passages. "
+    "Cite the passages you use by their number, like [1] or [2][3]. "
+    "If the context does not contain the answer, say that the documents do not cover it; "
+    "do not guess. Keep the answer short."
+)
+
+# Token counting. The chat model's own tokenizer is unknown here (Phi, Qwen, Llama,
+# SmolLM2 and cloud models all differ), so the count is an upper estimate, the larger of:
+# - the embedding model's WordPiece tokenizer (already on disk, ~1 ms per prompt),
+#   which tracks BPE counts closely on prose and splits rare words finely;
+# - a character rule: every digit and punctuation mark one token (SmolLM2 and Llama
+#   split numbers digit by digit), and other characters about 4 per token (BPE's
+#   average on English prose).
+# A 10 % margin and a per-message allowance for the chat template's role markers come
+# on top. Measured against SmolLM2's tokenizer on the sample docs this overcounts prose
+# by ~25 % and stays above number-dense text; sending a little less context beats an
+# over-long prompt that the server rejects or silently truncates (Ollama cuts the
+# *start* of the prompt, which is where the instructions are).
+CHARS_PER_TOKEN = 4.0
+SAFETY_MARGIN = 1.10
+TOKENS_PER_MESSAGE = 8
+# A passage cut below this many tokens says too little to be worth its citation.
+MIN_PASSAGE_TOKENS = 24
+_SINGLE_TOKEN_CHARS = re.compile(r"[^\w\s]|\d")
+
+
+class TokenCounter:
+    """A conservative estimate of how many tokens a text costs any chat model (see above)."""
+
+    def __init__(self, tokenizer: Tokenizer | None = None) -> None:
+        self._tokenizer = tokenizer
+
+    def count(self, text: str) -> int:
+        """Estimated tokens for ``text`` (margin included)."""
+        if not text:
+            return 0
+        singles = len(_SINGLE_TOKEN_CHARS.findall(text))
+        estimate = singles + (len(text) - singles) / CHARS_PER_TOKEN
+        if self._tokenizer is not None:
+            pieces = len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+            estimate = max(estimate, pieces)
+        return math.ceil(estimate * SAFETY_MARGIN)
+
+    def count_messages(self, messages: Sequence[Message]) -> int:
+        """Estimated tokens for a list of chat messages, template overhead included."""
+        return sum(self.count(m["content"]) + TOKENS_PER_MESSAGE for m in messages)
+
+
+_counters: dict[str, TokenCounter] = {}
+_counters_lock = threading.Lock()
+
+
+def token_counter(settings: Settings) -> TokenCounter:
+    """The process-wide counter: WordPiece plus characters, or characters alone when the
+    embedding model is not exported yet."""
+    key = str(settings.embedder_dir)
+    with _counters_lock:
+        counter = _counters.get(key)
+        if counter is None:
+            from rag.embed import load_tokenizer
+
+            try:
+                tokenizer: Tokenizer | None = load_tokenizer(settings)
+            except ModelMissing:
+                tokenizer = None
+            counter = _counters[key] = TokenCounter(tokenizer)
+        return counter
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The messages to send, and what had to be left out to fit the context window."""
+
+    messages: list[Message]
+    hits: list[Hit]  # the passages in the context, numbered [1], [2], ... in this order
+    tokens: int  # estimated prompt tokens (the answer's budget comes on top)
+    dropped_history: int  # history messages left out to fit (oldest first)
+    dropped_hits: int  # lowest-ranked passages left out to fit
+    truncated: bool  # the last passage in the context was cut short to fit
+
+
+def build_prompt(
+    question: str,
+    hits: Sequence[Hit],
+    *,
+    settings: Settings,
+    history: Sequence[Message] = (),
+    context_tokens: int | None = None,
+    counter: TokenCounter | None = None,
+) -> Prompt:
+    """Messages for ``question`` grounded in ``hits`` (best first), within the budget.
+
+    ``context_tokens`` is the endpoint's window (default ``settings.context_tokens``);
+    ``settings.answer_tokens`` of it are kept free for the answer. Raises
+    :class:`RagError` when not even the question fits.
+    """
+    window = context_tokens or settings.context_tokens
+    budget = window - settings.answer_tokens
+    counter = counter or token_counter(settings)
+    question = question.strip()
+
+    bare = _messages([], [], question)
+    bare_tokens = counter.count_messages(bare)
+    if bare_tokens > budget:
+        raise RagError(
+            f"The question is too long for the model's context window: it needs about "
+            f"{bare_tokens} tokens and {budget} are available ({window} minus "
+            f"{settings.answer_tokens} for the answer). Shorten the question, or raise "
+            "RAG_CONTEXT_TOKENS if the model has a larger window."
+        )
+
+    recent = list(history[len(history) - 2 * settings.history_turns :]) if settings.history_turns else []
+    kept_history = list(recent)
+    kept_hits = list(hits)
+    truncated = False
+
+    # Sizes are additive to within a token or two, so trim on per-part counts, then
+    # check the real total at the end.
+    history_cost = [counter.count(m["content"]) + TOKENS_PER_MESSAGE for m in kept_history]
+    hit_cost = [counter.count(_passage(n, h, h.text)) for n, h in enumerate(kept_hits, start=1)]
+
+    def total() -> int:
+        return bare_tokens + sum(history_cost) + sum(hit_cost)
+
+    while total() > budget and kept_history:
+        # Drop the oldest message; an answer left without its question goes with it.
+        drop = 2 if len(kept_history) > 1 and kept_history[1]["role"] == "assistant" else 1
+        del kept_history[:drop], history_cost[:drop]
+    while total() > budget and len(kept_hits) > 1:
+        kept_hits.pop()
+        hit_cost.pop()
+    if total() > budget and kept_hits:
+        room = budget - bare_tokens - sum(history_cost)
+        cut = _cut_to_fit(kept_hits[0], room, counter)
+        if cut is None:
+            kept_hits.clear()
+            hit_cost.clear()
+        else:
+            kept_hits[0] = cut
+            hit_cost[0] = counter.count(_passage(1, cut, cut.text))
+            truncated = True
+
+    messages = _messages(kept_history, kept_hits, question)
+    tokens = counter.count_messages(messages)
+    # Guard against the per-part sums under-counting the joined text.
+    while tokens > budget and (kept_history or kept_hits):
+        if kept_history:
+            kept_history = kept_history[1:]
+        else:
+            kept_hits = kept_hits[:-1]
+        messages = _messages(kept_history, kept_hits, question)
+        tokens = counter.count_messages(messages)
+
+    return Prompt(
+        messages=messages,
+        hits=kept_hits,
+        tokens=tokens,
+        dropped_history=len(recent) - len(kept_history),
+        dropped_hits=len(hits) - len(kept_hits),
+        truncated=truncated,
+    )
+
+
+def estimate_tokens(
+    question: str,
+    hits: Sequence[Hit],
+    *,
+    settings: Settings,
+    history: Sequence[Message] = (),
+    counter: TokenCounter | None = None,
+) -> int:
+    """Estimated tokens of the untrimmed prompt (for routing a too-large prompt elsewhere)."""
+    counter = counter or token_counter(settings)
+    recent = list(history[len(history) - 2 * settings.history_turns :]) if settings.history_turns else []
+    return counter.count_messages(_messages(recent, list(hits), question.strip()))
+
+
+def context_block(hits: Sequence[Hit]) -> str:
+    """The numbered context as it appears in the user message."""
+    if not hits:
+        return "Context:\n(no passages found)"
+    return "Context:\n" + "\n\n".join(_passage(n, h, h.text) for n, h in enumerate(hits, start=1))
+
+
+def source_label(hit: Hit) -> str:
+    """Where a passage comes from, for people and the model: ``guide.pdf, page 3``."""
+    return f"{hit.source}, page {hit.page}" if hit.page is not None else hit.source
+
+
+def _messages(history: Sequence[Message], hits: Sequence[Hit], question: str) -> list[Message]:
+    user = f"{context_block(hits)}\n\nQuestion: {question}"
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        *({"role": m["role"], "content": m["content"]} for m in history),
+        {"role": "user", "content": user},
+    ]
+
+
+def _passage(number: int, hit: Hit, text: str) -> str:
+    # Blank lines inside a chunk cost tokens and blur where one passage ends.
+    tight = re.sub(r"\n\s*\n+", "\n", text.strip())
+    return f"[{number}] ({source_label(hit)}) {tight}"
+
+
+def _cut_to_fit(hit: Hit, room: int, counter: TokenCounter) -> Hit | None:
+    """``hit`` with its text shortened (at a word boundary) to cost at most ``room`` tokens."""
+    if room < MIN_PASSAGE_TOKENS:
+        return None
+    words = hit.text.split()
+    lo, hi = 0, len(words)
+    # Binary search on the number of words kept: ~10 counts for a 250-word chunk.
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if counter.count(_passage(1, hit, " ".join(words[:mid]) + " …")) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo == 0:
+        return None
+    return replace(hit, text=" ".join(words[:lo]) + " …")

@@ -1,0 +1,207 @@
+"""Hybrid retrieval: dense vectors from Chroma plus BM25, fused by reciprocal rank.
+
+The chat app, the OpenAI-compatible API and both CLIs call :func:`retrieve`
+(or a :class:`Retriever`) and get typed :class:`Hit` values back, best first.
+
+Each search embeds the question once (ONNX, no torch), asks Chroma for
+``settings.candidates`` nearest chunks and BM25 for as many keyword matches,
+and merges the two rankings with reciprocal rank fusion: a chunk scores
+``1 / (rrf_k + rank)`` in every list it appears in. RRF needs no score
+calibration between cosine similarities and BM25 scores, which live on
+unrelated scales.
+
+A :class:`Retriever` is cached per process and store. Before each search it
+reads the store's generation token (one small file); when an ingest has
+committed since, it reopens Chroma and reloads the BM25 index, so a
+long-running app sees new documents without a restart.
+
+>>> hits = retrieve("how do I add my own files?", k=3)      # doctest: +SKIP
+>>> [(h.source, h.page) for h in hits]                       # doctest: +SKIP
+[('user-guide.md', None), ('quick-reference.pdf', 3), ...]
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+from rag.errors import NoDocuments
+from rag.lexical import LexicalIndex, load_lexical_index
+from rag.settings import Settings, get_settings
+from rag.store import Chunk, ChunkStore, forget_cached_clients, read_generation
+
+Mode = Literal["hybrid", "dense", "bm25"]
+MODES: tuple[Mode, ...] = ("hybrid", "dense", "bm25")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved chunk: where it comes from, its text, and how it ranked.
+
+    ``score`` is the fused RRF score in hybrid mode (the cosine similarity in
+    dense mode, the BM25 score in bm25 mode); higher is better. The ranks are
+    1-based positions in each method's own list, None when the method did not
+    return the chunk.
+    """
+
+    chunk_id: str
+    source: str  # relative to the docs folder, "/" separators
+    page: int | None  # 1-based page for PDFs, None for formats without pages
+    heading: str | None
+    text: str
+    score: float
+    dense_rank: int | None = None
+    lexical_rank: int | None = None
+
+
+def fuse(
+    dense: list[tuple[Chunk, float]],
+    lexical: list[tuple[Chunk, float]],
+    k: int,
+    rrf_k: int,
+) -> list[Hit]:
+    """Merge two ranked lists by reciprocal rank fusion and keep the best ``k``.
+
+    Ties (equal fused score) keep the dense order first, then the lexical one,
+    so results are deterministic.
+    """
+    scores: dict[str, float] = {}
+    chunks: dict[str, Chunk] = {}
+    dense_rank: dict[str, int] = {}
+    lexical_rank: dict[str, int] = {}
+    for ranks, ranked in ((dense_rank, dense), (lexical_rank, lexical)):
+        for rank, (chunk, _score) in enumerate(ranked, start=1):
+            if chunk.id in ranks:  # a method listing a chunk twice counts once
+                continue
+            ranks[chunk.id] = rank
+            chunks.setdefault(chunk.id, chunk)
+            scores[chunk.id] = scores.get(chunk.id, 0.0) + 1.0 / (rrf_k + rank)
+    order = sorted(scores, key=lambda cid: -scores[cid])  # sorted() is stable
+    return [
+        _hit(chunks[cid], scores[cid], dense_rank.get(cid), lexical_rank.get(cid))
+        for cid in order[:k]
+    ]
+
+
+def _hit(chunk: Chunk, score: float, dense_rank: int | None, lexical_rank: int | None) -> Hit:
+    return Hit(
+        chunk_id=chunk.id,
+        source=chunk.source,
+        page=chunk.page,
+        heading=chunk.heading,
+        text=chunk.text,
+        score=score,
+        dense_rank=dense_rank,
+        lexical_rank=lexical_rank,
+    )
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """What one store generation needs for searching, swapped as a whole on reload."""
+
+    generation: str
+    store: ChunkStore
+    lexical: LexicalIndex
+    count: int
+
+
+class Retriever:
+    """Hybrid search over one store; reloads itself when an ingest changes the store.
+
+    >>> retriever = Retriever(settings)                            # doctest: +SKIP
+    >>> retriever.search("Which port does Ollama use?", k=3)       # doctest: +SKIP
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._loaded: _Loaded | None = None
+        self._lock = threading.Lock()
+
+    def search(self, question: str, k: int | None = None, *, mode: Mode = "hybrid") -> list[Hit]:
+        """The ``k`` best chunks for ``question`` (default ``settings.top_k``), best first.
+
+        ``mode`` picks hybrid (default), dense-only or BM25-only; the single
+        modes exist for evaluation. Raises :class:`NoDocuments` when nothing is
+        ingested.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        k = k or self.settings.top_k
+        loaded = self._fresh()
+        candidates = max(self.settings.candidates, k)
+        dense: list[tuple[Chunk, float]] = []
+        lexical: list[tuple[Chunk, float]] = []
+        if mode != "bm25":
+            dense = self._dense(loaded, question, min(candidates, loaded.count))
+        if mode != "dense":
+            lexical = loaded.lexical.search(question, candidates)
+        if mode == "dense":
+            return [_hit(c, s, r, None) for r, (c, s) in enumerate(dense[:k], start=1)]
+        if mode == "bm25":
+            return [_hit(c, s, None, r) for r, (c, s) in enumerate(lexical[:k], start=1)]
+        return fuse(dense, lexical, k, self.settings.rrf_k)
+
+    def _dense(self, loaded: _Loaded, question: str, n: int) -> list[tuple[Chunk, float]]:
+        # Imported on first use: rag.embed loads onnxruntime, which BM25-only use never needs.
+        from rag.embed import get_embedder
+
+        vector = get_embedder(self.settings).embed_query(question)
+        return loaded.store.query(vector, n)
+
+    def _fresh(self) -> _Loaded:
+        """The loaded store and index for the current generation, reopening both when it moved."""
+        generation = read_generation(self.settings)
+        with self._lock:
+            loaded = self._loaded
+            if loaded is None or loaded.generation != generation:
+                loaded = self._load(generation, reopen=loaded is not None)
+                self._loaded = loaded
+            return loaded
+
+    def _load(self, generation: str, *, reopen: bool) -> _Loaded:
+        s = self.settings
+        docs = str(s.docs_dir)
+        # Opening a missing local store would create an empty one on disk; say so instead.
+        if not s.chroma_host and not s.chroma_dir.exists():
+            raise NoDocuments(docs)
+        if reopen:
+            # Chroma's cached client keeps serving the vector index it loaded
+            # first; only a fresh client sees what another process committed.
+            forget_cached_clients()
+        store = ChunkStore(s)
+        count = store.count()
+        if count == 0:
+            raise NoDocuments(docs)
+        return _Loaded(generation, store, load_lexical_index(s, store), count)
+
+
+_retrievers: dict[tuple[object, ...], Retriever] = {}
+_retrievers_lock = threading.Lock()
+
+
+def get_retriever(settings: Settings | None = None) -> Retriever:
+    """The process-wide :class:`Retriever` for the store ``settings`` point at."""
+    settings = settings or get_settings()
+    key = (
+        str(settings.data_dir.resolve()),
+        settings.collection,
+        settings.chroma_host,
+        settings.chroma_port,
+        str(settings.embedder_dir.resolve()),
+        settings.embed_precision,
+        settings.candidates,
+        settings.rrf_k,
+        settings.top_k,
+    )
+    with _retrievers_lock:
+        retriever = _retrievers.get(key)
+        if retriever is None:
+            retriever = _retrievers[key] = Retriever(settings)
+        return retriever
+
+
+def retrieve(question: str, k: int | None = None, *, settings: Settings | None = None) -> list[Hit]:
+    """The ``k`` best chunks for ``question`` by hybrid search (see :class:`Retriever`)."""
+    return get_retriever(settings).search(question, k)

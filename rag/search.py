@@ -1,0 +1,96 @@
+"""Search the ingested documents from the command line.
+
+    python -m rag.search QUESTION [QUESTION ...] [--k 5] [--json] [--data-dir DIR] [--docs-dir DIR]
+
+Prints the best chunks for each question with source, page, score and a
+snippet. With ``--json`` it prints one line per question:
+``{"question": "...", "hits": [{"source": "guide.pdf", "page": 6, "score": 0.03, "text": "..."}]}``
+(``page`` is null for formats without pages). Exit status 0 on success, 1 when
+nothing is ingested yet or the search fails, with a sentence and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from rag.errors import RagError
+from rag.retrieve import MODES, Hit, Retriever
+from rag.settings import Settings, get_settings
+
+_SNIPPET_CHARS = 240
+
+
+def hit_record(hit: Hit) -> dict[str, object]:
+    """The JSON shape of one hit in ``--json`` output."""
+    return {"source": hit.source, "page": hit.page, "score": hit.score, "text": hit.text}
+
+
+def format_hits(question: str, hits: list[Hit]) -> str:
+    """Human-readable ranked hits: source, page, score and a one-paragraph snippet."""
+    lines = [f"Q: {question}"]
+    if not hits:
+        lines.append("  (no matching passages)")
+    for rank, hit in enumerate(hits, start=1):
+        where = hit.source + (f", page {hit.page}" if hit.page is not None else "")
+        if hit.heading:
+            where += f" - {hit.heading}"
+        lines.append(f"{rank:>3}. {where}  (score {hit.score:.4f})")
+        snippet = " ".join(hit.text.split())
+        if len(snippet) > _SNIPPET_CHARS:
+            snippet = snippet[: _SNIPPET_CHARS - 3].rstrip() + "..."
+        lines.extend(textwrap.wrap(snippet, width=96, initial_indent="     ", subsequent_indent="     "))
+    return "\n".join(lines)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m rag.search",
+        description="Hybrid (dense + BM25) search over the ingested documents.",
+    )
+    parser.add_argument("questions", nargs="+", metavar="QUESTION")
+    parser.add_argument("--k", type=int, default=None, help="hits per question (default RAG_TOP_K)")
+    parser.add_argument("--json", action="store_true", help="one JSON line per question")
+    parser.add_argument("--mode", choices=MODES, default="hybrid", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", type=Path, default=None, help="store location (RAG_DATA_DIR)")
+    parser.add_argument("--docs-dir", type=Path, default=None, help="docs folder (RAG_DOCS_DIR)")
+    args = parser.parse_args(argv)
+    if args.k is not None and args.k < 1:
+        parser.error("--k must be at least 1")
+    return args
+
+
+def cli_settings(base: Settings, data_dir: Path | None, docs_dir: Path | None) -> Settings:
+    """``base`` with the CLI's --data-dir/--docs-dir applied (the models dir stays where it was)."""
+    if data_dir is None and docs_dir is None:
+        return base
+    # A new data dir must not move the models, which live under the default one.
+    return base.with_overrides(
+        data_dir=data_dir, docs_dir=docs_dir, models_dir_override=base.models_dir
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    args = _parse(argv)
+    settings = cli_settings(get_settings(), args.data_dir, args.docs_dir)
+    retriever = Retriever(settings)
+    try:
+        for question in args.questions:
+            hits = retriever.search(question, args.k, mode=args.mode)
+            if args.json:
+                record = {"question": question, "hits": [hit_record(h) for h in hits]}
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+            else:
+                print(format_hits(question, hits), end="\n\n", flush=True)
+    except RagError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

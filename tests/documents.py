@@ -1,0 +1,137 @@
+"""Real documents for tests: PDFs built with fpdf2, .docx with python-docx, small corpora.
+
+Every builder returns bytes (or writes files) made by the real libraries, so
+the loaders are tested against what users actually have, including damaged
+variants made by cutting or overwriting real bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+
+def pdf_bytes(
+    pages: list[str], *, user_password: str | None = None, owner_password: str | None = None
+) -> bytes:
+    """A real PDF with one page per string; optionally encrypted (AES-128)."""
+    from fpdf import FPDF
+    from fpdf.enums import EncryptionMethod
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=11)
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 6, text)
+    if user_password is not None or owner_password is not None:
+        pdf.set_encryption(
+            owner_password=owner_password or "owner-secret",
+            user_password=user_password or "",
+            encryption_method=EncryptionMethod.AES_128,
+        )
+    return bytes(pdf.output())
+
+
+def truncated_pdf_bytes(pages: list[str]) -> bytes:
+    """A real PDF cut in half, as an interrupted download leaves it."""
+    data = pdf_bytes(pages)
+    return data[: len(data) // 2]
+
+
+def pdf_declaring_more_pages(pages: list[str], declared: int) -> bytes:
+    """A PDF whose page tree declares ``declared`` pages but links only ``len(pages)``.
+
+    This is the silent failure NOTES.md describes (a damaged file yields fewer
+    pages than it declares, with no exception): pypdf reads the linked pages
+    and says nothing about the missing ones. The count is rewritten with the
+    same number of bytes so the cross-reference offsets stay valid.
+    """
+    data = pdf_bytes(pages)
+    old, new = b"/Count %d" % len(pages), b"/Count %d" % declared
+    assert len(old) == len(new) and data.count(old) == 1, "use page counts of equal width"
+    return data.replace(old, new)
+
+
+def docx_bytes(blocks: list[tuple[str, str]], table: list[list[str]] | None = None) -> bytes:
+    """A real .docx: ``blocks`` are (style, text); style "Title", "Heading N" or "" (body)."""
+    import docx
+
+    document = docx.Document()
+    for style, text in blocks:
+        if style == "Title":
+            document.add_heading(text, level=0)
+        elif style.startswith("Heading "):
+            document.add_heading(text, level=int(style.split()[1]))
+        else:
+            document.add_paragraph(text)
+    if table:
+        grid = document.add_table(rows=len(table), cols=len(table[0]))
+        for r, row in enumerate(table):
+            for c, cell in enumerate(row):
+                grid.cell(r, c).text = cell
+    buffer = io.BytesIO()
+    document.save(buffer)
+    return buffer.getvalue()
+
+
+# Prose for corpora: distinct topics so chunks and searches are easy to tell apart.
+TOPICS: dict[str, str] = {
+    "volcanoes": (
+        "Volcanoes form where magma reaches the surface of the crust. Shield volcanoes have "
+        "gentle slopes built by fluid basalt lava, while stratovolcanoes are steep cones of "
+        "alternating ash and lava layers. Eruptions are monitored with seismometers, tiltmeters "
+        "and gas sensors that measure sulfur dioxide."
+    ),
+    "bread": (
+        "Sourdough bread rises thanks to wild yeast and lactic acid bacteria living in a starter. "
+        "The starter is fed flour and water every day. A long cold fermentation develops flavour, "
+        "and baking in a covered pot traps steam so the crust stays thin and crisp."
+    ),
+    "chess": (
+        "In chess the opening phase develops knights and bishops toward the centre, castles the "
+        "king to safety and connects the rooks. The middlegame is about plans and tactics such as "
+        "forks, pins and skewers. Endgames reward an active king and passed pawns."
+    ),
+    "tides": (
+        "Ocean tides are caused mainly by the gravitational pull of the Moon and, to a lesser "
+        "degree, the Sun. Spring tides happen at new and full moon when both pull together; neap "
+        "tides happen at the quarter moons. Harbours publish tide tables for sailors."
+    ),
+    "bees": (
+        "Honey bees communicate the direction of flowers with the waggle dance. A colony has one "
+        "queen, thousands of female workers and some male drones. Workers make wax, tend the brood "
+        "and turn nectar into honey by evaporating water from it."
+    ),
+}
+
+
+def prose(topic: str, paragraphs: int = 1) -> str:
+    """``paragraphs`` numbered paragraphs about one topic."""
+    base = TOPICS[topic]
+    return "\n\n".join(f"({i + 1}) {base}" for i in range(paragraphs))
+
+
+def write_corpus(docs: Path, *, paragraphs: int = 1) -> dict[str, Path]:
+    """A small mixed corpus (md, txt, html, pdf, docx) under ``docs``; returns {source: path}."""
+    files: dict[str, bytes] = {
+        "volcanoes.md": f"# Volcanoes\n\n{prose('volcanoes', paragraphs)}\n\n## Monitoring\n\n"
+        "Seismometers record the small earthquakes before an eruption.\n".encode(),
+        "kitchen/bread.txt": prose("bread", paragraphs).encode(),
+        "games/chess.html": (
+            "<html><head><title>Chess</title><script>track()</script></head><body>"
+            "<nav>Home | Games</nav><main><h1>Chess openings</h1>"
+            f"<p>{prose('chess', paragraphs)}</p>"
+            "</main><footer>(c) club</footer></body></html>"
+        ).encode(),
+        "sea/tides guide.pdf": pdf_bytes(
+            [prose("tides", paragraphs), "Tide tables list high and low water."]
+        ),
+        "bees é.docx": docx_bytes([("Heading 1", "Bees"), ("", prose("bees", paragraphs))]),
+    }
+    paths: dict[str, Path] = {}
+    for source, data in files.items():
+        path = docs / source
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        paths[source] = path
+    return paths

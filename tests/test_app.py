@@ -1,0 +1,370 @@
+"""The chat app's handlers, awaited directly in a mocked Chainlit context.
+
+Everything else is real: a store ingested by the real pipeline from a small
+multi-format corpus, hybrid retrieval with the ONNX embedder, the prompt builder,
+the openai SDK, and an OpenAI-compatible fake server on loopback that logs every
+request it receives (it stands in for Foundry Local / Ollama).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import chainlit as cl
+import pytest
+
+import app
+from ingest.pipeline import ingest
+from rag.prompt import build_prompt, estimate_tokens, token_counter
+from rag.retrieve import retrieve
+from rag.settings import Settings, get_settings
+from tests.chat_session import ChatSession
+from tests.conftest import MODELS_DIR, make_settings
+from tests.corpus import build_corpus
+from tests.fake_openai import FakeOpenAI
+
+MODELS = ["phi-4-mini-fake", "qwen-2.5-fake"]
+HOLIDAYS = "How many days of paid holiday do employees get?"
+REPLY = "Employees get 28 days of paid holiday a year [1]."
+
+pytestmark = pytest.mark.skipif(
+    not (MODELS_DIR / "all-MiniLM-L6-v2-onnx").exists(), reason="embedder not exported (make models)"
+)
+
+
+@pytest.fixture(scope="module")
+def kayak_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with docs/ (the Brightwater corpus) and data/ filled by the real ingest."""
+    root = tmp_path_factory.mktemp("kayak")
+    build_corpus(root / "docs")
+    report = ingest(make_settings(root))
+    assert not report.failed and report.chunks > 5
+    return root
+
+
+@pytest.fixture
+def app_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Settings]]:
+    """Point the app's settings (read from the environment, as in production) at a test store."""
+
+    def apply(root: Path, base_url: str, **env: object) -> Settings:
+        monkeypatch.setenv("RAG_DOCS_DIR", str(root / "docs"))
+        monkeypatch.setenv("RAG_DATA_DIR", str(root / "data"))
+        monkeypatch.setenv("RAG_MODELS_DIR", str(MODELS_DIR))
+        monkeypatch.setenv("LLM_BASE_URL", base_url)
+        for name, value in env.items():
+            monkeypatch.setenv(name, str(value))
+        get_settings.cache_clear()
+        return get_settings()
+
+    yield apply
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(models=list(MODELS), reply=REPLY) as server:
+        yield server
+
+
+def user_content(request: dict) -> str:
+    return request["messages"][-1]["content"]
+
+
+def history_of(request: dict) -> list[dict]:
+    """The messages between the system prompt and the final user message."""
+    return request["messages"][1:-1]
+
+
+def sidebars(chat: ChatSession) -> list[dict]:
+    """The sidebar contents the app set, in order."""
+    return [data for event, data in chat.events if event == "set_sidebar_elements"]
+
+
+def passages_in(request: dict) -> int:
+    return len(re.findall(r"^\[\d+\] \(", user_content(request), flags=re.MULTILINE))
+
+
+# --- start of a chat -----------------------------------------------------------------------
+
+
+async def test_picker_lists_the_servers_models_with_the_first_preselected(
+    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+) -> None:
+    app_env(kayak_store, fake.base_url)
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+
+        (picker,) = chat.chat_settings()
+        assert picker["id"] == "model" and picker["type"] == "select"
+        assert [item["value"] for item in picker["items"]] == MODELS
+        assert picker["initial"] == "phi-4-mini-fake"
+        welcome = chat.last_answer().output
+        assert "Ask" in welcome and "drop" in welcome and str(kayak_store / "docs") in welcome
+        assert fake.base_url in welcome
+
+
+async def test_picker_preselects_llm_model_when_the_server_lists_it(
+    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+) -> None:
+    app_env(kayak_store, fake.base_url, LLM_MODEL="qwen-2.5-fake")
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        assert chat.chat_settings()[0]["initial"] == "qwen-2.5-fake"
+
+
+# --- answering -------------------------------------------------------------------------------
+
+
+async def test_answer_is_grounded_with_the_context_ahead_of_the_question_and_shows_sources(
+    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+) -> None:
+    app_env(kayak_store, fake.base_url)
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        await chat.send(app.on_message, HOLIDAYS)
+
+        (request,) = fake.requests
+        assert request["model"] == "phi-4-mini-fake" and request["stream"] is True
+        system, user = request["messages"]
+        assert system["role"] == "system" and "only the numbered context" in system["content"]
+        content = user["content"]
+        assert content.startswith("Context:\n[1] (")
+        assert content.endswith(f"\n\nQuestion: {HOLIDAYS}")
+        assert content.index("28 days of paid holiday") < content.index("Question:")
+
+        (step,) = chat.steps("retrieval")
+        assert "handbook.md" in step.output
+        step_dicts = [d for e, d in chat.events if e == "new_message" and d["id"] == step.id]
+        assert step_dicts[0]["defaultOpen"] is False  # collapsed until the user opens it
+
+        answer = chat.last_answer()
+        assert len(chat.streamed_tokens(answer.id)) > 3  # streamed token by token
+        assert answer.output.startswith(REPLY)
+        assert "**Sources:** [1] handbook.md" in answer.output
+        # The passages behind the answer, with their full text, open in the sidebar.
+        (sidebar,) = sidebars(chat)
+        assert sidebar["key"] == answer.id
+        names = [e["name"] for e in sidebar["elements"]]
+        assert names[0].startswith("[1] handbook.md") and names[1].startswith("[2] ")
+        texts = [chat.element_text(e) for e in sidebar["elements"]]
+        assert texts[0].startswith("**[1] handbook.md**")
+        assert any("28 days of paid holiday" in t for t in texts)
+
+
+async def test_pdf_sources_name_the_page(
+    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+) -> None:
+    app_env(kayak_store, fake.base_url)
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        await chat.send(app.on_message, "What is the maximum load of the Tidewater 12 kayak?")
+        assert "tidewater-12-manual.pdf, page 1" in chat.last_answer().output
+
+
+async def test_switching_the_model_applies_to_the_next_message_and_keeps_the_history(
+    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+) -> None:
+    app_env(kayak_store, fake.base_url)
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        await chat.send(app.on_message, HOLIDAYS)
+        await app.on_settings_update({"model": "qwen-2.5-fake"})
+        await chat.send(app.on_message, "And how many of them carry over?")
+
+        assert fake.models_called == ["phi-4-mini-fake", "qwen-2.5-fake"]
+        assert history_of(fake.requests[1]) == [
+            {"role": "user", "content": HOLIDAYS},
+            {"role": "assistant", "content": REPLY},
+        ]
+        # Each answer replaces the sidebar's sources with its own: nothing piles up.
+        answers = [a for a in chat.answers() if a.output.startswith(REPLY)]
+        first, second = sidebars(chat)
+        assert [first["key"], second["key"]] == [a.id for a in answers]
+        assert len(second["elements"]) == passages_in(fake.requests[1])
+        assert not {e["id"] for e in first["elements"]} & {e["id"] for e in second["elements"]}
+        assert all(not a.elements for a in chat.answers())  # none attached to messages
+
+
+async def test_a_small_window_drops_history_before_passages_and_never_exceeds_the_budget(
+    kayak_store: Path, app_env: Callable[..., Settings]
+) -> None:
+    long_reply = "Holidays are explained in the handbook [1]. " + "More detail follows here. " * 40
+    with FakeOpenAI(models=list(MODELS), reply=long_reply) as server:
+        settings = app_env(kayak_store, server.base_url)
+        counter = token_counter(settings)
+        hits = retrieve(HOLIDAYS, settings=settings)
+        no_history = estimate_tokens(HOLIDAYS, hits, settings=settings)
+        turn = [{"role": "user", "content": HOLIDAYS}, {"role": "assistant", "content": long_reply}]
+        one_turn = counter.count_messages(turn)
+        # Room for every passage plus one earlier turn, not two.
+        window = no_history + one_turn + one_turn // 2 + settings.answer_tokens
+        settings = app_env(kayak_store, server.base_url, RAG_CONTEXT_TOKENS=window)
+
+        async with ChatSession() as chat:
+            await app.on_chat_start()
+            for _ in range(3):
+                await chat.send(app.on_message, HOLIDAYS)
+
+        first, second, third = server.requests
+        assert [len(history_of(r)) for r in (first, second, third)] == [0, 2, 2]
+        assert [passages_in(r) for r in (first, second, third)] == [len(hits)] * 3
+        for request in server.requests:
+            assert counter.count_messages(request["messages"]) <= window - settings.answer_tokens
+            assert request["max_tokens"] == settings.answer_tokens
+        assert "1 earlier message" not in chat.last_answer().output
+        assert "2 earlier message(s) were left out" in chat.last_answer().output
+
+
+async def test_a_tighter_window_drops_all_history_then_the_lowest_ranked_passages(
+    kayak_store: Path, app_env: Callable[..., Settings]
+) -> None:
+    long_reply = "See the handbook [1]. " + "Detail. " * 60
+    with FakeOpenAI(models=list(MODELS), reply=long_reply) as server:
+        settings = app_env(kayak_store, server.base_url)
+        hits = retrieve(HOLIDAYS, settings=settings)
+        top_two = build_prompt(HOLIDAYS, hits[:2], settings=settings).tokens
+        window = top_two + 20 + settings.answer_tokens  # two passages fit, the third does not
+        settings = app_env(kayak_store, server.base_url, RAG_CONTEXT_TOKENS=window)
+
+        async with ChatSession() as chat:
+            await app.on_chat_start()
+            await chat.send(app.on_message, HOLIDAYS)
+            await chat.send(app.on_message, HOLIDAYS)
+
+        counter = token_counter(settings)
+        for request in server.requests:
+            assert history_of(request) == []
+            assert 2 <= passages_in(request) < len(hits)
+            assert counter.count_messages(request["messages"]) <= window - settings.answer_tokens
+        assert "[1] (handbook.md" in user_content(server.requests[0])  # the best one stays
+        assert "passage(s) and 2 earlier message(s) were left out" in chat.last_answer().output
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+async def test_a_stream_broken_midway_keeps_the_partial_answer_and_adds_a_note(
+    kayak_store: Path, app_env: Callable[..., Settings]
+) -> None:
+    with FakeOpenAI(models=list(MODELS), reply=REPLY, break_after_tokens=3) as server:
+        app_env(kayak_store, server.base_url)
+        async with ChatSession() as chat:
+            await app.on_chat_start()
+            await chat.send(app.on_message, HOLIDAYS)
+
+            answer = chat.last_answer()
+            assert answer.output.startswith("Employees get 28 ")
+            assert "stopped before it was complete" in answer.output
+            assert "incomplete" in answer.output and "Traceback" not in answer.output
+
+
+async def test_a_dead_endpoint_is_a_sentence_naming_the_url_and_what_to_start(
+    kayak_store: Path, app_env: Callable[..., Settings]
+) -> None:
+    server = FakeOpenAI(models=list(MODELS)).start()
+    server.stop()  # nothing listens on its port any more
+    app_env(kayak_store, server.base_url)
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        start_text = chat.last_answer().output
+        await chat.send(app.on_message, HOLIDAYS)
+        answer_text = chat.last_answer().output
+
+    for text in (start_text, answer_text):
+        assert f"No model server answered at {server.base_url}" in text
+        assert "foundry model run phi-4-mini" in text and "LLM_BASE_URL" in text
+        assert "Traceback" not in text
+
+
+async def test_an_endpoint_that_dies_mid_session_is_reported_on_the_next_question(
+    kayak_store: Path, app_env: Callable[..., Settings]
+) -> None:
+    server = FakeOpenAI(models=list(MODELS), reply=REPLY).start()
+    app_env(kayak_store, server.base_url)
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        await chat.send(app.on_message, HOLIDAYS)
+        server.stop()
+        await chat.send(app.on_message, "And how many carry over?")
+        assert chat.last_answer().output.startswith(f"No model server answered at {server.base_url}")
+
+
+async def test_an_empty_store_tells_the_user_to_add_files_and_how(
+    tmp_path: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+) -> None:
+    (tmp_path / "docs").mkdir()
+    app_env(tmp_path, fake.base_url)
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        await chat.send(app.on_message, HOLIDAYS)
+
+        text = chat.last_answer().output
+        assert "knowledge base is empty" in text
+        assert "python -m ingest" in text and "drop a file into the chat" in text
+        assert fake.requests == []  # nothing is asked without documents
+
+
+# --- uploads -----------------------------------------------------------------------------------
+
+
+async def test_an_upload_is_saved_safely_ingested_and_then_answers_questions(
+    tmp_path: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+) -> None:
+    root = tmp_path / "kb"
+    corpus = build_corpus(tmp_path / "corpus")
+    (root / "docs").mkdir(parents=True)
+    shutil.copy(corpus / "handbook.md", root / "docs" / "handbook.md")
+    settings = app_env(root, fake.base_url)
+    ingest(settings)
+
+    first = tmp_path / "upload-1"
+    first.write_text("# Launch plan\n\nThe secret launch code word is PELICAN-42.\n", encoding="utf-8")
+    clash = tmp_path / "upload-2"
+    clash.write_text("# Other plan\n\nA different file that happens to share the name.\n", encoding="utf-8")
+    hostile_name = "../../Launch Plan.md"
+
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        await chat.send(app.on_message, "", [cl.File(name=hostile_name, path=str(first), mime="text/markdown")])
+        added = chat.last_answer().output
+        await chat.send(app.on_message, "", [cl.File(name="Launch Plan.md", path=str(clash), mime="text/markdown")])
+        renamed = chat.last_answer().output
+        await chat.send(app.on_message, "What is the secret launch code word?")
+
+    saved = root / "docs" / "Launch Plan.md"
+    assert saved.read_text(encoding="utf-8") == first.read_text(encoding="utf-8")
+    assert (root / "docs" / "Launch Plan-2.md").read_text(encoding="utf-8") == clash.read_text(encoding="utf-8")
+    assert not (tmp_path / "Launch Plan.md").exists()  # the ../ went nowhere
+    assert "Added **Launch Plan.md**" in added and "searchable now" in added
+    assert "as `Launch Plan-2.md`" in renamed and "different file already had that name" in renamed
+
+    hits = retrieve("secret launch code word", settings=get_settings())
+    assert hits[0].source == "Launch Plan.md"
+    assert "PELICAN-42" in user_content(fake.requests[-1])
+    assert "Launch Plan.md" in chat.last_answer().output
+
+
+async def test_unsupported_and_oversized_uploads_are_refused_with_a_sentence(
+    tmp_path: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+) -> None:
+    (tmp_path / "docs").mkdir()
+    app_env(tmp_path, fake.base_url, RAG_UPLOAD_MAX_MB=0.001)
+    program = tmp_path / "tool.exe"
+    program.write_bytes(b"MZ" + b"\0" * 100)
+    big = tmp_path / "big.txt"
+    big.write_text("word " * 1000, encoding="utf-8")
+
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        await chat.send(app.on_message, "", [
+            cl.File(name="tool.exe", path=str(program), mime="application/octet-stream"),
+            cl.File(name="big.txt", path=str(big), mime="text/plain"),
+        ])
+        text = chat.last_answer().output
+
+    assert "tool.exe was not added: .exe cannot be read" in text
+    assert "big.txt was not added: it is 0.0 MB and the limit is 0.001 MB" in text
+    assert list((tmp_path / "docs").iterdir()) == []

@@ -1,0 +1,111 @@
+"""The chunker cuts documents by the embedding model's tokens, at natural boundaries."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingest.chunker import Chunker
+from ingest.document import Document, Section
+from rag.embed import load_tokenizer
+from rag.settings import Settings
+from tests.conftest import make_settings
+from tests.documents import TOPICS, prose
+
+
+@pytest.fixture
+def tokenizer(settings: Settings):  # type: ignore[no-untyped-def]
+    return load_tokenizer(settings)
+
+
+def _tokens(tokenizer, text: str) -> int:  # type: ignore[no-untyped-def]
+    return len(tokenizer.encode(text).ids)  # with [CLS]/[SEP], as the model sees it
+
+
+def _long_doc(paragraphs: int = 12) -> Document:
+    text = "\n\n".join(prose(t, paragraphs // len(TOPICS) + 1) for t in TOPICS)
+    return Document("long.txt", (Section(text),))
+
+
+def test_chunks_never_exceed_the_models_token_limit(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    chunks = Chunker(tokenizer, chunk_tokens=220, overlap=40).run(_long_doc())
+    assert len(chunks) > 3
+    assert max(_tokens(tokenizer, c.text) for c in chunks) <= 256
+    # And they are not needlessly small: all but the last fill most of the budget.
+    assert min(_tokens(tokenizer, c.text) for c in chunks[:-1]) >= 110
+
+
+def test_chunk_size_is_clamped_to_the_model_limit(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    chunker = Chunker(tokenizer, chunk_tokens=256, overlap=40, max_tokens=128)
+    chunks = chunker.run(_long_doc())
+    assert max(_tokens(tokenizer, c.text) for c in chunks) <= 128
+
+
+def test_chunk_text_is_cut_from_the_original_text(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    doc = Document("a.txt", (Section("Ünïcödé Café — MixedCase TEXT.  " * 60),))
+    for chunk in Chunker(tokenizer, chunk_tokens=64, overlap=8).run(doc):
+        assert chunk.text in doc.sections[0].text  # case, accents and spacing kept
+
+
+def test_consecutive_chunks_overlap(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    chunks = Chunker(tokenizer, chunk_tokens=120, overlap=40).run(_long_doc())
+    for before, after in zip(chunks, chunks[1:], strict=False):
+        head = after.text[:30]
+        assert head in before.text, "the next chunk starts inside the previous one"
+
+
+def test_chunks_end_at_sentence_or_paragraph_boundaries(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    chunks = Chunker(tokenizer, chunk_tokens=100, overlap=20).run(_long_doc())
+    for chunk in chunks:
+        assert chunk.text.rstrip()[-1] in ".!?)", chunk.text[-40:]
+
+
+def test_chunk_keeps_page_and_nearest_heading(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    doc = Document(
+        "g.pdf",
+        (
+            Section(prose("tides", 4), page=1, heading="Tides"),
+            Section("Short note.", page=2, heading="Tides"),
+            Section(prose("bees", 4), page=2, heading="Bees"),
+        ),
+    )
+    chunks = Chunker(tokenizer, chunk_tokens=100, overlap=20).run(doc)
+    assert {c.page for c in chunks} == {1, 2}
+    assert all(c.heading == "Tides" for c in chunks if c.page == 1)
+    # Chunks that start inside the bees section (no text of the sections before it).
+    bees = [c for c in chunks if c.page == 2 and "Short note" not in c.text]
+    assert bees and all(c.heading == "Bees" for c in bees)
+    assert [c.heading for c in chunks if "Short note" in c.text][0] == "Tides"
+
+
+def test_chunk_never_spans_two_pages(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    doc = Document("g.pdf", (Section("Alpha page one.", page=1), Section("Beta page two.", page=2)))
+    chunks = Chunker(tokenizer).run(doc)
+    assert [(c.page, c.text) for c in chunks] == [(1, "Alpha page one."), (2, "Beta page two.")]
+
+
+def test_short_sections_on_one_page_share_a_chunk(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    doc = Document("a.md", (Section("A\n\none.", heading="A"), Section("B\n\ntwo.", heading="B")))
+    chunks = Chunker(tokenizer).run(doc)
+    assert len(chunks) == 1 and chunks[0].text == "A\n\none.\n\nB\n\ntwo."
+    assert chunks[0].heading == "A"
+
+
+def test_chunk_ids_are_stable_source_and_index(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    chunker = Chunker(tokenizer, chunk_tokens=100, overlap=20)
+    first = chunker.run(_long_doc(), file_sha256="abc")
+    again = chunker.run(_long_doc(), file_sha256="abc")
+    assert [c.id for c in first] == [f"long.txt#{i}" for i in range(len(first))]
+    assert first == again
+    assert all(c.file_sha256 == "abc" and c.source == "long.txt" for c in first)
+
+
+def test_chunker_from_settings_uses_the_configured_sizes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    chunker = Chunker.from_settings(make_settings(tmp_path, chunk_tokens=64, chunk_overlap=10))
+    assert (chunker.budget, chunker.overlap) == (64, 10)
+
+
+def test_text_without_any_spaces_is_still_cut_within_the_limit(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    doc = Document("a.txt", (Section("x" * 5000),))
+    chunks = Chunker(tokenizer, chunk_tokens=100, overlap=10).run(doc)
+    assert max(_tokens(tokenizer, c.text) for c in chunks) <= 256
+    assert "".join(chunks[0].text) and chunks[-1].text.endswith("x")

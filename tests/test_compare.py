@@ -1,0 +1,263 @@
+"""Comparing models on the same retrieved context: two fake servers with different delays, a real store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ingest.pipeline import ingest
+from rag.compare import (
+    CompareBoard,
+    CompareContext,
+    CompareUsage,
+    ModelDelta,
+    ModelDone,
+    ModelFailed,
+    ModelStarted,
+    compare,
+    compare_stream,
+    main,
+    on_this_machine,
+    parse_compare_command,
+    tokens_per_second,
+)
+from rag.llm import Endpoint
+from rag.settings import Settings
+from tests.conftest import MODELS_DIR, REPO
+from tests.corpus import build_corpus
+from tests.fake_openai import FakeOpenAI
+
+QUESTION = "How many days of paid holiday does everyone get?"
+REPLY = "Everyone gets 28 days of paid holiday a year [1] plus public holidays."
+FAST_DELAY_S = 0.05
+SLOW_DELAY_S = 0.6
+TOKEN_DELAY_S = 0.02
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real store (Chroma + BM25) of the test corpus, ingested once for the module."""
+    root = tmp_path_factory.mktemp("store")
+    settings = _settings(root)
+    build_corpus(settings.docs_dir)
+    assert ingest(settings).chunks > 0
+    return root
+
+
+def _settings(root: Path, **overrides: object) -> Settings:
+    (root / "docs").mkdir(parents=True, exist_ok=True)
+    values: dict[str, object] = {
+        "docs_dir": root / "docs",
+        "data_dir": root / "data",
+        "models_dir_override": MODELS_DIR,
+        "engine": "off",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def small() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(models=["small"], reply=REPLY, first_token_delay_s=FAST_DELAY_S,
+                    token_delay_s=TOKEN_DELAY_S) as fake:
+        yield fake
+
+
+@pytest.fixture
+def big() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(models=["big"], reply=REPLY, first_token_delay_s=SLOW_DELAY_S,
+                    token_delay_s=TOKEN_DELAY_S) as fake:
+        yield fake
+
+
+def _two(store: Path, small: FakeOpenAI, big: FakeOpenAI, **overrides: object) -> Settings:
+    return _settings(store, llm_base_url=small.base_url, llm_fallback_base_url=big.base_url,
+                     llm_fallback_model="big", **overrides)
+
+
+def _context_message(request: dict) -> str:
+    return request["messages"][-1]["content"]
+
+
+async def test_both_models_get_identical_context_and_plausible_figures(
+    store: Path, small: FakeOpenAI, big: FakeOpenAI
+) -> None:
+    result = await compare(QUESTION, ["small", "fallback:big"], settings=_two(store, small, big))
+
+    fast, slow = result.results
+    assert isinstance(fast, ModelDone) and isinstance(slow, ModelDone)
+    assert (fast.route.endpoint.name, fast.route.model) == ("local", "small")
+    assert (slow.route.endpoint.name, slow.route.model) == ("fallback", "big")
+    assert fast.text == slow.text == REPLY
+
+    assert slow.ttft_s >= SLOW_DELAY_S
+    assert FAST_DELAY_S <= fast.ttft_s < slow.ttft_s
+    for done in (fast, slow):
+        assert done.total_s >= done.ttft_s
+        assert done.completion_tokens == len(REPLY.split(" "))
+        # Tokens arrive TOKEN_DELAY_S apart: decode speed cannot beat that.
+        assert 0 < done.tokens_per_s <= 1 / TOKEN_DELAY_S * 1.05
+
+    assert len(small.requests) == len(big.requests) == 1
+    assert _context_message(small.requests[0]) == _context_message(big.requests[0])
+    assert "28 days of paid holiday" in _context_message(small.requests[0])
+    assert result.hits and result.hits[0].source
+
+
+async def test_models_on_this_machine_run_one_after_the_other(
+    store: Path, small: FakeOpenAI, big: FakeOpenAI
+) -> None:
+    events = [e async for e in compare_stream(QUESTION, ["fallback:big", "small"],
+                                              settings=_two(store, small, big))]
+    assert isinstance(events[0], CompareContext)
+    order = [e.model for e in events[1:]]
+    # Both fakes are on loopback, so they share the lane: no interleaving.
+    assert order == sorted(order, key=["fallback:big", "small"].index)
+    kinds = [type(e) for e in events[1:] if e.model == "small"]
+    assert kinds[0] is ModelStarted and kinds[-1] is ModelDone
+    assert ModelDelta in kinds
+
+
+async def test_given_hits_are_reused_without_retrieval(
+    store: Path, small: FakeOpenAI, big: FakeOpenAI
+) -> None:
+    settings = _two(store, small, big)
+    first = await compare(QUESTION, ["small"], settings=settings)
+    again = await compare("a different question entirely", ["small", "fallback:big"],
+                          hits=first.hits, settings=settings)
+    assert again.hits == first.hits
+    assert _context_message(small.requests[1]).split("Question:")[0] == _context_message(
+        small.requests[0]
+    ).split("Question:")[0]
+
+
+async def test_a_dead_model_fails_alone_with_its_sentence(
+    store: Path, small: FakeOpenAI, big: FakeOpenAI
+) -> None:
+    settings = _two(store, small, big)
+    big.stop()
+    result = await compare(QUESTION, ["small", "fallback:big"], settings=settings)
+    ok, failed = result.results
+    assert isinstance(ok, ModelDone)
+    assert isinstance(failed, ModelFailed)
+    assert f"No model server answered at {big.base_url}" in failed.error
+
+
+async def test_comparison_never_reroutes_a_pinned_local_model(
+    store: Path, small: FakeOpenAI, big: FakeOpenAI
+) -> None:
+    settings = _two(store, small, big)
+    small.stop()
+    result = await compare(QUESTION, ["small"], settings=settings)
+    assert isinstance(result.results[0], ModelFailed)
+    assert big.requests == []
+
+
+async def test_local_only_refuses_a_cloud_model_in_a_comparison(
+    store: Path, small: FakeOpenAI, big: FakeOpenAI
+) -> None:
+    settings = _two(store, small, big, routing="local-only")
+    result = await compare(QUESTION, ["small", "fallback:big"], settings=settings)
+    ok, refused = result.results
+    assert isinstance(ok, ModelDone)
+    assert isinstance(refused, ModelFailed) and "local-only" in refused.error
+    assert big.requests == []
+
+
+def test_tokens_per_second_counts_decode_time_only() -> None:
+    assert tokens_per_second(11, ttft_s=1.0, total_s=2.0) == pytest.approx(10.0)
+    assert tokens_per_second(1, ttft_s=1.0, total_s=1.0) == 0.0
+
+
+def test_only_loopback_endpoints_share_this_machine() -> None:
+    assert on_this_machine(Endpoint("a", "http://127.0.0.1:5272/v1"))
+    assert on_this_machine(Endpoint("a", "http://localhost:11434/v1"))
+    assert not on_this_machine(Endpoint("a", "https://api.openai.com/v1"))
+    assert not on_this_machine(Endpoint("a", "http://192.168.1.20:11434/v1"))
+
+
+def test_cli_prints_one_json_line_per_model(store: Path, small: FakeOpenAI, big: FakeOpenAI) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "LLM_"))}
+    env.update(
+        RAG_DOCS_DIR=str(store / "docs"),
+        RAG_DATA_DIR=str(store / "data"),
+        RAG_MODELS_DIR=str(MODELS_DIR),
+        RAG_ENGINE="off",
+        LLM_BASE_URL=small.base_url,
+        LLM_FALLBACK_BASE_URL=big.base_url,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "rag.compare", QUESTION, "--models", "small", "fallback:big", "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["model"] for line in lines] == ["small", "fallback:big"]
+    for line in lines:
+        assert {"model", "answer", "ttft_s", "tokens_per_s", "total_s"} <= set(line)
+        assert line["answer"] == REPLY
+    assert lines[1]["ttft_s"] >= SLOW_DELAY_S
+
+
+
+def test_cli_human_output_shows_each_answer_with_its_figures(
+    store: Path, small: FakeOpenAI, big: FakeOpenAI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = _two(store, small, big)
+    monkeypatch.setattr("rag.compare.get_settings", lambda: settings)
+    assert main([QUESTION, "--models", "small", "fallback:big"]) == 0
+    out = capsys.readouterr().out
+    assert "=== small — local (" in out and "=== fallback:big — fallback (" in out
+    assert out.count("tokens/s") == 2 and out.count(REPLY) == 2
+    assert "Sources (same for every model):\n[1] " in out
+    big.stop()
+    assert main([QUESTION, "--models", "small", "fallback:big"]) == 1
+    assert "--- failed: No model server answered" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("/compare phi fallback:gpt How do I add files?", (["phi", "fallback:gpt"], "How do I add files?")),
+        ("/compare a,b,c  what is x?", (["a", "b", "c"], "what is x?")),
+        ("  /COMPARE llama3.2:1b qwen2.5:0.5b Hi there", (["llama3.2:1b", "qwen2.5:0.5b"], "Hi there")),
+        ("How do I compare two files?", None),
+    ],
+)
+def test_compare_command_is_parsed(text: str, expected: object) -> None:
+    assert parse_compare_command(text) == expected
+
+
+@pytest.mark.parametrize("text", ["/compare", "/compare phi", "/compare phi gpt", "/compare a, question"])
+def test_incomplete_compare_command_explains_usage(text: str) -> None:
+    with pytest.raises(CompareUsage, match="Usage: `/compare MODEL_A MODEL_B"):
+        parse_compare_command(text)
+
+
+async def test_board_folds_events_into_columns_for_a_ui(
+    store: Path, small: FakeOpenAI, big: FakeOpenAI
+) -> None:
+    settings = _two(store, small, big)
+    big.stop()
+    board = CompareBoard(["small", "fallback:big"])
+    seen_streaming = False
+    async for event in compare_stream(QUESTION, ["small", "fallback:big"], settings=settings):
+        column = board.apply(event)
+        seen_streaming |= column is not None and column.status == "streaming"
+    props = board.props()
+    json.dumps(props)  # plain data, ready for a UI element
+    done, failed = props["columns"]
+    assert seen_streaming
+    assert done["status"] == "done" and done["text"] == REPLY
+    assert done["endpoint"] == "local (small)" and "tokens/s" in done["figures"]
+    assert failed["status"] == "failed" and "No model server answered" in failed["error"]
+    assert props["sources"][0].startswith("[1] ")
+    assert board.markdown("small").endswith(f"*{done['figures']}*")
+    assert "No model server answered" in board.markdown("fallback:big")

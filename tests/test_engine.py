@@ -1,0 +1,334 @@
+"""The embedded engine: a real converted model served over HTTP, driven by the real openai SDK.
+
+One `rag.engine serve` child (started through EngineProcess, as the app does) serves the
+whole module; process-lifecycle tests start their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from rag.engine import EngineProcess, engine_available
+from rag.engine.generation import StopMatcher
+from rag.errors import ModelMissing
+from rag.llm import Endpoint
+from tests.conftest import REPO, make_settings
+
+CONTEXT_PROMPT = [
+    {"role": "system", "content": "Answer only from the context. Be brief."},
+    {
+        "role": "user",
+        "content": "Context:\n[1] The secret code word for the vault is TANGERINE.\n\n"
+        "Question: What is the secret code word for the vault?",
+    },
+]
+
+
+def _needs_model(settings) -> None:
+    if not engine_available(settings):
+        pytest.skip(
+            "the embedded model is not built: run `make models` (python -m rag.engine build)"
+        )
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EngineProcess, Endpoint]]:
+    settings = make_settings(tmp_path_factory.mktemp("engine"))
+    _needs_model(settings)
+    process = EngineProcess(settings)
+    endpoint = process.start()
+    yield process, endpoint
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def client(engine) -> openai.OpenAI:
+    return openai.OpenAI(base_url=engine[1].base_url, api_key="x", max_retries=0, timeout=60)
+
+
+def _stats(endpoint: Endpoint) -> dict:
+    return httpx.get(endpoint.base_url.removesuffix("/v1") + "/engine/stats").json()
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie nobody reaped yet counts as gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+# --- answers -------------------------------------------------------------------------
+def test_models_lists_the_loaded_model_with_its_context(engine, client) -> None:
+    _, endpoint = engine
+    assert [m.id for m in client.models.list().data] == ["smollm2-135m-instruct-int4"]
+    assert endpoint.model == "smollm2-135m-instruct-int4"
+    assert endpoint.context_tokens == 8192 and endpoint.is_local and endpoint.name == "embedded"
+
+
+def test_streamed_answer_repeats_a_fact_given_in_the_context(engine, client) -> None:
+    stream = client.chat.completions.create(
+        model=engine[1].model, messages=CONTEXT_PROMPT, stream=True, temperature=0, max_tokens=40
+    )
+    deltas = [
+        c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
+    ]
+    assert len(deltas) > 1, "the answer should arrive token by token"
+    assert "TANGERINE" in "".join(deltas).upper()
+
+
+def test_non_streamed_answer_reports_real_token_usage(engine, client) -> None:
+    import onnxruntime_genai as og
+
+    reply = client.chat.completions.create(
+        model=engine[1].model, messages=CONTEXT_PROMPT, temperature=0, max_tokens=40
+    )
+    tokenizer = og.Tokenizer(og.Model(str(engine[0].model_dir)))
+    templated = tokenizer.apply_chat_template(
+        json.dumps(CONTEXT_PROMPT), add_generation_prompt=True
+    )
+    assert reply.usage.prompt_tokens == len(tokenizer.encode(templated))
+    assert 0 < reply.usage.completion_tokens <= 40
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    assert "TANGERINE" in reply.choices[0].message.content.upper()
+
+
+def test_streamed_usage_is_sent_when_asked(engine, client) -> None:
+    chunks = list(client.chat.completions.create(
+        model=engine[1].model, messages=CONTEXT_PROMPT, stream=True, temperature=0, max_tokens=40,
+        stream_options={"include_usage": True},
+    ))  # fmt: skip
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_max_tokens_bounds_the_answer(engine, client) -> None:
+    reply = client.chat.completions.create(
+        model=engine[1].model, temperature=0, max_tokens=7,
+        messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+    )  # fmt: skip
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 7
+
+
+def test_stop_sequence_cuts_the_answer_before_it(engine, client) -> None:
+    ask = dict(model=engine[1].model, messages=CONTEXT_PROMPT, temperature=0, max_tokens=40)
+    full = client.chat.completions.create(**ask).choices[0].message.content
+    words = full.split()
+    assert len(words) >= 3, full
+    stop = words[2]  # greedy decoding repeats the same text, so the cut point is known
+    cut = client.chat.completions.create(**ask, stop=[stop, "never-appears"])
+    assert cut.choices[0].message.content == full[: full.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+async def test_four_concurrent_requests_all_complete(engine) -> None:
+    client = openai.AsyncOpenAI(base_url=engine[1].base_url, api_key="x", max_retries=0, timeout=60)
+    questions = [
+        "What is the code word?",
+        "Name the vault's word.",
+        "Repeat the word.",
+        "Which word?",
+    ]
+
+    async def ask(question: str) -> str:
+        messages = [
+            CONTEXT_PROMPT[0],
+            {
+                **CONTEXT_PROMPT[1],
+                "content": CONTEXT_PROMPT[1]["content"].replace(
+                    "What is the secret code word for the vault?", question
+                ),
+            },
+        ]
+        stream = await client.chat.completions.create(
+            model=engine[1].model, messages=messages, stream=True, temperature=0, max_tokens=24
+        )
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    answers = await asyncio.wait_for(asyncio.gather(*(ask(q) for q in questions)), timeout=60)
+    await client.close()
+    assert len(answers) == 4 and all(a.strip() for a in answers)
+
+
+def test_disconnect_mid_stream_stops_generation(engine, client) -> None:
+    _, endpoint = engine
+    before = _stats(endpoint)
+    # ignore_eos keeps the model talking for 4000 tokens (about a minute) unless stopped.
+    stream = client.chat.completions.create(
+        model=endpoint.model, stream=True, max_tokens=4000, temperature=0,
+        messages=[{"role": "user", "content": "Tell me everything about oceans."}],
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    received = 0
+    for chunk in stream:
+        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        if received >= 5:
+            break
+    stream.close()
+    abandoned_at = time.monotonic()
+    while _stats(endpoint)["cancelled"] == before["cancelled"]:
+        assert time.monotonic() - abandoned_at < 10, "the server kept generating"
+        time.sleep(0.05)
+    assert _stats(endpoint)["last_cancelled_tokens"] < 1000
+    # The single generation worker is free again at once.
+    started = time.monotonic()
+    reply = client.chat.completions.create(
+        model=endpoint.model, messages=CONTEXT_PROMPT, max_tokens=5
+    )
+    assert reply.usage.completion_tokens > 0 and time.monotonic() - started < 10
+
+
+# --- errors ----------------------------------------------------------------------------
+def _assert_openai_error(reply: httpx.Response, status: int) -> dict:
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+def test_malformed_json_gets_400(engine) -> None:
+    reply = httpx.post(
+        f"{engine[1].base_url}/chat/completions",
+        content=b'{"model": ',
+        headers={"content-type": "application/json"},
+    )
+    assert "not valid JSON" in _assert_openai_error(reply, 400)["message"]
+
+
+def test_missing_messages_gets_400(engine) -> None:
+    reply = httpx.post(f"{engine[1].base_url}/chat/completions", json={"model": engine[1].model})
+    assert _assert_openai_error(reply, 400)["param"] == "messages"
+
+
+def test_bad_parameters_get_400_not_500(engine) -> None:
+    url = f"{engine[1].base_url}/chat/completions"
+    for bad in (
+        {"temperature": "hot"},
+        {"max_tokens": 0},
+        {"stop": 3},
+        {"messages": [{"role": "x"}]},
+        [1, 2],
+    ):
+        body = bad if isinstance(bad, list) else {"messages": CONTEXT_PROMPT, **bad}
+        _assert_openai_error(httpx.post(url, json=body), 400)
+
+
+def test_unknown_model_gets_404_through_the_sdk(engine, client) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-9", messages=CONTEXT_PROMPT)
+    assert caught.value.body["code"] == "model_not_found"
+
+
+def test_prompt_longer_than_the_context_gets_400_with_a_message(engine, client) -> None:
+    huge = "word " * 9000  # about 9,000 tokens against a context of 8,192
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=engine[1].model, messages=[{"role": "user", "content": huge}]
+        )
+    assert "maximum context length is 8192 tokens" in caught.value.body["message"]
+    assert caught.value.body["code"] == "context_length_exceeded"
+
+
+def test_unknown_route_gets_json_404(engine) -> None:
+    _assert_openai_error(httpx.get(engine[1].base_url + "/nothing-here"), 404)
+
+
+# --- processes ------------------------------------------------------------------------------
+def test_stop_leaves_no_engine_process_behind(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    _needs_model(settings)
+    with EngineProcess(settings) as process:
+        pid = process.pid
+        assert pid and _alive(pid)
+        assert httpx.get(process.endpoint.base_url + "/models").status_code == 200
+    assert not _alive(pid)
+    assert process.pid is None
+
+
+def test_engine_dies_when_its_parent_is_killed(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    _needs_model(settings)
+    parent_code = (
+        "import sys, time\n"
+        "from rag.engine import EngineProcess\n"
+        "from tests.conftest import make_settings\n"
+        "from pathlib import Path\n"
+        f"p = EngineProcess(make_settings(Path({str(tmp_path)!r})))\n"
+        "p.start()\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child):
+        assert time.monotonic() < deadline, f"engine {child} outlived its killed parent"
+        time.sleep(0.1)
+
+
+def test_shared_engine_is_stopped_when_the_app_exits(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    _needs_model(settings)
+    app_code = (
+        "from pathlib import Path\n"
+        "from rag.engine import shared_engine\n"
+        "from tests.conftest import make_settings\n"
+        f"settings = make_settings(Path({str(tmp_path)!r}))\n"
+        "engine = shared_engine(settings)\n"
+        "engine.start()\n"
+        "assert shared_engine(settings) is engine and engine.start() is engine.endpoint\n"
+        "print(engine.pid, flush=True)\n"
+    )  # exits without stop(): the atexit hook has to do it
+    done = subprocess.run([sys.executable, "-c", app_code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not _alive(int(done.stdout))
+
+
+def test_engine_process_without_a_model_says_how_to_build(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, engine_model_dir_override=tmp_path / "none")
+    assert not engine_available(settings)
+    with pytest.raises(ModelMissing, match="rag.engine build"):
+        EngineProcess(settings).start()
+
+
+def test_serve_without_a_model_exits_1_with_a_sentence(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "rag.engine", "serve", "--port", "0", "--model-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "python -m rag.engine build" in done.stderr and "make models" in done.stderr
+
+
+# --- pure logic ---------------------------------------------------------------------------------
+def test_stop_matcher_holds_back_a_partial_stop_sequence() -> None:
+    stops = StopMatcher(["END"])
+    assert stops.feed("hello E") == ("hello ", False)
+    assert stops.feed("N") == ("", False)
+    assert stops.feed("D and more") == ("", True)
+    again = StopMatcher(["END"])
+    assert again.feed("hello E") == ("hello ", False)
+    assert again.feed("xit") == ("Exit", False)
+    assert again.flush() == ""

@@ -1,0 +1,351 @@
+"""Incremental ingest into real Chroma with the real ONNX embedder, in-process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import ingest.pipeline as pipeline
+from ingest.pipeline import DocsFolderMissing, IngestReport, ingest, state_path
+from ingest.state import IngestState
+from rag.embed import get_embedder
+from rag.settings import Settings
+from rag.store import Chunk, ChunkStore, chunk_id, forget_cached_clients, read_generation
+from tests.conftest import make_settings
+from tests.documents import (
+    docx_bytes,
+    pdf_bytes,
+    pdf_declaring_more_pages,
+    prose,
+    truncated_pdf_bytes,
+    write_corpus,
+)
+
+CORPUS = [
+    "bees é.docx",
+    "games/chess.html",
+    "kitchen/bread.txt",
+    "sea/tides guide.pdf",
+    "volcanoes.md",
+]
+
+
+def _chunks(settings: Settings) -> dict[str, Chunk]:
+    return {c.id: c for c in ChunkStore(settings).iter_chunks()}
+
+
+def _sources(settings: Settings) -> set[str]:
+    return {c.source for c in _chunks(settings).values()}
+
+
+def _errors(report: IngestReport) -> dict[str, str]:
+    return {f.path: f.error for f in report.failed}
+
+
+@pytest.fixture
+def corpus(settings: Settings) -> dict[str, Path]:
+    return write_corpus(settings.docs_dir)
+
+
+# --- the incremental cycle ---------------------------------------------------------
+
+
+def test_first_ingest_adds_every_file_with_pages_and_headings(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    report = ingest(settings)
+    assert sorted(report.added) == CORPUS
+    assert report.failed == [] and report.updated == report.removed == report.unchanged == []
+    chunks = _chunks(settings)
+    assert report.chunks == len(chunks) and _sources(settings) == set(CORPUS)
+    pdf_pages = {c.page for c in chunks.values() if c.source == "sea/tides guide.pdf"}
+    assert pdf_pages == {1, 2}
+    assert {c.page for c in chunks.values() if c.source != "sea/tides guide.pdf"} == {None}
+    assert chunks[chunk_id("games/chess.html", 0)].heading == "Chess openings"  # the <h1>
+    assert chunks[chunk_id("bees é.docx", 0)].heading == "Bees"
+
+
+def test_ingested_chunks_are_searchable_by_meaning(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    ingest(settings)
+    query = get_embedder(settings).embed_query("how does wild yeast make dough rise?")
+    best, _score = ChunkStore(settings).query(query, k=1)[0]
+    assert best.source == "kitchen/bread.txt"
+
+
+def test_unchanged_file_is_not_parsed_again(settings, corpus, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    ingest(settings)
+    parsed: list[str] = []
+    real_load = pipeline.load_document
+
+    def spy(source: str, data: bytes):  # type: ignore[no-untyped-def]
+        parsed.append(source)
+        return real_load(source, data)
+
+    monkeypatch.setattr(pipeline, "load_document", spy)
+    generation = read_generation(settings)
+    report = ingest(settings)
+    assert parsed == []
+    assert sorted(report.unchanged) == CORPUS and not report.changed
+    assert read_generation(settings) == generation, "nothing changed, readers need not reload"
+
+
+def test_changed_file_replaces_its_chunks(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    corpus["kitchen/bread.txt"].write_text(prose("bread", 6))
+    ingest(settings)
+    before = {i for i, c in _chunks(settings).items() if c.source == "kitchen/bread.txt"}
+    assert len(before) > 1
+    corpus["kitchen/bread.txt"].write_text("Rye bread needs a sour starter.")
+    generation = read_generation(settings)
+    report = ingest(settings)
+    assert report.updated == ["kitchen/bread.txt"] and len(report.unchanged) == 4
+    bread = [c for c in _chunks(settings).values() if c.source == "kitchen/bread.txt"]
+    assert [(c.id, c.text) for c in bread] == [
+        ("kitchen/bread.txt#0", "Rye bread needs a sour starter.")
+    ]
+    assert read_generation(settings) != generation
+
+
+def test_reingest_removes_chunks_of_deleted_file(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    ingest(settings)
+    corpus["volcanoes.md"].unlink()
+    report = ingest(settings)
+    assert report.removed == ["volcanoes.md"]
+    assert "volcanoes.md" not in _sources(settings)
+    assert IngestState(state_path(settings)).get("volcanoes.md") is None
+
+
+def test_ingesting_again_and_again_never_duplicates(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    first = ingest(settings).chunks
+    corpus["volcanoes.md"].write_text("# Volcanoes\n\nChanged once.")
+    ingest(settings)
+    corpus["volcanoes.md"].write_text(corpus["volcanoes.md"].read_text() + "\n\nChanged twice.")
+    report = ingest(settings)
+    chunks = _chunks(settings)
+    assert report.chunks == len(chunks) == ChunkStore(settings).count()
+    texts = [(c.source, c.text) for c in chunks.values()]
+    assert len(texts) == len(set(texts))
+    assert first >= len(chunks)
+
+
+def test_rebuild_resets_the_store_and_ingests_everything(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    ingest(settings)
+    store = ChunkStore(settings)
+    store.add(
+        [Chunk(id="stray#0", source="stray", index=0, text="orphan")],
+        get_embedder(settings).embed(["orphan"]),
+    )
+    report = ingest(settings, rebuild=True)
+    assert sorted(report.added) == CORPUS and report.unchanged == []
+    assert "stray" not in _sources(settings)
+
+
+def test_store_changed_behind_the_states_back_is_rebuilt(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    first = ingest(settings)
+    forget_cached_clients()
+    shutil.rmtree(settings.chroma_dir)  # someone deleted the store but not the state
+    report = ingest(settings)
+    assert sorted(report.added) == CORPUS and report.chunks == first.chunks
+    assert [w.error for w in report.warnings] == [
+        f"the store holds 0 chunks but the ingest state expects {first.chunks}; "
+        "it was rebuilt from the docs folder"
+    ]
+
+
+def test_ingest_rebuilds_the_bm25_index_for_the_new_generation(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    from rag.lexical import LexicalIndex
+
+    report = ingest(settings)
+    index = LexicalIndex.load(settings)
+    assert index is not None
+    assert index.generation == read_generation(settings) != ""
+    assert len(index.chunks) == report.chunks
+
+
+def test_missing_docs_folder_is_a_clear_fatal_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, docs_dir=tmp_path / "nowhere")
+    with pytest.raises(DocsFolderMissing, match="The docs folder .*nowhere does not exist"):
+        ingest(settings)
+
+
+# --- crash repair (the kill -9 test in test_ingest_crash.py does this for real) -----
+
+
+def test_pending_source_is_repaired_on_the_next_run(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    ingest(settings)
+    expected = {i: c.text for i, c in _chunks(settings).items()}
+    # What a SIGKILL in the middle of rewriting bread.txt leaves: a pending mark,
+    # some chunks deleted, a stray chunk from the newer version written.
+    with IngestState(state_path(settings)) as state:
+        state.mark_pending("kitchen/bread.txt")
+        state.mark_pending("gone.md")  # a new file whose write was interrupted, then deleted
+    store = ChunkStore(settings)
+    store.delete_source("kitchen/bread.txt")
+    stray = [
+        Chunk(
+            id=chunk_id("kitchen/bread.txt", 5), source="kitchen/bread.txt", index=5, text="half"
+        ),
+        Chunk(id=chunk_id("gone.md", 0), source="gone.md", index=0, text="orphan"),
+    ]
+    store.add(stray, get_embedder(settings).embed([c.text for c in stray]))
+
+    report = ingest(settings)
+    assert report.updated == ["kitchen/bread.txt"]
+    assert {i: c.text for i, c in _chunks(settings).items()} == expected
+    with IngestState(state_path(settings)) as state:
+        assert {s.status for s in state.all().values()} == {"done"}
+
+
+# --- bad input: each gets a sentence in `failed`, the rest is ingested ----------------
+
+
+def test_bad_files_are_reported_by_name_and_the_rest_is_ingested(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    docs = settings.docs_dir
+    bad = {
+        "empty.txt": b"",
+        "junk.txt": os.urandom(4096),
+        "truncated.pdf": truncated_pdf_bytes([prose("tides")]),
+        "notes.pdf": b"This is a text file with a .pdf name.\n",
+        "locked.pdf": pdf_bytes([prose("bees")], user_password="pw"),
+        "broken.docx": b"PK\x03\x04 not really a zip",
+    }
+    for name, data in bad.items():
+        (docs / "bad" / name).parent.mkdir(exist_ok=True)
+        (docs / "bad" / name).write_bytes(data)
+    report = ingest(settings)
+    errors = _errors(report)
+    assert errors == {
+        "bad/empty.txt": "empty file: nothing to index",
+        "bad/junk.txt": "binary file, not text: it contains NUL bytes",
+        "bad/truncated.pdf": "damaged or truncated PDF: Stream has ended unexpectedly",
+        "bad/notes.pdf": "not a PDF: the file does not start with %PDF- "
+        "(is it another format renamed to .pdf?)",
+        "bad/locked.pdf": "encrypted PDF: cannot read without a password",
+        "bad/broken.docx": errors["bad/broken.docx"],
+    }
+    assert errors["bad/broken.docx"].startswith("not a valid .docx file")
+    assert sorted(report.added) == CORPUS
+    assert _sources(settings) == set(CORPUS)
+    # The same broken bytes are reported again next time, without parsing them again.
+    again = ingest(settings)
+    assert _errors(again) == errors and sorted(again.unchanged) == CORPUS
+
+
+def test_pdf_with_fewer_pages_than_declared_is_ingested_with_a_warning(settings) -> None:  # type: ignore[no-untyped-def]
+    (settings.docs_dir / "short.pdf").write_bytes(
+        pdf_declaring_more_pages(["One.", "Two."], declared=5)
+    )
+    report = ingest(settings)
+    assert report.added == ["short.pdf"] and report.failed == []
+    assert [(w.path, w.error) for w in report.warnings] == [
+        ("short.pdf", "PDF declares 5 pages but only 2 could be read; the file is probably damaged")
+    ]
+
+
+def test_file_over_the_size_limit_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, max_file_mb=0.01)
+    (settings.docs_dir / "big.txt").write_text("word " * 5000)
+    (settings.docs_dir / "small.txt").write_text("small file")
+    report = ingest(settings)
+    assert _errors(report) == {
+        "big.txt": "file too large: 0.0 MB, above the 0.01 MB limit "
+        "(raise RAG_MAX_FILE_MB to ingest it)"
+    }
+    assert report.added == ["small.txt"]
+
+
+def test_symlink_pointing_outside_the_docs_folder_is_refused(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("private data")
+    (settings.docs_dir / "link.txt").symlink_to(secret)
+    (settings.docs_dir / "linkdir").symlink_to(secret.parent, target_is_directory=True)
+    (settings.docs_dir / "real.md").write_text("# Real\n\ninside")
+    (settings.docs_dir / "alias.md").symlink_to(settings.docs_dir / "real.md")  # inside: fine
+    report = ingest(settings)
+    errors = _errors(report)
+    assert set(errors) == {"link.txt", "linkdir"}
+    assert (
+        errors["link.txt"] == f"symlink points outside the docs folder (to {secret}) and is refused"
+    )
+    assert sorted(report.added) == ["alias.md", "real.md"]
+    assert all("private" not in c.text for c in _chunks(settings).values())
+
+
+def test_unreadable_files_are_reported(settings) -> None:  # type: ignore[no-untyped-def]
+    # Tests run as root, where chmod 000 does not stop reads; these fail for real:
+    # a FIFO (reading it would block forever) and a symlink whose target is gone.
+    docs = settings.docs_dir
+    os.mkfifo(docs / "pipe.txt")
+    (docs / "dangling.md").symlink_to(docs / "deleted-target.md")
+    locked = docs / "locked.txt"
+    locked.write_text("no access")
+    locked.chmod(0)
+    (docs / "fine.txt").write_text("fine")
+    report = ingest(settings)
+    errors = _errors(report)
+    assert (
+        errors["pipe.txt"]
+        == "cannot read the file: it is not a regular file (a pipe, device or socket)"
+    )
+    assert errors["dangling.md"] == "cannot read the file: it vanished or is a broken symlink"
+    if os.geteuid() != 0:  # only a non-root user is really refused by mode 000
+        assert errors["locked.txt"] == "cannot read the file: permission denied"
+    assert "fine.txt" in report.added
+
+
+def test_names_with_spaces_and_non_ascii_work(settings) -> None:  # type: ignore[no-untyped-def]
+    name = "Überblick/ręczny plan 計画 v2.md"
+    (settings.docs_dir / name).parent.mkdir()
+    (settings.docs_dir / name).write_text("# Plan\n\nZażółć gęślą jaźń.")
+    report = ingest(settings)
+    assert report.added == [name]
+    assert _chunks(settings)[chunk_id(name, 0)].text == "Plan\n\nZażółć gęślą jaźń."
+    assert ingest(settings).unchanged == [name]
+
+
+def test_hidden_files_and_unsupported_types_are_ignored_silently(settings) -> None:  # type: ignore[no-untyped-def]
+    docs = settings.docs_dir
+    (docs / ".git").mkdir()
+    (docs / ".git" / "notes.md").write_text("# git internals")
+    (docs / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (docs / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+    (docs / "readme.md").write_text("# Readme\n\nhello")
+    report = ingest(settings)
+    assert report.added == ["readme.md"] and report.failed == []
+
+
+def test_file_that_turns_unreadable_loses_its_chunks(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    ingest(settings)
+    corpus["sea/tides guide.pdf"].write_bytes(truncated_pdf_bytes([prose("tides")]))
+    report = ingest(settings)
+    assert list(_errors(report)) == ["sea/tides guide.pdf"]
+    assert "sea/tides guide.pdf" not in _sources(settings)
+    # Fixed again: it comes back.
+    corpus["sea/tides guide.pdf"].write_bytes(pdf_bytes([prose("tides")]))
+    assert ingest(settings).added == ["sea/tides guide.pdf"]
+
+
+def test_state_records_hash_and_chunk_count_per_source(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    ingest(settings)
+    rows = (
+        sqlite3.connect(state_path(settings))
+        .execute("SELECT source, sha256, chunks, status FROM sources ORDER BY source")
+        .fetchall()
+    )
+    per_source: dict[str, int] = {}
+    for c in _chunks(settings).values():
+        per_source[c.source] = per_source.get(c.source, 0) + 1
+    assert [(r[0], r[2], r[3]) for r in rows] == [(s, per_source[s], "done") for s in CORPUS]
+    assert rows[-1][1] == hashlib.sha256(corpus["volcanoes.md"].read_bytes()).hexdigest()
+
+
+def test_docx_and_html_chunks_keep_their_headings(settings) -> None:  # type: ignore[no-untyped-def]
+    (settings.docs_dir / "h.docx").write_bytes(
+        docx_bytes([("Heading 2", "Hives"), ("", "Bees live in hives.")])
+    )
+    ingest(settings)
+    assert _chunks(settings)["h.docx#0"].heading == "Hives"

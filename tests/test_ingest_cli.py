@@ -1,0 +1,157 @@
+"""`python -m ingest` as a user runs it: real processes, exit codes, JSON, the writer lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import MODELS_DIR, REPO
+from tests.documents import write_corpus
+
+HOLD_LOCK = """
+import sys, time
+from ingest.lock import writer_lock
+from rag.settings import Settings
+with writer_lock(Settings(_env_file=None, data_dir=sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)  # conftest already dropped any RAG_/CHROMA_ settings of the developer
+    env.update(PYTHONPATH=str(REPO), RAG_MODELS_DIR=str(MODELS_DIR))
+    return env
+
+
+def run_ingest(
+    *args: str | Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ingest", *map(str, args)],
+        cwd=cwd,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _hold_lock(data: Path, seconds: float) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(data), str(seconds)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_cli_prints_json_as_the_last_line_and_exits_0_then_2_on_failures(tmp_path: Path) -> None:
+    docs, data = tmp_path / "docs", tmp_path / "data"
+    write_corpus(docs)
+    first = run_ingest(docs, "--data-dir", data, "--json", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    result = json.loads(first.stdout.strip().splitlines()[-1])
+    assert result["added"] == 5 and result["failed"] == [] and result["chunks"] >= 5
+    assert set(result) == {"added", "updated", "removed", "unchanged", "failed", "chunks"}
+
+    (docs / "sub dir").mkdir()
+    (docs / "sub dir" / "junk.txt").write_bytes(b"\x00\x01\x02" * 100)
+    (docs / "volcanoes.md").unlink()
+    second = run_ingest(docs, "--data-dir", data, "--json", cwd=tmp_path)
+    assert second.returncode == 2, second.stderr
+    after = json.loads(second.stdout.strip().splitlines()[-1])
+    assert 0 < after.pop("chunks") < result["chunks"]
+    assert after == {
+        "added": 0,
+        "updated": 0,
+        "removed": 1,
+        "unchanged": 4,
+        "failed": [
+            {"path": "sub dir/junk.txt", "error": "binary file, not text: it contains NUL bytes"}
+        ],
+    }
+    assert "Traceback" not in second.stderr
+
+
+def test_cli_prints_a_one_line_summary_and_each_failure(tmp_path: Path) -> None:
+    docs, data = tmp_path / "docs", tmp_path / "data"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nalpha")
+    (docs / "empty.txt").write_bytes(b"")
+    done = run_ingest(docs, "--data-dir", data, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout.splitlines() == [
+        "Ingested 2 files: 1 added, 0 updated, 0 removed, 0 unchanged, 1 failed; 1 chunk in store.",
+        "  failed: empty.txt: empty file: nothing to index",
+    ]
+    assert "\r" not in done.stderr, "no progress bar when stderr is not a terminal"
+
+
+def test_cli_reads_docs_and_data_dirs_from_the_environment(tmp_path: Path) -> None:
+    docs, data = tmp_path / "d", tmp_path / "store"
+    docs.mkdir()
+    (docs / "a.txt").write_text("alpha")
+    env = _env() | {"RAG_DOCS_DIR": str(docs), "RAG_DATA_DIR": str(data)}
+    done = run_ingest("--json", cwd=tmp_path, env=env)
+    assert done.returncode == 0 and json.loads(done.stdout.splitlines()[-1])["added"] == 1
+    assert (data / "chroma").is_dir()
+
+
+def test_missing_docs_folder_exits_1_with_a_sentence_and_no_traceback(tmp_path: Path) -> None:
+    done = run_ingest(tmp_path / "nope", "--data-dir", tmp_path / "data", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("ingest: The docs folder ") and "does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_embedding_model_exits_1_with_how_to_fix(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("alpha")
+    env = _env() | {"RAG_MODELS_DIR": str(tmp_path / "no-models")}
+    done = run_ingest(docs, "--data-dir", tmp_path / "data", cwd=tmp_path, env=env)
+    assert done.returncode == 1 and "make models" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_second_ingest_exits_with_a_clear_message_while_another_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    docs, data = tmp_path / "docs", tmp_path / "data"
+    docs.mkdir()
+    (docs / "a.txt").write_text("alpha")
+    holder = _hold_lock(data, 60)
+    try:
+        done = run_ingest(docs, "--data-dir", data, "--json", cwd=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"ingest: Another ingest is writing {data} (lock file {data / 'ingest.lock'}): wait for it "
+        "to finish and run again, or set RAG_LOCK_TIMEOUT=SECONDS to wait longer."
+    )
+    assert not (data / "chroma").exists(), "the locked-out process must not touch the store"
+    # The holder died (as by SIGKILL): its lock died with it.
+    assert run_ingest(docs, "--data-dir", data, cwd=tmp_path).returncode == 0
+
+
+def test_second_ingest_waits_for_the_lock_when_a_timeout_is_set(tmp_path: Path) -> None:
+    docs, data = tmp_path / "docs", tmp_path / "data"
+    docs.mkdir()
+    (docs / "a.txt").write_text("alpha")
+    holder = _hold_lock(data, 2)
+    start = time.monotonic()
+    done = run_ingest(
+        docs, "--data-dir", data, "--json", cwd=tmp_path, env=_env() | {"RAG_LOCK_TIMEOUT": "60"}
+    )
+    holder.wait()
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["added"] == 1
+    assert time.monotonic() - start >= 1.0

@@ -1,0 +1,280 @@
+"""The OpenAI-compatible RAG API, driven by the real ``openai`` SDK over HTTP.
+
+The API is mounted into a FastAPI app that, like Chainlit's, ends with a
+catch-all GET route serving HTML; a real uvicorn server serves it on loopback.
+Model servers are tests.fake_openai.FakeOpenAI; the store is the test corpus
+ingested by the real ingest into a temporary data dir.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from ingest.pipeline import ingest
+from rag.openai_api import mount_openai_api
+from rag.settings import Settings
+from tests.conftest import MODELS_DIR
+from tests.corpus import build_corpus
+from tests.fake_openai import FakeOpenAI
+
+REPLY = "Everyone gets 28 days of paid holiday [1]."
+QUESTION = "How many days of paid holiday does everyone get?"
+
+
+class ApiServer:
+    """A FastAPI app with a Chainlit-like SPA catch-all, the API mounted, served by uvicorn."""
+
+    def __init__(self, settings: Settings) -> None:
+        app = FastAPI()
+
+        @app.get("/{full_path:path}")
+        async def spa(full_path: str) -> HTMLResponse:  # what Chainlit's catch-all does
+            return HTMLResponse("<html>chainlit</html>")
+
+        mount_openai_api(app, settings)
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off"))
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    def __enter__(self) -> ApiServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert time.monotonic() < deadline, "API server did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+    def client(self, api_key: str = "anything") -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real store (Chroma + BM25) of the test corpus, ingested once for the module."""
+    root = tmp_path_factory.mktemp("store")
+    settings = _settings(root)
+    build_corpus(settings.docs_dir)
+    assert ingest(settings).chunks > 0
+    return root
+
+
+def _settings(root: Path, **overrides: object) -> Settings:
+    (root / "docs").mkdir(parents=True, exist_ok=True)
+    values: dict[str, object] = {
+        "docs_dir": root / "docs",
+        "data_dir": root / "data",
+        "models_dir_override": MODELS_DIR,
+        "engine": "off",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def local() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(models=["phi-local", "qwen-local"], reply=REPLY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def cloud() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(models=["gpt-cloud"], reply="Cloud: 28 days [1].") as fake:
+        yield fake
+
+
+def _both(root: Path, local: FakeOpenAI, cloud: FakeOpenAI, **overrides: object) -> Settings:
+    return _settings(root, llm_base_url=local.base_url, llm_fallback_base_url=cloud.base_url,
+                     llm_fallback_model="gpt-cloud", **overrides)
+
+
+def test_models_lists_local_and_routed_models_ahead_of_the_spa(
+    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+) -> None:
+    with ApiServer(_both(store, local, cloud)) as api:
+        ids = [m.id for m in api.client().models.list().data]
+        assert ids == ["phi-local", "qwen-local", "fallback:gpt-cloud"]
+        # The catch-all still serves everything else.
+        assert "chainlit" in httpx.get(f"{api.url}/some/page").text
+
+
+def test_non_streamed_answer_ends_with_sources_and_names_the_endpoint(
+    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+) -> None:
+    with ApiServer(_both(store, local, cloud)) as api:
+        raw = api.client().chat.completions.with_raw_response.create(
+            model="qwen-local", messages=[{"role": "user", "content": QUESTION}]
+        )
+        completion = raw.parse()
+    text = completion.choices[0].message.content
+    assert text.startswith(REPLY)
+    sources = text.split("\n\nSources:\n")[1].splitlines()
+    assert sources[0].startswith("[1] ") and "handbook.md" in text
+    assert raw.headers["x-rag-endpoint"] == "local"
+    assert raw.headers["x-rag-model"] == "qwen-local"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage and completion.usage.completion_tokens == len(REPLY.split(" "))
+    assert local.models_called == ["qwen-local"] and cloud.requests == []
+    prompt = local.requests[0]["messages"][-1]["content"]
+    assert prompt.index("28 days of paid holiday") < prompt.index(QUESTION)
+
+
+def test_streamed_answer_arrives_in_chunks_and_ends_with_sources(
+    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+) -> None:
+    with ApiServer(_both(store, local, cloud)) as api:
+        stream = api.client().chat.completions.create(
+            model="phi-local", messages=[{"role": "user", "content": QUESTION}], stream=True
+        )
+        chunks = list(stream)
+        with httpx.stream(
+            "POST", f"{api.url}/v1/chat/completions",
+            json={"model": "phi-local", "stream": True,
+                  "messages": [{"role": "user", "content": QUESTION}]},
+        ) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["x-rag-endpoint"] == "local"
+            body = response.read().decode()
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith(REPLY) and "\n\nSources:\n[1] " in text
+    assert len(chunks) > 5
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert body.rstrip().endswith("data: [DONE]")
+
+
+def test_earlier_messages_become_history_without_old_sources(
+    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+) -> None:
+    with ApiServer(_both(store, local, cloud)) as api:
+        api.client().chat.completions.create(
+            model="phi-local",
+            messages=[
+                {"role": "system", "content": "You are a pirate."},
+                {"role": "user", "content": "Who builds the kayaks?"},
+                {"role": "assistant", "content": "Brightwater does [1].\n\nSources:\n[1] handbook.md"},
+                {"role": "user", "content": [{"type": "text", "text": "Where is their workshop?"}]},
+            ],
+        )
+    messages = local.requests[0]["messages"]
+    contents = [m["content"] for m in messages]
+    assert "Who builds the kayaks?" in contents
+    assert "Brightwater does [1]." in contents
+    assert not any("pirate" in c for c in contents)
+    assert messages[-1]["content"].endswith("Where is their workshop?")
+
+
+def test_local_down_in_local_first_is_answered_by_the_fallback_and_says_so(
+    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+) -> None:
+    settings = _both(store, local, cloud)
+    local.stop()
+    with ApiServer(settings) as api:
+        ids = [m.id for m in api.client().models.list().data]
+        assert ids == ["fallback:gpt-cloud"]
+        raw = api.client().chat.completions.with_raw_response.create(
+            model="phi-local", messages=[{"role": "user", "content": QUESTION}]
+        )
+    assert raw.headers["x-rag-endpoint"] == "fallback"
+    text = raw.parse().choices[0].message.content
+    assert text.startswith("Cloud: 28 days [1].")
+    assert "local endpoint down -> cloud fallback" in text
+    assert cloud.models_called == ["gpt-cloud"]
+
+
+def test_local_only_never_leaks_through_the_api(
+    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+) -> None:
+    settings = _both(store, local, cloud, routing="local-only")
+    with ApiServer(settings) as api:
+        client = api.client()
+        assert [m.id for m in client.models.list().data] == ["phi-local", "qwen-local"]
+        with pytest.raises(openai.PermissionDeniedError, match="local-only"):
+            client.chat.completions.create(
+                model="fallback:gpt-cloud", messages=[{"role": "user", "content": QUESTION}]
+            )
+        local.stop()
+        for stream in (False, True):
+            with pytest.raises(openai.APIStatusError) as err:
+                client.chat.completions.create(
+                    model="phi-local", messages=[{"role": "user", "content": QUESTION}],
+                    stream=stream,
+                )
+            assert err.value.status_code == 503
+            assert f"No model server answered at {local.base_url}" in err.value.message
+    assert cloud.requests == []
+
+
+def test_api_key_is_required_when_set(store: Path, local: FakeOpenAI, cloud: FakeOpenAI) -> None:
+    with ApiServer(_both(store, local, cloud, api_key="s3cret")) as api:
+        missing = httpx.get(f"{api.url}/v1/models")
+        assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+        for wrong in (api.client("nope"), api.client("s3cret-but-longer")):
+            with pytest.raises(openai.AuthenticationError) as err:
+                wrong.models.list()
+            assert err.value.body["code"] == "invalid_api_key"
+            with pytest.raises(openai.AuthenticationError):
+                wrong.chat.completions.create(
+                    model="phi-local", messages=[{"role": "user", "content": QUESTION}]
+                )
+        good = api.client("s3cret")
+        assert good.models.list().data
+        answer = good.chat.completions.create(
+            model="phi-local", messages=[{"role": "user", "content": QUESTION}]
+        )
+    assert answer.choices[0].message.content.startswith(REPLY)
+    assert len(local.requests) == 1
+
+
+def test_errors_are_openai_style_json(
+    store: Path, local: FakeOpenAI, cloud: FakeOpenAI, tmp_path: Path
+) -> None:
+    with ApiServer(_both(store, local, cloud)) as api:
+        client = api.client()
+        with pytest.raises(openai.NotFoundError) as err:
+            client.chat.completions.create(
+                model="no-such-model", messages=[{"role": "user", "content": QUESTION}]
+            )
+        assert "GET /v1/models" in err.value.message
+        for body in (b"{not json", b"[]", b'{"model": "phi-local"}',
+                     b'{"model": "phi-local", "messages": [{"role": "assistant", "content": "x"}]}'):
+            response = httpx.post(f"{api.url}/v1/chat/completions", content=body,
+                                  headers={"content-type": "application/json"})
+            assert response.status_code == 400, body
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert local.requests == []
+
+    empty = _settings(tmp_path, llm_base_url=local.base_url)
+    with ApiServer(empty) as api:
+        with pytest.raises(openai.ConflictError, match="No documents ingested yet"):
+            api.client().chat.completions.create(
+                model="phi-local", messages=[{"role": "user", "content": QUESTION}]
+            )
+
+
+def test_mounting_twice_replaces_the_routes(store: Path, local: FakeOpenAI) -> None:
+    app = FastAPI()
+    settings = _settings(store, llm_base_url=local.base_url)
+    mount_openai_api(app, settings)
+    count = len(app.router.routes)
+    mount_openai_api(app, settings)
+    assert len(app.router.routes) == count
+    assert [r.path for r in app.router.routes[:2]] == ["/v1/models", "/v1/chat/completions"]

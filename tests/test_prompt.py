@@ -1,0 +1,169 @@
+"""Prompt building: context ahead of the question, history for follow-ups, and the token budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer
+
+from rag.errors import RagError
+from rag.prompt import SYSTEM_PROMPT, build_prompt, estimate_tokens, token_counter
+from rag.retrieve import Hit
+from tests.conftest import MODELS_DIR, make_settings
+
+
+def hit(n: int, source: str = "guide.pdf", page: int | None = 3, words: int = 60) -> Hit:
+    text = f"Fact {n}: " + " ".join(f"word{n}x{i}" for i in range(words))
+    return Hit(chunk_id=f"{source}#{n}", source=source, page=page, heading=None, text=text,
+               score=1.0 / (60 + n), dense_rank=n, lexical_rank=None)
+
+
+def conversation(turns: int) -> list[dict[str, str]]:
+    history: list[dict[str, str]] = []
+    for t in range(turns):
+        history.append({"role": "user", "content": f"old question {t} " + "q " * 40})
+        history.append({"role": "assistant", "content": f"old answer {t} " + "a " * 40})
+    return history
+
+
+def test_context_is_numbered_and_placed_before_the_question(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    hits = [hit(1), hit(2, source="notes/setup.md", page=None)]
+
+    prompt = build_prompt("How do I add files?", hits, settings=settings)
+
+    system, user = prompt.messages
+    assert system == {"role": "system", "content": SYSTEM_PROMPT}
+    assert "only the numbered context" in system["content"] and "[1]" in system["content"]
+    assert user["role"] == "user"
+    content = user["content"]
+    assert content.startswith("Context:\n[1] (guide.pdf, page 3) Fact 1:")
+    assert "\n\n[2] (notes/setup.md) Fact 2:" in content
+    assert content.endswith("\n\nQuestion: How do I add files?")
+    assert content.index("[2]") < content.index("Question:")
+    assert prompt.hits == hits and prompt.dropped_hits == 0 and prompt.dropped_history == 0
+
+
+def test_recent_history_goes_between_system_and_the_context_message(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, history_turns=2)
+    history = conversation(3)
+
+    prompt = build_prompt("And then?", [hit(1)], settings=settings, history=history)
+
+    middle = prompt.messages[1:-1]
+    assert middle == history[-4:]  # the last two turns, oldest first; older ones are out of window
+    assert prompt.dropped_history == 0
+    assert "Context:" not in "".join(m["content"] for m in middle)  # old turns carry no old context
+
+
+def test_with_no_hits_the_model_is_told_there_is_no_context(tmp_path: Path) -> None:
+    prompt = build_prompt("Anything?", [], settings=make_settings(tmp_path))
+    assert prompt.messages[-1]["content"] == "Context:\n(no passages found)\n\nQuestion: Anything?"
+
+
+def test_history_is_dropped_first_oldest_first_when_over_budget(tmp_path: Path) -> None:
+    history = conversation(3)
+    hits = [hit(1, words=40), hit(2, words=40)]
+    probe = make_settings(tmp_path, history_turns=3)
+    without_history = estimate_tokens("Why?", hits, settings=probe)
+    one_turn = estimate_tokens("Why?", hits, settings=probe, history=history[-2:]) - without_history
+    # Room for the passages and about one and a half turns of history, not three.
+    window = without_history + one_turn * 3 // 2 + 200
+    settings = make_settings(tmp_path, context_tokens=window, answer_tokens=200, history_turns=3)
+    counter = token_counter(settings)
+
+    prompt = build_prompt("Why?", hits, settings=settings, history=history, counter=counter)
+
+    assert prompt.dropped_history > 0
+    assert prompt.dropped_hits == 0  # passages are kept while history can still go
+    kept = prompt.messages[1:-1]
+    assert kept == history[len(history) - len(kept):]  # what is left is the most recent part
+    assert not kept or kept[0]["role"] == "user"  # never an answer without its question
+    assert len(kept) == 2  # exactly the last turn fits
+    assert counter.count_messages(prompt.messages) == prompt.tokens <= window - 200
+
+
+def test_lowest_ranked_passages_go_after_all_history_and_the_last_one_is_cut(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, context_tokens=400, answer_tokens=100, history_turns=3)
+    hits = [hit(n, words=80) for n in range(1, 6)]
+    counter = token_counter(settings)
+
+    prompt = build_prompt("Why?", hits, settings=settings, history=conversation(3), counter=counter)
+
+    assert prompt.dropped_history == 6
+    assert prompt.dropped_hits >= 1
+    assert [h.chunk_id for h in prompt.hits] == [h.chunk_id for h in hits[: len(prompt.hits)]]
+    assert prompt.tokens <= 400 - 100
+    if prompt.truncated:
+        assert prompt.hits[-1].text.endswith(" …")
+
+
+def test_a_single_long_passage_is_truncated_to_fit(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, context_tokens=300, answer_tokens=100)
+    long_hit = hit(1, words=600)
+    counter = token_counter(settings)
+
+    prompt = build_prompt("Why?", [long_hit], settings=settings, counter=counter)
+
+    assert prompt.truncated and prompt.dropped_hits == 0
+    assert prompt.hits[0].text.endswith(" …")
+    assert long_hit.text.startswith(prompt.hits[0].text[:-2])
+    assert 0 < prompt.tokens <= 200
+    # The cut keeps as much as fits: a few more words would not.
+    assert prompt.tokens > 200 - 30
+
+
+@pytest.mark.parametrize("window", [256, 300, 512, 1024, 2048])
+def test_the_prompt_never_exceeds_the_budget(tmp_path: Path, window: int) -> None:
+    settings = make_settings(tmp_path, context_tokens=window, answer_tokens=128, history_turns=6)
+    hits = [hit(n, words=150) for n in range(1, 8)]
+    counter = token_counter(settings)
+
+    prompt = build_prompt("Explain everything.", hits, settings=settings,
+                          history=conversation(6), counter=counter)
+
+    assert counter.count_messages(prompt.messages) <= window - 128
+    assert prompt.messages[-1]["content"].endswith("Question: Explain everything.")
+
+
+def test_a_question_that_cannot_fit_raises_a_sentence(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, context_tokens=256, answer_tokens=128)
+    with pytest.raises(RagError, match="question is too long for the model's context window"):
+        build_prompt("why " * 400, [hit(1)], settings=settings)
+
+
+def test_untrimmed_estimate_counts_everything_in_the_history_window(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, context_tokens=400, answer_tokens=100, history_turns=3)
+    hits = [hit(n, words=80) for n in range(1, 6)]
+    full = estimate_tokens("Why?", hits, settings=settings, history=conversation(3))
+    trimmed = build_prompt("Why?", hits, settings=settings, history=conversation(3))
+    assert full > 300 >= trimmed.tokens
+
+
+SMOLLM_TOKENIZER = MODELS_DIR / "smollm2-135m-instruct-int4" / "tokenizer.json"
+
+
+@pytest.mark.skipif(not SMOLLM_TOKENIZER.exists(), reason="embedded model not built (make models)")
+def test_estimate_is_not_below_a_real_chat_models_token_count(tmp_path: Path) -> None:
+    """The conservative count covers a real chat tokenizer (SmolLM2, which splits digits)."""
+    settings = make_settings(tmp_path)
+    counter = token_counter(settings)
+    real = Tokenizer.from_file(str(SMOLLM_TOKENIZER))
+    samples = [
+        "To add your own files, drop them into the docs folder and run the ingest command again.",
+        "def chunk(text: str, size: int = 220) -> list[str]:\n"
+        "    return [text[i:i+size] for i in range(0, len(text), size)]",
+        "Ports: 8000, 11434, 5272, 56432; sizes 1.3 GiB / 0.25 GiB; 2,700 vectors/s at p50 2.3 ms.",
+        "Die Antwort steht im Handbuch auf Seite 3 — bitte die Quellen [1] und [2] beachten.",
+        "| k | p50 ms | p95 ms |\n|---|---|---|\n| 5 | 2.3 | 4.1 |\n| 10 | 2.9 | 5.0 |",
+    ]
+    repo_docs = Path(__file__).resolve().parents[1] / "docs"
+    for path in sorted(repo_docs.glob("*.md")) + sorted(repo_docs.glob("*.txt")):
+        text = path.read_text(encoding="utf-8")
+        samples += [text[i : i + 1200] for i in range(0, len(text), 1200)]
+    for text in samples:
+        # What the server really tokenizes: the message inside SmolLM2's chat template.
+        templated = f"<|im_start|>user\n{text}<|im_end|>\n"
+        estimate = counter.count_messages([{"role": "user", "content": text}])
+        assert estimate >= len(real.encode(templated, add_special_tokens=False).ids), text[:80]
