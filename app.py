@@ -19,16 +19,32 @@ from chainlit.server import app as chainlit_server
 
 from ingest.pipeline import IngestReport, ingest
 from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer
+from rag.compare import (
+    CompareBoard,
+    ModelDelta,
+    ModelStarted,
+    compare_stream,
+    parse_compare_command,
+)
 from rag.discovery import local_endpoint
-from rag.errors import NoDocuments, RagError, StreamInterrupted
+from rag.errors import EndpointUnavailable, NoDocuments, RagError, StreamInterrupted
 from rag.llm import Endpoint, Message, list_models
 from rag.openai_api import mount_openai_api
 from rag.prompt import source_label
 from rag.retrieve import Hit, retrieve
+from rag.routing import routed_models
 from rag.settings import Settings, get_settings
 from rag.uploads import SavedUpload, save_upload
 
 log = logging.getLogger("local_rag_chat")
+
+COMPARE_COMMAND = {
+    "id": "compare",
+    "icon": "columns-2",
+    "description": "Two models, same passages: compare MODEL_A MODEL_B your question",
+    "button": False,
+    "persistent": False,
+}
 
 
 # --- the conversation ---------------------------------------------------------------
@@ -45,11 +61,8 @@ async def on_chat_start() -> None:
     except RagError as exc:
         await cl.Message(content=f"{welcome(settings)}\n\n**No model server yet.** {exc}").send()
         return
-    model = default_choice(models, settings.llm_model or endpoint.model)
-    remember_endpoint(endpoint, models, model)
-    if models:
-        picker = Select(id="model", label="Model", values=models, initial_index=models.index(model))
-        await cl.ChatSettings([picker]).send()
+    model = await offer_models(endpoint, models, settings)
+    await cl.context.emitter.set_commands([COMPARE_COMMAND])
     await cl.Message(content=welcome(settings, endpoint, model)).send()
 
 
@@ -57,7 +70,8 @@ async def on_chat_start() -> None:
 async def on_settings_update(values: dict[str, object]) -> None:
     """Switch the model for this chat; the history stays and the next answer uses it."""
     model = values.get("model")
-    if isinstance(model, str) and model and model != cl.user_session.get("model"):
+    offered = cl.user_session.get("models") or []
+    if model in offered and model != cl.user_session.get("model"):
         cl.user_session.set("model", model)
         await cl.Message(
             content=f"Switched to `{model}`. It answers from your next message; "
@@ -67,16 +81,28 @@ async def on_settings_update(values: dict[str, object]) -> None:
 
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
-    """Add any dropped files to the knowledge base, then answer the question."""
+    """Add dropped files to the knowledge base, then answer (or compare models on) the question."""
     settings = get_settings()
     try:
         uploads = [el for el in message.elements if getattr(el, "path", None)]
         if uploads:
             await add_uploads(uploads, settings)
-        question = message.content.strip()
-        # /compare (rag/compare.py) will be dispatched here: two models side by side.
-        if question:
-            await reply(question, settings)
+        text = message.content.strip()
+        # Picked from the command menu, the command arrives apart from its text.
+        command = f"/compare {text}" if message.command == "compare" else text
+        comparison = parse_compare_command(command)
+        if comparison is not None:
+            await compare_models(*comparison, settings)
+        elif text:
+            await reply(text, settings)
+    except NoDocuments as exc:
+        await cl.Message(content=f"**The knowledge base is empty.** {exc}").send()
+    except EndpointUnavailable as exc:
+        # Discover again next time: Foundry Local comes back on a new port after a restart.
+        cl.user_session.set("endpoint", None)
+        await cl.Message(content=str(exc)).send()
+    except RagError as exc:
+        await cl.Message(content=str(exc)).send()
     except Exception:  # noqa: BLE001 - the chat shows a sentence, the log keeps the traceback
         log.exception("unexpected error while handling a message")
         await cl.Message(
@@ -89,14 +115,14 @@ async def on_message(message: cl.Message) -> None:
 
 
 async def reply(question: str, settings: Settings) -> None:
-    """Search, then stream the answer with its sources; errors become one plain sentence."""
+    """Search, then stream the answer with its sources; a broken stream keeps its partial text."""
     history: list[Message] = cl.user_session.get("history") or []
+    endpoint = await session_endpoint(settings)
+    hits = await search_step(question, settings)
     msg = cl.Message(content="")
     start: AnswerStart | None = None
     done: AnswerDone | None = None
     try:
-        endpoint = await session_endpoint(settings)
-        hits = await search_step(question, settings)
         async for event in answer(
             question,
             history=history,
@@ -112,47 +138,71 @@ async def reply(question: str, settings: Settings) -> None:
             elif isinstance(event, AnswerDone):
                 done = event
     except StreamInterrupted as exc:
-        msg.content = f"{exc.partial}\n\n---\n*{exc} The answer above is incomplete; ask again to retry.*"
+        msg.content = (
+            f"{exc.partial}\n\n---\n*{exc} The answer above is incomplete; ask again to retry.*"
+        )
         await msg.send()
         if start is not None:
             await show_sources(start.hits, msg.id)
         remember_turn(history, question, exc.partial)
         return
-    except NoDocuments as exc:
-        await cl.Message(content=f"**The knowledge base is empty.** {exc}").send()
-        return
-    except RagError as exc:
-        await cl.Message(content=str(exc)).send()
-        return
 
     assert start is not None and done is not None
-    msg.content = (done.text or "_The model returned an empty answer._") + footer(start, done, endpoint)
+    picked = cl.user_session.get("model") or ""
+    msg.content = (done.text or "_The model returned an empty answer._") + footer(
+        start, done, endpoint, picked
+    )
     await msg.send()
     await show_sources(start.hits, msg.id)
     remember_turn(history, question, done.text)
+
+
+async def compare_models(models: list[str], question: str, settings: Settings) -> None:
+    """``/compare A B question``: both models answer from the same passages, one message each,
+    streaming at the same time (remote) or one after the other (same CPU), with their timings."""
+    endpoint = await session_endpoint(settings)
+    hits = await search_step(question, settings)
+    board = CompareBoard(models)
+    messages = {m: cl.Message(content="", author=m) for m in models}
+    async for event in compare_stream(
+        question, models, history=cl.user_session.get("history") or [], hits=hits,
+        local=endpoint, settings=settings,
+    ):  # fmt: skip
+        column = board.apply(event)
+        if column is None:
+            continue
+        msg = messages[column.model]
+        header = f"**{column.model}** · {column.endpoint or 'not started'}\n\n"
+        if isinstance(event, ModelStarted):
+            await msg.stream_token(header)
+        elif isinstance(event, ModelDelta):
+            await msg.stream_token(event.text)
+        else:
+            msg.content = header + board.markdown(column.model)
+            await msg.send()
+    await show_sources(hits, messages[models[0]].id)
 
 
 async def search_step(question: str, settings: Settings) -> list[Hit]:
     """Retrieve the passages inside a collapsed step that lists them."""
     async with cl.Step(name="document search", type="retrieval", default_open=False) as step:
         step.input = question
-        try:
-            # Embedding and Chroma block for a few ms; keep the event loop free.
-            hits = await asyncio.to_thread(retrieve, question, settings=settings)
-        except NoDocuments:
-            step.output = "The knowledge base is empty."
-            raise
+        # Embedding and Chroma block for a few ms; keep the event loop free. NoDocuments
+        # propagates: the step shows its sentence and on_message says how to add files.
+        hits = await asyncio.to_thread(retrieve, question, settings=settings)
         step.output = hits_table(hits)
     return hits
 
 
-def footer(start: AnswerStart, done: AnswerDone, endpoint: Endpoint) -> str:
-    """A line under the answer: sources, and who answered when it was not the local default."""
+def footer(start: AnswerStart, done: AnswerDone, endpoint: Endpoint, picked: str) -> str:
+    """Lines under the answer: sources, who answered when it was not the picked local model,
+    and what was left out to fit the context window."""
     lines = []
     if start.hits:
-        lines.append("**Sources:** " + " · ".join(f"[{n}] {source_label(h)}" for n, h in enumerate(start.hits, 1)))
+        labels = (f"[{n}] {source_label(h)}" for n, h in enumerate(start.hits, start=1))
+        lines.append("**Sources:** " + " · ".join(labels))
     route = done.route
-    if route.endpoint.base_url != endpoint.base_url:
+    if route.endpoint.base_url != endpoint.base_url or route.model != picked:
         lines.append(f"*Answered by `{route.model}` at {route.endpoint.name} ({route.reason}).*")
     if start.dropped_hits or start.dropped_history:
         lines.append(
@@ -214,7 +264,9 @@ async def add_uploads(elements: Sequence[cl.File], settings: Settings) -> None:
     await progress.update()
 
 
-def upload_summary(saved: list[SavedUpload], report: IngestReport | None, problems: list[str]) -> str:
+def upload_summary(
+    saved: list[SavedUpload], report: IngestReport | None, problems: list[str]
+) -> str:
     """What happened to each dropped file, in sentences."""
     failed = {f.path: f.error for f in report.failed} if report else {}
     lines = []
@@ -227,7 +279,8 @@ def upload_summary(saved: list[SavedUpload], report: IngestReport | None, proble
             lines.append(f"**{s.uploaded_as}** is already in the knowledge base (as `{s.name}`).")
         elif s.renamed:
             lines.append(
-                f"Added **{s.uploaded_as}** as `{s.name}`, because a different file already had that name."
+                f"Added **{s.uploaded_as}** as `{s.name}`, because a different file already had "
+                "that name."
             )
         else:
             lines.append(f"Added **{s.name}** to the knowledge base.")
@@ -240,19 +293,28 @@ def upload_summary(saved: list[SavedUpload], report: IngestReport | None, proble
 # --- session state -----------------------------------------------------------------------
 
 
-def remember_endpoint(endpoint: Endpoint, models: list[str], model: str) -> None:
+async def offer_models(endpoint: Endpoint, models: list[str], settings: Settings) -> str:
+    """Remember the endpoint and show the model picker; returns the preselected model."""
+    model = default_choice(models, settings.llm_model or endpoint.model)
+    # Models on other endpoints (fallback, routing file) can be picked as endpoint:model.
+    offered = models + [m for m in routed_models(settings, endpoint) if m not in models]
     cl.user_session.set("endpoint", endpoint)
-    cl.user_session.set("models", models)
+    cl.user_session.set("models", offered)
     cl.user_session.set("model", model)
+    if offered:
+        index = offered.index(model) if model in offered else 0
+        await cl.ChatSettings(
+            [Select(id="model", label="Model", values=offered, initial_index=index)]
+        ).send()
+    return model
 
 
 async def session_endpoint(settings: Settings) -> Endpoint:
-    """This chat's endpoint; discovered again if none was found when the chat started."""
+    """This chat's endpoint; discovered again (and the picker shown) if none answered at start."""
     endpoint: Endpoint | None = cl.user_session.get("endpoint")
     if endpoint is None:
         endpoint = await local_endpoint(settings)
-        models = await list_models(endpoint, settings)
-        remember_endpoint(endpoint, models, default_choice(models, settings.llm_model or endpoint.model))
+        await offer_models(endpoint, await list_models(endpoint, settings), settings)
     return endpoint
 
 
@@ -273,13 +335,15 @@ def welcome(settings: Settings, endpoint: Endpoint | None = None, model: str = "
     """The first message: what this is, what to do, where documents live, which model answers."""
     kinds = "PDF, Word (.docx), Markdown, HTML or text"
     text = (
-        "**Local RAG Chat** answers questions from your own documents and shows the sources "
-        "(file and page) under each answer.\n\n"
+        "**Local RAG Chat** answers questions from your own documents. Each answer lists its "
+        "sources (file and page), and the passages open beside the chat.\n\n"
         "- **Ask** a question in the box below.\n"
         f"- **Add a document:** drop a {kinds} file (up to {settings.upload_max_mb:g} MB) into the "
         f"chat. Files live in `{settings.docs_dir}`; after changing that folder yourself, run "
         "`python -m ingest`.\n"
-        "- **Switch models** with the settings button next to the input; the conversation is kept."
+        "- **Switch models** with the settings button next to the input; the conversation "
+        "is kept.\n"
+        "- **Compare two models** on the same passages: `/compare MODEL_A MODEL_B your question`."
     )
     if endpoint is not None:
         text += f"\n\nAnswering with `{model}` at {endpoint.base_url}."

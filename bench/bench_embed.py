@@ -1,16 +1,18 @@
 """Embedding throughput: our ONNX path against sentence-transformers on torch and fastembed.
 
-Run as ``python -m bench.bench_embed [--chunks N] [--quick]``; prints a markdown section for
-bench/RESULTS.md. Every path embeds the same ~200-word chunks in the same process, back to back,
-with batch 32, truncation at 256 tokens and one thread per core:
+Run as ``python -m bench.bench_embed [--chunks N] [--rounds R] [--quick]``; prints a markdown
+section for bench/RESULTS.md. Every path embeds the same texts in the same process, taking turns
+slice by slice, with batch 32, truncation at 256 tokens and one thread per core:
 
 - sentence-transformers on torch fp32 (the 1.00 baseline and the cosine reference);
 - ``rag.embed.Embedder`` on the fused fp32 graph and on its int8 variant;
 - fastembed pointed at the very same ONNX files (a folder of symlinks plus the package's
   tokenizer configs, with its truncation set to 256 so it sees the same tokens).
 
-The chunks are real English prose and code documentation: the docstrings of the Python
-standard library on this machine, cut into 200-word windows (no network needed).
+The texts are real English prose about code: the docstrings of the Python standard library on
+this machine (no network needed), cut into 200-word chunks (what ingest embeds; nearly all
+exceed 256 tokens) and into a second set of mixed lengths (queries and short last chunks among
+full ones), where sorting by length before batching matters.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import ast
 import itertools
 import json
 import os
-import sys
 import sysconfig
 import tempfile
 import time

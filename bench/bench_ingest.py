@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> str:
             f"Re-ingest / full = **{ratio * 100:.2f}%** (target <= 5%: {verdict}). "
             "The re-ingest reads and "
             "hashes every file once (sha256) and parses none; it opens Chroma and reads the count. "
-            f"The CLI re-ingest is {cli_s / full_s * 100:.1f}% of the full ingest: nearly all of it "
-            "is interpreter start-up and imports (chromadb, onnxruntime); it reported "
+            f"The CLI re-ingest is {cli_s / full_s * 100:.1f}% of the full ingest: nearly all "
+            "of it is interpreter start-up and imports (chromadb); it reported "
             f"{cli['unchanged']} unchanged, {cli['added']} added.",
         ]
     )

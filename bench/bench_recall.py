@@ -43,10 +43,16 @@ def _store(name: str, docs: Path, precision: str) -> Settings:
     return settings
 
 
-def measure(k: int, precisions: list[str]) -> dict[tuple[str, str, str], tuple[EvalReport, EvalReport]]:
+Results = dict[tuple[str, str, str], tuple[EvalReport, EvalReport]]
+
+
+def measure(k: int, precisions: list[str]) -> Results:
     """(set, precision, mode) -> (report at k=1, report at k)."""
     corpus_docs = build_corpus(WORK / "recall-corpus-docs")
-    sets = {"sample docs": (REPO / "docs", "sample_docs.jsonl"), "test corpus": (corpus_docs, "corpus.jsonl")}
+    sets = {
+        "sample docs": (REPO / "docs", "sample_docs.jsonl"),
+        "test corpus": (corpus_docs, "corpus.jsonl"),
+    }
     results = {}
     for precision in precisions:
         for name, (docs, qa_file) in sets.items():
@@ -62,7 +68,9 @@ def measure(k: int, precisions: list[str]) -> dict[tuple[str, str, str], tuple[E
 
 def main(argv: list[str] | None = None) -> str:
     """Run the measurement and return the markdown section."""
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_recall", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_recall", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="fp32 only")
     args = parser.parse_args(argv)
@@ -105,10 +113,26 @@ def main(argv: list[str] | None = None) -> str:
         for name in ("sample docs", "test corpus"):
             f32, i8 = results[(name, "fp32", "hybrid")], results[(name, "int8", "hybrid")]
             lines.append(
-                f"- int8 vs fp32 ({name}, hybrid): recall@1 {i8[0].recall:.3f} vs {f32[0].recall:.3f}, "
+                f"- int8 vs fp32 ({name}, hybrid): "
+                f"recall@1 {i8[0].recall:.3f} vs {f32[0].recall:.3f}, "
                 f"recall@{k} {i8[1].recall:.3f} vs {f32[1].recall:.3f}, MRR {i8[1].mrr:.3f} vs "
                 f"{f32[1].mrr:.3f}."
             )
+        keys = [(n, m) for n in ("sample docs", "test corpus") for m in ("dense", "hybrid")]
+        matches = all(
+            results[(n, "int8", m)][1].recall >= results[(n, "fp32", m)][1].recall
+            and results[(n, "int8", m)][1].mrr >= results[(n, "fp32", m)][1].mrr
+            for n, m in keys
+        )
+        lines.append(
+            "- Verdict: int8 "
+            + (
+                "matches fp32 on every set and mode, so it may become the default."
+                if matches
+                else "does not match fp32 on every set and mode (lower MRR somewhere above), "
+                "so fp32 stays the default (`RAG_EMBED_PRECISION=fp32`)."
+            )
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -50,9 +50,10 @@ if TYPE_CHECKING:
 __all__ = ["DocsFolderMissing", "Failure", "IngestReport", "ingest", "state_path"]
 
 
-# Files are embedded and written together until a batch holds this many chunks:
-# bigger ONNX batches and fewer Chroma round trips than one file at a time.
-_COMMIT_CHUNKS = 256
+# Files are embedded and written together until a batch holds this many embedding
+# batches of chunks (256 by default): fuller ONNX batches and fewer Chroma round
+# trips than one file at a time, while a kill loses little embedding work.
+_COMMIT_EMBED_BATCHES = 8
 # What parser libraries raise on corrupt input besides their own error types.
 _PARSER_ERRORS = (
     RecursionError, MemoryError, ValueError, KeyError, TypeError, AttributeError,
@@ -115,6 +116,7 @@ class _IngestRun:
         self._chunker: Chunker | None = None
         self._embedder: Embedder | None = None
         self._max_bytes = int(settings.max_file_mb * 1024 * 1024)
+        self._commit_chunks = settings.embed_batch * _COMMIT_EMBED_BATCHES
 
     # --- the run ------------------------------------------------------------
 
@@ -133,7 +135,7 @@ class _IngestRun:
             prepared = self._prepare(file, known.get(file.source), repaired.get(file.source, False))
             if prepared is not None:
                 batch.append(prepared)
-            if sum(len(p.chunks) for p in batch) >= _COMMIT_CHUNKS:
+            if sum(len(p.chunks) for p in batch) >= self._commit_chunks:
                 self._commit(batch)
                 batch = []
         self._commit(batch)

@@ -44,7 +44,8 @@ def scan_docs(docs_dir: Path) -> Scan:
     scan = Scan()
     for dirpath, dirnames, filenames in os.walk(docs_dir, followlinks=False):
         here = Path(dirpath)
-        # os.walk does not descend into symlinked folders; refuse those leading outside.
+        # os.walk does not descend into symlinked folders: those leading outside are
+        # refused, those inside are skipped (their files are found at their real path).
         for name in list(dirnames):
             if name.startswith("."):
                 dirnames.remove(name)
@@ -72,14 +73,16 @@ def scan_docs(docs_dir: Path) -> Scan:
 
 def _check_link(path: Path, root: Path, docs_dir: Path, scan: Scan) -> bool:
     """False (and a failure recorded) when the symlink ``path`` leads outside ``root``."""
-    target = path.resolve()
+    rel = path.relative_to(docs_dir).as_posix()
+    try:
+        target = path.resolve()
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError for a loop
+        scan.failed.append(Failure(rel, "symlink loop: the link points back at itself"))
+        return False
     if target == root or target.is_relative_to(root):
         return True
     scan.failed.append(
-        Failure(
-            path.relative_to(docs_dir).as_posix(),
-            f"symlink points outside the docs folder (to {target}) and is refused",
-        )
+        Failure(rel, f"symlink points outside the docs folder (to {target}) and is refused")
     )
     return False
 

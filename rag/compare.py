@@ -131,7 +131,7 @@ def on_this_machine(endpoint: Endpoint) -> bool:
 
 
 def _pinned(model: str, settings: Settings, local: Endpoint | None) -> tuple[str, Endpoint | None]:
-    """The ``endpoint:model`` id for ``model`` and its endpoint (None: the undiscovered local one)."""
+    """The ``endpoint:model`` id for ``model`` and its endpoint (None: local, not yet found)."""
     table = load_routing(settings)
     probe = local or Endpoint(name=LOCAL_NAME, base_url="http://127.0.0.1/v1")
     pinned = split_qualified(model, table, probe)
@@ -358,7 +358,13 @@ class CompareBoard:
     def markdown(self, model: str) -> str:
         """One column as Markdown: the answer, then its figures or its error, for plain messages."""
         column = self.columns[model]
-        note = f"*{column.figures}*" if column.figures else f"**{column.error}**" if column.error else ""
+        note = (
+            f"*{column.figures}*"
+            if column.figures
+            else f"**{column.error}**"
+            if column.error
+            else ""
+        )
         return f"{column.text.strip()}\n\n{note}".strip()
 
 
@@ -403,7 +409,9 @@ def _human(comparison: Comparison) -> str:
             partial = f"\n{result.partial.strip()}" if result.partial else ""
             blocks.append(f"=== {result.model}{partial}\n--- failed: {result.error}")
     sources = format_sources(comparison.hits) if comparison.hits else ""
-    return "\n\n".join(blocks) + (f"\n\nSources (same for every model):\n{sources}" if sources else "")
+    return "\n\n".join(blocks) + (
+        f"\n\nSources (same for every model):\n{sources}" if sources else ""
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

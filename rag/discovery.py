@@ -117,7 +117,9 @@ async def foundry_endpoint(settings: Settings, why_not: list[str] | None = None)
         why_not.append(f"Foundry Local at {base_url} did not list its models: {exc}")
         return None
     if not ids:
-        why_not.append(f"Foundry Local at {base_url} has no model loaded (run `foundry model run {alias}`)")
+        why_not.append(
+            f"Foundry Local at {base_url} has no model loaded (run `foundry model run {alias}`)"
+        )
         return None
     model = settings.llm_model if settings.llm_model in ids else resolve_alias(alias, ids)
     return Endpoint(
@@ -257,7 +259,9 @@ def _contains_in_order(words: list[str], wanted: list[str]) -> bool:
 # --- embedded engine ---------------------------------------------------------------
 
 
-async def embedded_endpoint(settings: Settings, why_not: list[str] | None = None) -> Endpoint | None:
+async def embedded_endpoint(
+    settings: Settings, why_not: list[str] | None = None
+) -> Endpoint | None:
     """Start (once per process) the embedded engine and return its endpoint, or ``None``."""
     why_not = why_not if why_not is not None else []
     if settings.engine == "off":

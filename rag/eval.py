@@ -112,7 +112,9 @@ def load_qa(path: Path) -> list[QA]:
     return items
 
 
-def evaluate(retriever: Retriever, qa: Sequence[QA], k: int = 5, mode: Mode = "hybrid") -> EvalReport:
+def evaluate(
+    retriever: Retriever, qa: Sequence[QA], k: int = 5, mode: Mode = "hybrid"
+) -> EvalReport:
     """Search every question and compute recall@k and mean reciprocal rank."""
     results: list[QuestionResult] = []
     for item in qa:

@@ -114,7 +114,7 @@ def up_to_date(out: Path, source_version: str) -> bool:
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the exporters' tracer/deprecation warnings and progress bars: the summary says it all."""
+    """Silence the exporters' tracer warnings and advice: the one-line summary says it all."""
     logging.disable(logging.WARNING)  # onnxruntime.quantization logs advice on the root logger
     try:
         with warnings.catch_warnings():
@@ -154,7 +154,12 @@ def _build(source: Path, stage: Path) -> dict[str, Any]:
             super().__init__()
             self.bert = bert
 
-        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor,
+        ) -> torch.Tensor:
             return self.bert(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state

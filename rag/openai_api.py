@@ -72,7 +72,14 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(
-            {"error": {"message": self.message, "type": self.kind, "param": None, "code": self.code}},
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.kind,
+                    "param": None,
+                    "code": self.code,
+                }
+            },
             status_code=self.status,
         )
 
@@ -105,7 +112,9 @@ def _text(content: Any) -> str:
         )
     if content is None:
         return ""
-    raise ApiError(400, "Each message's content must be a string or a list of text parts.", "bad_content")
+    raise ApiError(
+        400, "Each message's content must be a string or a list of text parts.", "bad_content"
+    )
 
 
 def parse_chat_request(body: Any) -> tuple[str, str, list[Message], bool]:
@@ -174,7 +183,10 @@ async def available_models(settings: Settings) -> list[tuple[str, str]]:
 def sources_trailer(hits: list[Hit], route: Route) -> str:
     """The text appended to every answer: which sources, and where routing sent it if not local."""
     parts: list[str] = []
-    if route.reason != "local endpoint":
+    # Say who answered when it was not the local model the client picked: a
+    # cloud endpoint (the documents left the machine) or a routing decision.
+    rerouted = route.reason != "local endpoint" and not route.reason.startswith("pinned")
+    if not route.endpoint.is_local or rerouted:
         parts.append(f"\n\n_Answered by '{route.endpoint.name}' ({route.model}): {route.reason}._")
     if hits:
         parts.append(SOURCES_MARKER + format_sources(hits))
@@ -205,8 +217,14 @@ def _headers(route: Route) -> dict[str, str]:
     }
 
 
-def _chunk(cid: str, created: int, model: str, delta: dict[str, Any],
-           finish: str | None = None, **extra: Any) -> str:
+def _chunk(
+    cid: str,
+    created: int,
+    model: str,
+    delta: dict[str, Any],
+    finish: str | None = None,
+    **extra: Any,
+) -> str:
     body = {
         "id": cid,
         "object": "chat.completion.chunk",
@@ -236,7 +254,9 @@ async def _sse(
         yield _chunk(cid, created, model, {"content": f"\n\n[The answer stopped early: {exc}]"})
     except Exception:  # noqa: BLE001 - a client must get a finished stream, not a cut one
         log.exception("answer stream failed")
-        yield _chunk(cid, created, model, {"content": "\n\n[The answer stopped early: internal error.]"})
+        yield _chunk(
+            cid, created, model, {"content": "\n\n[The answer stopped early: internal error.]"}
+        )
     finally:
         await events.aclose()  # type: ignore[attr-defined]
     yield _chunk(cid, created, model, {"content": sources_trailer(start.hits, route)})
@@ -261,7 +281,8 @@ async def chat_completions(request: Request, settings: Settings) -> Response:
         if ids is not None and model not in ids:
             raise ApiError(
                 404,
-                f"The model '{model}' does not exist here; GET /v1/models lists the available ones.",
+                f"The model '{model}' does not exist here; "
+                "GET /v1/models lists the available ones.",
                 "model_not_found",
             )
     elif local is None:
@@ -273,7 +294,9 @@ async def chat_completions(request: Request, settings: Settings) -> Response:
     try:
         start = await anext(events)
     except StopAsyncIteration:
-        raise ApiError(502, "The model server ended the answer before it began.", "empty", "server_error") from None
+        raise ApiError(
+            502, "The model server ended the answer before it began.", "empty", "server_error"
+        ) from None
     except RagError as exc:
         raise api_error(exc) from exc
     assert isinstance(start, AnswerStart)
@@ -361,8 +384,10 @@ def create_router(settings: Settings | None = None) -> APIRouter:
         except Exception:  # noqa: BLE001 - clients get JSON, the log gets the traceback
             log.exception("OpenAI-compatible API request failed")
             return ApiError(
-                500, "The RAG server failed on this request; its log has the details.",
-                "internal_error", "server_error",
+                500,
+                "The RAG server failed on this request; its log has the details.",
+                "internal_error",
+                "server_error",
             ).response()
 
     async def models_handler(request: Request, s: Settings) -> Response:

@@ -40,8 +40,8 @@ more of them::
 
     [rules]
     code_model = "deepseek-coder:6.7b"  # default LLM_CODE_MODEL
-    code_endpoint = "coder"             # default: the first endpoint labelled "code", else local
-    fallback = ["cloud"]                # default: endpoints labelled "fallback", then LLM_FALLBACK_*
+    code_endpoint = "coder"  # default: the first endpoint labelled "code", else local
+    fallback = ["cloud"]  # default: endpoints labelled "fallback", then LLM_FALLBACK_*
 
 A model may be *pinned* to an endpoint by qualifying it as ``endpoint:model``
 (``local:phi-4-mini``, ``fallback:gpt-4o-mini``, ``coder:deepseek-coder:6.7b``).
@@ -252,7 +252,9 @@ def load_routing(settings: Settings) -> RoutingTable:
     if path is not None:
         data = _read_routing_file(Path(path))
 
-    endpoints = [_file_endpoint(raw, Path(path)) for raw in data.get("endpoints", [])] if path else []
+    endpoints = (
+        [_file_endpoint(raw, Path(path)) for raw in data.get("endpoints", [])] if path else []
+    )
     names = [e.name for e in endpoints]
     if len(set(names)) != len(names):
         raise RoutingFileError(f"Endpoint names in {path} must be unique: {names}.")
@@ -271,7 +273,9 @@ def load_routing(settings: Settings) -> RoutingTable:
 
     file_mode = data.get("mode")
     if file_mode is not None and file_mode not in MODES:
-        raise RoutingFileError(f"mode in {path} must be one of {', '.join(MODES)}, not {file_mode!r}.")
+        raise RoutingFileError(
+            f"mode in {path} must be one of {', '.join(MODES)}, not {file_mode!r}."
+        )
     # The stricter mode wins, so no file can quietly undo RAG_ROUTING=local-only.
     mode: Mode = settings.routing
     if file_mode == "local-only" or (file_mode and settings.routing != "local-only"):
@@ -289,7 +293,9 @@ def load_routing(settings: Settings) -> RoutingTable:
         code_endpoint = next((e.name for e in endpoints if "code" in e.labels), None)
     for name in [*fallbacks, *([code_endpoint] if code_endpoint else [])]:
         if name != LOCAL_NAME and name not in known:
-            raise RoutingFileError(f"The routing file {path} refers to an unknown endpoint '{name}'.")
+            raise RoutingFileError(
+                f"The routing file {path} refers to an unknown endpoint '{name}'."
+            )
     local_ctx = data.get("local", {}).get("context_tokens")
     return RoutingTable(
         mode=mode,
@@ -379,7 +385,9 @@ def plan_routes(
     pinned = split_qualified(model, table, local)
     if pinned is not None:
         endpoint, pinned_model = pinned
-        return _guard([Route(endpoint, pinned_model, f"pinned to '{endpoint.name}'")], table.mode, model)
+        return _guard(
+            [Route(endpoint, pinned_model, f"pinned to '{endpoint.name}'")], table.mode, model
+        )
 
     routes: list[Route] = []
     local_route = Route(local, model, "local endpoint")

@@ -42,7 +42,10 @@ def format_hits(question: str, hits: list[Hit]) -> str:
         snippet = " ".join(hit.text.split())
         if len(snippet) > _SNIPPET_CHARS:
             snippet = snippet[: _SNIPPET_CHARS - 3].rstrip() + "..."
-        lines.extend(textwrap.wrap(snippet, width=96, initial_indent="     ", subsequent_indent="     "))
+        indent = " " * 5
+        lines.extend(
+            textwrap.wrap(snippet, width=96, initial_indent=indent, subsequent_indent=indent)
+        )
     return "\n".join(lines)
 
 

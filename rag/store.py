@@ -123,13 +123,21 @@ class ChunkStore:
 
         Raises :class:`NoDocuments` when the store is empty.
         """
-        if self.count() == 0:
+        # No count() check up front: it costs ~5 ms per query at 100k chunks.
+        # An empty collection either returns nothing or, if it never had a
+        # segment on disk, raises "Nothing found on disk".
+        try:
+            res = self._collection.query(
+                query_embeddings=[np.asarray(vector, dtype=np.float32)],
+                n_results=k,
+                include=["documents", "metadatas", "distances"],
+            )
+        except Exception as exc:  # noqa: BLE001 - chromadb raises a bare InternalError here
+            if "Nothing found on disk" in str(exc):
+                raise NoDocuments(str(self.settings.docs_dir)) from exc
+            raise
+        if not res["ids"] or not res["ids"][0]:
             raise NoDocuments(str(self.settings.docs_dir))
-        res = self._collection.query(
-            query_embeddings=[np.asarray(vector, dtype=np.float32)],
-            n_results=k,
-            include=["documents", "metadatas", "distances"],
-        )
         ids, docs, metas, dists = (
             res["ids"][0],
             res["documents"][0],

@@ -66,7 +66,9 @@ class ChatSession:
         context_var.reset(self._token)
         user_sessions.pop(self.session.id, None)
 
-    async def _persist_file(self, name: str, path: str | None, content: Any, mime: str) -> dict[str, str]:
+    async def _persist_file(
+        self, name: str, path: str | None, content: Any, mime: str
+    ) -> dict[str, str]:
         key = uuid.uuid4().hex
         self.files[key] = content
         return {"id": key}

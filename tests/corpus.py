@@ -8,7 +8,11 @@ checklist (.docx, with a space in its name) and a six-page owner's manual
 
 :func:`index_folder` fills a store from a folder with the project's own
 loaders, chunker and embedder, then saves the BM25 index and bumps the store
-generation, which is what an ingest run leaves behind.
+generation, which is what an ingest run leaves behind (tests use it to play a
+writer in another process, or one that died before rebuilding BM25).
+
+The fixtures ``sample_settings`` and ``corpus_settings`` ingest docs/ and this
+corpus with the real pipeline once per test module.
 """
 
 from __future__ import annotations
@@ -187,7 +191,8 @@ def _build_manual(path: Path) -> None:
     for title, body in MANUAL_PAGES:
         pdf.add_page()
         pdf.set_font("Helvetica", "B", 16)
-        pdf.multi_cell(0, 10, f"Tidewater 12 owner's manual - {title}", new_x="LMARGIN", new_y="NEXT")
+        title_line = f"Tidewater 12 owner's manual - {title}"
+        pdf.multi_cell(0, 10, title_line, new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("Helvetica", size=11)
         pdf.multi_cell(0, 6, body, new_x="LMARGIN", new_y="NEXT")
     pdf.output(str(path))
@@ -218,7 +223,9 @@ def build_corpus(folder: Path) -> Path:
     return folder
 
 
-def index_folder(settings: Settings, folder: Path | None = None, *, rebuild_bm25: bool = True) -> int:
+def index_folder(
+    settings: Settings, folder: Path | None = None, *, rebuild_bm25: bool = True
+) -> int:
     """Load, chunk, embed and store every file under ``folder`` (default the docs dir).
 
     Returns the number of chunks stored. Leaves a bumped generation and a saved

@@ -25,13 +25,15 @@ from tests.chat_session import ChatSession
 from tests.conftest import MODELS_DIR, make_settings
 from tests.corpus import build_corpus
 from tests.fake_openai import FakeOpenAI
+from tests.test_discovery import install_fake_foundry
 
 MODELS = ["phi-4-mini-fake", "qwen-2.5-fake"]
 HOLIDAYS = "How many days of paid holiday do employees get?"
 REPLY = "Employees get 28 days of paid holiday a year [1]."
 
 pytestmark = pytest.mark.skipif(
-    not (MODELS_DIR / "all-MiniLM-L6-v2-onnx").exists(), reason="embedder not exported (make models)"
+    not (MODELS_DIR / "all-MiniLM-L6-v2-onnx").exists(),
+    reason="embedder not exported (make models)",
 )
 
 
@@ -279,6 +281,20 @@ async def test_a_dead_endpoint_is_a_sentence_naming_the_url_and_what_to_start(
         assert "Traceback" not in text
 
 
+async def test_a_server_that_rejects_the_request_is_a_sentence_naming_model_and_reason(
+    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+) -> None:
+    app_env(kayak_store, fake.base_url)
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        fake.models.remove("phi-4-mini-fake")  # unloaded on the server after the chat started
+        await chat.send(app.on_message, HOLIDAYS)
+
+        text = chat.last_answer().output
+        assert text.startswith(f"The model server at {fake.base_url} rejected the request")
+        assert "'phi-4-mini-fake'" in text and "HTTP 404" in text and "not found" in text
+
+
 async def test_an_endpoint_that_dies_mid_session_is_reported_on_the_next_question(
     kayak_store: Path, app_env: Callable[..., Settings]
 ) -> None:
@@ -289,7 +305,9 @@ async def test_an_endpoint_that_dies_mid_session_is_reported_on_the_next_questio
         await chat.send(app.on_message, HOLIDAYS)
         server.stop()
         await chat.send(app.on_message, "And how many carry over?")
-        assert chat.last_answer().output.startswith(f"No model server answered at {server.base_url}")
+        assert chat.last_answer().output.startswith(
+            f"No model server answered at {server.base_url}"
+        )
 
 
 async def test_an_empty_store_tells_the_user_to_add_files_and_how(
@@ -321,22 +339,34 @@ async def test_an_upload_is_saved_safely_ingested_and_then_answers_questions(
     ingest(settings)
 
     first = tmp_path / "upload-1"
-    first.write_text("# Launch plan\n\nThe secret launch code word is PELICAN-42.\n", encoding="utf-8")
+    first.write_text(
+        "# Launch plan\n\nThe secret launch code word is PELICAN-42.\n", encoding="utf-8"
+    )
     clash = tmp_path / "upload-2"
-    clash.write_text("# Other plan\n\nA different file that happens to share the name.\n", encoding="utf-8")
+    clash.write_text(
+        "# Other plan\n\nA different file that happens to share the name.\n", encoding="utf-8"
+    )
     hostile_name = "../../Launch Plan.md"
 
     async with ChatSession() as chat:
         await app.on_chat_start()
-        await chat.send(app.on_message, "", [cl.File(name=hostile_name, path=str(first), mime="text/markdown")])
+        await chat.send(
+            app.on_message, "", [cl.File(name=hostile_name, path=str(first), mime="text/markdown")]
+        )
         added = chat.last_answer().output
-        await chat.send(app.on_message, "", [cl.File(name="Launch Plan.md", path=str(clash), mime="text/markdown")])
+        await chat.send(
+            app.on_message,
+            "",
+            [cl.File(name="Launch Plan.md", path=str(clash), mime="text/markdown")],
+        )
         renamed = chat.last_answer().output
         await chat.send(app.on_message, "What is the secret launch code word?")
 
     saved = root / "docs" / "Launch Plan.md"
     assert saved.read_text(encoding="utf-8") == first.read_text(encoding="utf-8")
-    assert (root / "docs" / "Launch Plan-2.md").read_text(encoding="utf-8") == clash.read_text(encoding="utf-8")
+    assert (root / "docs" / "Launch Plan-2.md").read_text(encoding="utf-8") == clash.read_text(
+        encoding="utf-8"
+    )
     assert not (tmp_path / "Launch Plan.md").exists()  # the ../ went nowhere
     assert "Added **Launch Plan.md**" in added and "searchable now" in added
     assert "as `Launch Plan-2.md`" in renamed and "different file already had that name" in renamed
@@ -359,12 +389,140 @@ async def test_unsupported_and_oversized_uploads_are_refused_with_a_sentence(
 
     async with ChatSession() as chat:
         await app.on_chat_start()
-        await chat.send(app.on_message, "", [
-            cl.File(name="tool.exe", path=str(program), mime="application/octet-stream"),
-            cl.File(name="big.txt", path=str(big), mime="text/plain"),
-        ])
+        await chat.send(
+            app.on_message,
+            "",
+            [
+                cl.File(name="tool.exe", path=str(program), mime="application/octet-stream"),
+                cl.File(name="big.txt", path=str(big), mime="text/plain"),
+            ],
+        )
         text = chat.last_answer().output
 
     assert "tool.exe was not added: .exe cannot be read" in text
     assert "big.txt was not added: it is 0.0 MB and the limit is 0.001 MB" in text
     assert list((tmp_path / "docs").iterdir()) == []
+
+
+# --- routing and comparison ----------------------------------------------------------------------
+
+
+async def test_when_local_dies_the_fallback_answers_and_the_answer_says_so(
+    kayak_store: Path, app_env: Callable[..., Settings]
+) -> None:
+    local = FakeOpenAI(models=list(MODELS), reply=REPLY).start()
+    with FakeOpenAI(models=["cloud-model"], reply="From the cloud [1].") as cloud:
+        app_env(
+            kayak_store,
+            local.base_url,
+            LLM_FALLBACK_BASE_URL=cloud.base_url,
+            LLM_FALLBACK_MODEL="cloud-model",
+        )
+        async with ChatSession() as chat:
+            await app.on_chat_start()
+            values = [item["value"] for item in chat.chat_settings()[0]["items"]]
+            assert values == [*MODELS, "fallback:cloud-model"]  # pickable, pinned to its endpoint
+
+            await chat.send(app.on_message, HOLIDAYS)
+            assert "Answered by" not in chat.last_answer().output  # the local default answered
+            local.stop()
+            await chat.send(app.on_message, "And how many carry over?")
+
+            answer = chat.last_answer().output
+            assert answer.startswith("From the cloud [1].")
+            assert "Answered by `cloud-model` at fallback" in answer
+            assert cloud.models_called == ["cloud-model"]
+            # The fallback got the conversation too, with the context ahead of the question.
+            assert history_of(cloud.requests[0])[0] == {"role": "user", "content": HOLIDAYS}
+
+
+async def test_compare_command_streams_two_models_on_the_same_passages_with_timings(
+    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+) -> None:
+    app_env(kayak_store, fake.base_url)
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        await chat.send(app.on_message, f"/compare phi-4-mini-fake qwen-2.5-fake {HOLIDAYS}")
+
+        assert sorted(fake.models_called) == sorted(MODELS)
+        first, second = fake.requests
+        assert user_content(first) == user_content(second)  # the very same context and question
+        assert user_content(first).endswith(f"Question: {HOLIDAYS}")
+        columns = chat.answers()[-2:]
+        for model, column in zip(MODELS, columns, strict=True):
+            assert column.output.startswith(f"**{model}** · ")
+            assert (
+                REPLY in column.output and "TTFT" in column.output and "tokens/s" in column.output
+            )
+            assert len(chat.streamed_tokens(column.id)) > 3
+        assert len(chat.steps("retrieval")) == 1  # one search for both models
+
+
+async def test_compare_without_two_models_explains_its_usage(
+    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+) -> None:
+    app_env(kayak_store, fake.base_url)
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        await chat.send(app.on_message, "/compare phi-4-mini-fake")
+        assert chat.last_answer().output.startswith(
+            "Usage: `/compare MODEL_A MODEL_B your question`"
+        )
+        assert fake.requests == []
+
+
+@pytest.mark.skipif(
+    not (MODELS_DIR / "smollm2-135m-instruct-int4" / "genai_config.json").exists(),
+    reason="embedded model not built (make models)",
+)
+async def test_with_no_server_configured_the_embedded_model_answers_and_says_it_is_small(
+    kayak_store: Path, app_env: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag.engine.process import EMBEDDED_NOTICE
+
+    app_env(kayak_store, "", RAG_ANSWER_TOKENS=40)
+    monkeypatch.delenv("LLM_BASE_URL")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no Foundry Local here
+    get_settings.cache_clear()
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        welcome = chat.last_answer().output
+        assert EMBEDDED_NOTICE in welcome and "foundry model run phi-4-mini" in welcome
+        (picker,) = chat.chat_settings()
+        assert len(picker["items"]) >= 1 and picker["initial"] == picker["items"][0]["value"]
+
+        await chat.send(app.on_message, HOLIDAYS)
+        answer = chat.last_answer()
+        assert len(chat.streamed_tokens(answer.id)) > 1  # the real model streamed something
+        assert "**Sources:**" in answer.output
+
+
+async def test_after_foundry_restarts_on_a_new_port_the_next_message_finds_it_again(
+    kayak_store: Path, app_env: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port_file = kayak_store.parent / "foundry-port"
+    install_fake_foundry(
+        kayak_store.parent / "bin",
+        monkeypatch,
+        f'echo "🟢 Model management service is running on '
+        f'http://127.0.0.1:$(cat {port_file})/openai/status"\n',
+    )
+    ids = ["Phi-4-mini-instruct-generic-cpu"]
+    first = FakeOpenAI(models=ids, reply=REPLY).start()
+    port_file.write_text(str(first.port))
+    app_env(kayak_store, "")
+    monkeypatch.delenv("LLM_BASE_URL")
+    get_settings.cache_clear()
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        assert chat.chat_settings()[0]["initial"] == "Phi-4-mini-instruct-generic-cpu"
+        first.stop()  # Foundry Local restarts ...
+        await chat.send(app.on_message, HOLIDAYS)
+        assert chat.last_answer().output.startswith(f"No model server answered at {first.base_url}")
+        assert "foundry model run phi-4-mini" in chat.last_answer().output
+
+        with FakeOpenAI(models=ids, reply=REPLY) as second:  # ... on another port
+            port_file.write_text(str(second.port))
+            await chat.send(app.on_message, HOLIDAYS)
+            assert chat.last_answer().output.startswith(REPLY)
+            assert second.models_called == ["Phi-4-mini-instruct-generic-cpu"]

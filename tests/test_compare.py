@@ -1,4 +1,4 @@
-"""Comparing models on the same retrieved context: two fake servers with different delays, a real store."""
+"""Comparing models on the same retrieved context: two fake servers, different delays."""
 
 from __future__ import annotations
 
@@ -64,21 +64,28 @@ def _settings(root: Path, **overrides: object) -> Settings:
 
 @pytest.fixture
 def small() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(models=["small"], reply=REPLY, first_token_delay_s=FAST_DELAY_S,
-                    token_delay_s=TOKEN_DELAY_S) as fake:
+    with FakeOpenAI(
+        models=["small"], reply=REPLY, first_token_delay_s=FAST_DELAY_S, token_delay_s=TOKEN_DELAY_S
+    ) as fake:
         yield fake
 
 
 @pytest.fixture
 def big() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(models=["big"], reply=REPLY, first_token_delay_s=SLOW_DELAY_S,
-                    token_delay_s=TOKEN_DELAY_S) as fake:
+    with FakeOpenAI(
+        models=["big"], reply=REPLY, first_token_delay_s=SLOW_DELAY_S, token_delay_s=TOKEN_DELAY_S
+    ) as fake:
         yield fake
 
 
 def _two(store: Path, small: FakeOpenAI, big: FakeOpenAI, **overrides: object) -> Settings:
-    return _settings(store, llm_base_url=small.base_url, llm_fallback_base_url=big.base_url,
-                     llm_fallback_model="big", **overrides)
+    return _settings(
+        store,
+        llm_base_url=small.base_url,
+        llm_fallback_base_url=big.base_url,
+        llm_fallback_model="big",
+        **overrides,
+    )
 
 
 def _context_message(request: dict) -> str:
@@ -113,8 +120,12 @@ async def test_both_models_get_identical_context_and_plausible_figures(
 async def test_models_on_this_machine_run_one_after_the_other(
     store: Path, small: FakeOpenAI, big: FakeOpenAI
 ) -> None:
-    events = [e async for e in compare_stream(QUESTION, ["fallback:big", "small"],
-                                              settings=_two(store, small, big))]
+    events = [
+        e
+        async for e in compare_stream(
+            QUESTION, ["fallback:big", "small"], settings=_two(store, small, big)
+        )
+    ]
     assert isinstance(events[0], CompareContext)
     order = [e.model for e in events[1:]]
     # Both fakes are on loopback, so they share the lane: no interleaving.
@@ -129,12 +140,17 @@ async def test_given_hits_are_reused_without_retrieval(
 ) -> None:
     settings = _two(store, small, big)
     first = await compare(QUESTION, ["small"], settings=settings)
-    again = await compare("a different question entirely", ["small", "fallback:big"],
-                          hits=first.hits, settings=settings)
+    again = await compare(
+        "a different question entirely",
+        ["small", "fallback:big"],
+        hits=first.hits,
+        settings=settings,
+    )
     assert again.hits == first.hits
-    assert _context_message(small.requests[1]).split("Question:")[0] == _context_message(
-        small.requests[0]
-    ).split("Question:")[0]
+    assert (
+        _context_message(small.requests[1]).split("Question:")[0]
+        == _context_message(small.requests[0]).split("Question:")[0]
+    )
 
 
 async def test_a_dead_model_fails_alone_with_its_sentence(
@@ -182,7 +198,9 @@ def test_only_loopback_endpoints_share_this_machine() -> None:
     assert not on_this_machine(Endpoint("a", "http://192.168.1.20:11434/v1"))
 
 
-def test_cli_prints_one_json_line_per_model(store: Path, small: FakeOpenAI, big: FakeOpenAI) -> None:
+def test_cli_prints_one_json_line_per_model(
+    store: Path, small: FakeOpenAI, big: FakeOpenAI
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "LLM_"))}
     env.update(
         RAG_DOCS_DIR=str(store / "docs"),
@@ -193,8 +211,21 @@ def test_cli_prints_one_json_line_per_model(store: Path, small: FakeOpenAI, big:
         LLM_FALLBACK_BASE_URL=big.base_url,
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "rag.compare", QUESTION, "--models", "small", "fallback:big", "--json"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "rag.compare",
+            QUESTION,
+            "--models",
+            "small",
+            "fallback:big",
+            "--json",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -205,9 +236,11 @@ def test_cli_prints_one_json_line_per_model(store: Path, small: FakeOpenAI, big:
     assert lines[1]["ttft_s"] >= SLOW_DELAY_S
 
 
-
 def test_cli_human_output_shows_each_answer_with_its_figures(
-    store: Path, small: FakeOpenAI, big: FakeOpenAI, monkeypatch: pytest.MonkeyPatch,
+    store: Path,
+    small: FakeOpenAI,
+    big: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = _two(store, small, big)
@@ -225,9 +258,15 @@ def test_cli_human_output_shows_each_answer_with_its_figures(
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("/compare phi fallback:gpt How do I add files?", (["phi", "fallback:gpt"], "How do I add files?")),
+        (
+            "/compare phi fallback:gpt How do I add files?",
+            (["phi", "fallback:gpt"], "How do I add files?"),
+        ),
         ("/compare a,b,c  what is x?", (["a", "b", "c"], "what is x?")),
-        ("  /COMPARE llama3.2:1b qwen2.5:0.5b Hi there", (["llama3.2:1b", "qwen2.5:0.5b"], "Hi there")),
+        (
+            "  /COMPARE llama3.2:1b qwen2.5:0.5b Hi there",
+            (["llama3.2:1b", "qwen2.5:0.5b"], "Hi there"),
+        ),
         ("How do I compare two files?", None),
     ],
 )
@@ -235,7 +274,9 @@ def test_compare_command_is_parsed(text: str, expected: object) -> None:
     assert parse_compare_command(text) == expected
 
 
-@pytest.mark.parametrize("text", ["/compare", "/compare phi", "/compare phi gpt", "/compare a, question"])
+@pytest.mark.parametrize(
+    "text", ["/compare", "/compare phi", "/compare phi gpt", "/compare a, question"]
+)
 def test_incomplete_compare_command_explains_usage(text: str) -> None:
     with pytest.raises(CompareUsage, match="Usage: `/compare MODEL_A MODEL_B"):
         parse_compare_command(text)
@@ -261,3 +302,37 @@ async def test_board_folds_events_into_columns_for_a_ui(
     assert props["sources"][0].startswith("[1] ")
     assert board.markdown("small").endswith(f"*{done['figures']}*")
     assert "No model server answered" in board.markdown("fallback:big")
+
+
+def _non_loopback_ip() -> str | None:
+    """An address of this machine that is not loopback (a UDP connect sends nothing)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))
+            ip = sock.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+async def test_a_model_on_another_host_runs_alongside_the_local_one(store: Path) -> None:
+    ip = _non_loopback_ip()
+    if ip is None:
+        pytest.skip("this machine has no non-loopback address to stand in for another host")
+    # The local answer takes ~1.2 s; the remote one starts after 0.3 s, so only
+    # concurrent lanes let the remote start before the local one is done.
+    with (
+        FakeOpenAI(models=["small"], reply=REPLY, token_delay_s=0.1) as here,
+        FakeOpenAI(models=["big"], reply=REPLY, first_token_delay_s=0.3, host=ip) as remote,
+    ):
+        settings = _two(store, here, remote)
+        events = [
+            e async for e in compare_stream(QUESTION, ["small", "fallback:big"], settings=settings)
+        ]
+    kinds = [(type(e).__name__, e.model) for e in events[1:]]
+    first_done = next(i for i, k in enumerate(kinds) if k[0] == "ModelDone")
+    started = {m for kind, m in kinds[:first_done] if kind == "ModelStarted"}
+    assert started == {"small", "fallback:big"}
+    assert remote.models_called == ["big"] and here.models_called == ["small"]

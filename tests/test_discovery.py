@@ -36,7 +36,8 @@ def running_status(port: int) -> str:
     return (
         'if [ "$1 $2" = "service status" ]; then\n'
         f"  echo '🟢 Model management service is running on http://127.0.0.1:{port}/openai/status'\n"
-        "  echo 'EP autoregistration status: Successfully downloaded and registered the following EPs: .'\n"
+        "  echo 'EP autoregistration status: Successfully downloaded and registered the "
+        "following EPs: .'\n"
         "  exit 0\n"
         "fi\n"
         "exit 2\n"
@@ -48,7 +49,10 @@ async def test_llm_base_url_is_used_as_configured_even_when_foundry_is_installed
 ) -> None:
     install_fake_foundry(tmp_path / "bin", monkeypatch, "echo 'must not be asked'; exit 1\n")
     settings = make_settings(
-        tmp_path, llm_base_url="http://127.0.0.1:11434/v1/", llm_model="llama3.2", context_tokens=4096
+        tmp_path,
+        llm_base_url="http://127.0.0.1:11434/v1/",
+        llm_model="llama3.2",
+        context_tokens=4096,
     )
 
     endpoint = await local_endpoint(settings)
@@ -73,8 +77,15 @@ async def test_foundry_status_gives_the_dynamic_port_and_the_alias_resolves_to_t
 
         # The discovered endpoint really answers, and Foundry sees the id, not the alias.
         text = "".join(
-            [t async for t in stream_chat(endpoint, [{"role": "user", "content": "hi"}],
-                                          model=endpoint.model, settings=settings)]
+            [
+                t
+                async for t in stream_chat(
+                    endpoint,
+                    [{"role": "user", "content": "hi"}],
+                    model=endpoint.model,
+                    settings=settings,
+                )
+            ]
         )
     assert text == "Grounded answer [1]."
     assert fake.models_called == ["Phi-4-mini-instruct-generic-cpu"]

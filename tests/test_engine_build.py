@@ -13,6 +13,7 @@ import pytest
 
 from rag.engine.build import MANIFEST, build, is_up_to_date, packaged_gguf, sha256_file
 from rag.engine.model import ModelInfo, model_id
+from rag.settings import get_settings
 from tests.conftest import MODELS_DIR, REPO, make_settings
 
 BUILT = MODELS_DIR / "smollm2-135m-instruct-int4"
@@ -103,3 +104,19 @@ def test_existing_genai_folder_without_manifest_is_served_as_is(
 
 def test_model_id_is_a_clean_folder_name(tmp_path: Path) -> None:
     assert model_id(tmp_path / "SmolLM2 135M (int4)") == "smollm2-135m-int4"
+
+
+def test_build_from_a_missing_source_explains_what_to_give(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag.engine.__main__ import main
+
+    monkeypatch.setenv("RAG_MODELS_DIR", str(tmp_path))
+    get_settings.cache_clear()  # the CLI reads the process-wide settings
+    try:
+        assert main(["build", "--source", str(tmp_path / "nope.gguf")]) == 1
+    finally:
+        get_settings.cache_clear()
+    message = capsys.readouterr().err
+    assert "does not exist" in message and ".gguf" in message
+    assert not any(tmp_path.iterdir()), "nothing may be left behind"

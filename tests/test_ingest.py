@@ -263,9 +263,11 @@ def test_symlink_pointing_outside_the_docs_folder_is_refused(settings, tmp_path)
     (settings.docs_dir / "linkdir").symlink_to(secret.parent, target_is_directory=True)
     (settings.docs_dir / "real.md").write_text("# Real\n\ninside")
     (settings.docs_dir / "alias.md").symlink_to(settings.docs_dir / "real.md")  # inside: fine
+    (settings.docs_dir / "loop.md").symlink_to(settings.docs_dir / "loop.md")
     report = ingest(settings)
     errors = _errors(report)
-    assert set(errors) == {"link.txt", "linkdir"}
+    assert set(errors) == {"link.txt", "linkdir", "loop.md"}
+    assert errors["loop.md"] == "symlink loop: the link points back at itself"
     assert (
         errors["link.txt"] == f"symlink points outside the docs folder (to {secret}) and is refused"
     )

@@ -155,3 +155,35 @@ def test_second_ingest_waits_for_the_lock_when_a_timeout_is_set(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["added"] == 1
     assert time.monotonic() - start >= 1.0
+
+
+def test_progress_bar_is_shown_on_a_terminal(tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nalpha")
+    argv = [sys.executable, "-m", "ingest", str(docs), "--data-dir", str(tmp_path / "data")]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal of 100 columns, as a user's
+        fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+        os.chdir(tmp_path)
+        os.execve(sys.executable, argv, _env())
+    output = b""
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        output += data
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    text = output.decode()
+    # tqdm draws "ingest:   0%|   | 0/1 [00:00<?, ?file/s]" first; later frames depend on timing.
+    assert "ingest:" in text and "/1 [" in text and "file/s" in text
+    assert "Ingested 1 file: 1 added" in text

@@ -25,7 +25,7 @@ TEXTS = {
 
 def _chunks() -> list[Chunk]:
     return [
-        Chunk(id=f"{src}#0", source=src, index=0, text=text, page=2 if src.endswith(".pdf") else None)
+        Chunk(id=f"{src}#0", source=src, index=0, text=text, page=2 if ".pdf" in src else None)
         for src, text in TEXTS.items()
     ]
 

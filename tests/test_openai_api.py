@@ -103,8 +103,13 @@ def cloud() -> Iterator[FakeOpenAI]:
 
 
 def _both(root: Path, local: FakeOpenAI, cloud: FakeOpenAI, **overrides: object) -> Settings:
-    return _settings(root, llm_base_url=local.base_url, llm_fallback_base_url=cloud.base_url,
-                     llm_fallback_model="gpt-cloud", **overrides)
+    return _settings(
+        root,
+        llm_base_url=local.base_url,
+        llm_fallback_base_url=cloud.base_url,
+        llm_fallback_model="gpt-cloud",
+        **overrides,
+    )
 
 
 def test_models_lists_local_and_routed_models_ahead_of_the_spa(
@@ -147,9 +152,13 @@ def test_streamed_answer_arrives_in_chunks_and_ends_with_sources(
         )
         chunks = list(stream)
         with httpx.stream(
-            "POST", f"{api.url}/v1/chat/completions",
-            json={"model": "phi-local", "stream": True,
-                  "messages": [{"role": "user", "content": QUESTION}]},
+            "POST",
+            f"{api.url}/v1/chat/completions",
+            json={
+                "model": "phi-local",
+                "stream": True,
+                "messages": [{"role": "user", "content": QUESTION}],
+            },
         ) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             assert response.headers["x-rag-endpoint"] == "local"
@@ -170,7 +179,10 @@ def test_earlier_messages_become_history_without_old_sources(
             messages=[
                 {"role": "system", "content": "You are a pirate."},
                 {"role": "user", "content": "Who builds the kayaks?"},
-                {"role": "assistant", "content": "Brightwater does [1].\n\nSources:\n[1] handbook.md"},
+                {
+                    "role": "assistant",
+                    "content": "Brightwater does [1].\n\nSources:\n[1] handbook.md",
+                },
                 {"role": "user", "content": [{"type": "text", "text": "Where is their workshop?"}]},
             ],
         )
@@ -215,7 +227,8 @@ def test_local_only_never_leaks_through_the_api(
         for stream in (False, True):
             with pytest.raises(openai.APIStatusError) as err:
                 client.chat.completions.create(
-                    model="phi-local", messages=[{"role": "user", "content": QUESTION}],
+                    model="phi-local",
+                    messages=[{"role": "user", "content": QUESTION}],
                     stream=stream,
                 )
             assert err.value.status_code == 503
@@ -254,10 +267,17 @@ def test_errors_are_openai_style_json(
                 model="no-such-model", messages=[{"role": "user", "content": QUESTION}]
             )
         assert "GET /v1/models" in err.value.message
-        for body in (b"{not json", b"[]", b'{"model": "phi-local"}',
-                     b'{"model": "phi-local", "messages": [{"role": "assistant", "content": "x"}]}'):
-            response = httpx.post(f"{api.url}/v1/chat/completions", content=body,
-                                  headers={"content-type": "application/json"})
+        for body in (
+            b"{not json",
+            b"[]",
+            b'{"model": "phi-local"}',
+            b'{"model": "phi-local", "messages": [{"role": "assistant", "content": "x"}]}',
+        ):
+            response = httpx.post(
+                f"{api.url}/v1/chat/completions",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
             assert response.status_code == 400, body
             assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     assert local.requests == []
@@ -278,3 +298,31 @@ def test_mounting_twice_replaces_the_routes(store: Path, local: FakeOpenAI) -> N
     mount_openai_api(app, settings)
     assert len(app.router.routes) == count
     assert [r.path for r in app.router.routes[:2]] == ["/v1/models", "/v1/chat/completions"]
+
+
+def test_a_model_pinned_to_the_fallback_is_answered_there(
+    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+) -> None:
+    with ApiServer(_both(store, local, cloud)) as api:
+        raw = api.client().chat.completions.with_raw_response.create(
+            model="fallback:gpt-cloud", messages=[{"role": "user", "content": QUESTION}]
+        )
+    text = raw.parse().choices[0].message.content
+    assert raw.headers["x-rag-endpoint"] == "fallback"
+    assert "_Answered by 'fallback' (gpt-cloud)" in text
+    assert local.requests == [] and cloud.models_called == ["gpt-cloud"]
+
+
+def test_a_stream_breaking_midway_ends_cleanly_with_a_note(store: Path, cloud: FakeOpenAI) -> None:
+    with FakeOpenAI(models=["phi-local"], reply=REPLY, break_after_tokens=3) as breaking:
+        with ApiServer(_settings(store, llm_base_url=breaking.base_url)) as api:
+            chunks = list(
+                api.client().chat.completions.create(
+                    model="phi-local", messages=[{"role": "user", "content": QUESTION}], stream=True
+                )
+            )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("Everyone gets 28 ")
+    assert "[The answer stopped early: The answer from" in text
+    assert "\n\nSources:\n[1] " in text
+    assert chunks[-1].choices[0].finish_reason == "stop"

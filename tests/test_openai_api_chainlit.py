@@ -66,8 +66,12 @@ def _env(root: Path, fake: FakeOpenAI, **extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("store")
-    settings = Settings(_env_file=None, docs_dir=root / "docs", data_dir=root / "data",
-                        models_dir_override=MODELS_DIR)
+    settings = Settings(
+        _env_file=None,
+        docs_dir=root / "docs",
+        data_dir=root / "data",
+        models_dir_override=MODELS_DIR,
+    )
     (root / "docs").mkdir()
     build_corpus(settings.docs_dir)
     assert ingest(settings).chunks > 0
@@ -83,9 +87,20 @@ def local() -> Iterator[FakeOpenAI]:
 def _serve(app_file: Path, cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [str(CHAINLIT), "run", str(app_file), "--headless", "--host", "127.0.0.1",
-         "--port", str(port)],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            str(CHAINLIT),
+            "run",
+            str(app_file),
+            "--headless",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -121,10 +136,13 @@ def _check_api(url: str, key: str, fake: FakeOpenAI) -> None:
     assert answer.choices[0].message.content.startswith(REPLY)
     assert "\n\nSources:\n[1] " in answer.choices[0].message.content
     streamed = client.chat.completions.create(
-        model="phi-local", stream=True,
+        model="phi-local",
+        stream=True,
         messages=[{"role": "user", "content": "How many days of paid holiday do I get?"}],
     )
-    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).startswith(REPLY)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).startswith(
+        REPLY
+    )
     assert len(fake.requests) == 2
     # Chainlit's own pages are still served.
     assert httpx.get(f"{url}/", timeout=10).status_code == 200
@@ -138,7 +156,7 @@ def _app_mounts_api() -> bool:
 def test_api_routes_win_over_chainlits_catch_all(
     store: Path, local: FakeOpenAI, tmp_path: Path
 ) -> None:
-    """Through the chat app itself (app.py), or a minimal Chainlit app until app.py mounts the API."""
+    """Through the chat app (app.py), or a minimal Chainlit app until app.py mounts the API."""
     if _app_mounts_api():
         app_file, cwd = REPO / "app.py", REPO
     else:

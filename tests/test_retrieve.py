@@ -112,7 +112,9 @@ def test_hits_are_typed_and_ranked_best_first(corpus_settings: Settings) -> None
     assert len({h.chunk_id for h in hits}) == 4
 
 
-def test_get_retriever_is_cached_per_store(corpus_settings: Settings, sample_settings: Settings) -> None:
+def test_get_retriever_is_cached_per_store(
+    corpus_settings: Settings, sample_settings: Settings
+) -> None:
     assert get_retriever(corpus_settings) is get_retriever(corpus_settings)
     assert get_retriever(corpus_settings) is not get_retriever(sample_settings)
 
@@ -197,3 +199,22 @@ def test_search_path_never_imports_torch(sample_settings: Settings) -> None:
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"hits": 3, "torch": False}
+
+
+def test_deleted_file_disappears_from_both_halves_after_reingest(tmp_path: Path) -> None:
+    from ingest.pipeline import ingest
+
+    settings = make_settings(tmp_path)
+    (settings.docs_dir / "keep.md").write_text("# Boats\n\nThe Tidewater 12 is a touring kayak.\n")
+    doomed = settings.docs_dir / "doomed.md"
+    doomed.write_text("# Hangar\n\nThe zeppelin hangar opens at 07:00 and closes at dusk.\n")
+    ingest(settings)
+    retriever = Retriever(settings)
+    assert retriever.search("zeppelin hangar", 1)[0].source == "doomed.md"
+
+    doomed.unlink()
+    ingest(settings)
+
+    for mode in ("hybrid", "dense", "bm25"):
+        hits = retriever.search("zeppelin hangar", 5, mode=mode)  # type: ignore[arg-type]
+        assert all(h.source == "keep.md" for h in hits), mode

@@ -19,12 +19,21 @@ from rag.routing import (
 )
 from tests.conftest import make_settings
 
-LOCAL = Endpoint(name="local", base_url="http://127.0.0.1:5272/v1", model="phi", context_tokens=2048)
+LOCAL = Endpoint(
+    name="local", base_url="http://127.0.0.1:5272/v1", model="phi", context_tokens=2048
+)
 CLOUD = "https://cloud.example.com/v1"
 
 
-def _plan(tmp_path: Path, question: str = "What is the refund policy?", *, tokens: int = 100,
-          local: Endpoint = LOCAL, model: str = "phi", **overrides: object):
+def _plan(
+    tmp_path: Path,
+    question: str = "What is the refund policy?",
+    *,
+    tokens: int = 100,
+    local: Endpoint = LOCAL,
+    model: str = "phi",
+    **overrides: object,
+):
     settings = make_settings(tmp_path, **overrides)
     return plan_routes(question, settings, local=local, model=model, prompt_tokens=tokens)
 
@@ -40,6 +49,7 @@ def _routing_file(tmp_path: Path, text: str) -> Path:
 
 
 # --- the code-question classifier ----------------------------------------------
+
 
 @pytest.mark.parametrize(
     "question",
@@ -85,6 +95,7 @@ def test_code_signal_names_what_it_found() -> None:
 
 # --- modes ------------------------------------------------------------------------
 
+
 def test_without_fallback_only_the_local_endpoint_answers(tmp_path: Path) -> None:
     routes = _plan(tmp_path)
     assert _where(routes) == [("local", "phi")]
@@ -99,8 +110,13 @@ def test_local_first_tries_local_then_cloud_fallback(tmp_path: Path) -> None:
 
 
 def test_cloud_first_tries_fallback_then_local(tmp_path: Path) -> None:
-    routes = _plan(tmp_path, routing="cloud-first", llm_fallback_base_url=CLOUD,
-                   llm_fallback_model="gpt-4o-mini", llm_fallback_api_key="sk-test")
+    routes = _plan(
+        tmp_path,
+        routing="cloud-first",
+        llm_fallback_base_url=CLOUD,
+        llm_fallback_model="gpt-4o-mini",
+        llm_fallback_api_key="sk-test",
+    )
     assert _where(routes) == [("fallback", "gpt-4o-mini"), ("local", "phi")]
     assert routes[0].endpoint.api_key == "sk-test"
 
@@ -115,15 +131,21 @@ def test_prompt_over_local_budget_goes_to_fallback_first(tmp_path: Path) -> None
     routes = _plan(tmp_path, tokens=1537, llm_fallback_base_url=CLOUD, llm_fallback_model="big")
     assert _where(routes) == [("fallback", "big"), ("local", "phi")]
     assert routes[0].reason == (
-        "prompt too large for the local model (1537 tokens > budget 1536) -> cloud fallback 'fallback'"
+        "prompt too large for the local model (1537 tokens > budget 1536) "
+        "-> cloud fallback 'fallback'"
     )
     at_budget = _plan(tmp_path, tokens=1536, llm_fallback_base_url=CLOUD, llm_fallback_model="big")
     assert _where(at_budget)[0] == ("local", "phi")
 
 
 def test_code_question_goes_to_code_model_on_local_endpoint(tmp_path: Path) -> None:
-    routes = _plan(tmp_path, "Write a function that reverses a list", llm_code_model="deepseek-coder",
-                   llm_fallback_base_url=CLOUD, llm_fallback_model="gpt")
+    routes = _plan(
+        tmp_path,
+        "Write a function that reverses a list",
+        llm_code_model="deepseek-coder",
+        llm_fallback_base_url=CLOUD,
+        llm_fallback_model="gpt",
+    )
     assert _where(routes) == [("local", "deepseek-coder"), ("fallback", "gpt")]
     assert routes[0].reason == "code question (asks for code) -> LLM_CODE_MODEL on 'local'"
 
@@ -138,15 +160,23 @@ def test_general_question_ignores_code_model(tmp_path: Path) -> None:
 
 # --- local-only: nothing may leave the machine ----------------------------------------
 
+
 def test_local_only_never_plans_the_fallback(tmp_path: Path) -> None:
     for tokens in (10, 1537, 100_000):
-        routes = _plan(tmp_path, tokens=tokens, routing="local-only",
-                       llm_fallback_base_url=CLOUD, llm_fallback_model="gpt")
+        routes = _plan(
+            tmp_path,
+            tokens=tokens,
+            routing="local-only",
+            llm_fallback_base_url=CLOUD,
+            llm_fallback_model="gpt",
+        )
         assert _where(routes) == [("local", "phi")]
 
 
 def test_local_only_drops_a_cloud_code_model(tmp_path: Path) -> None:
-    path = _routing_file(tmp_path, f"""
+    path = _routing_file(
+        tmp_path,
+        f"""
 [[endpoints]]
 name = "cloudcoder"
 base_url = "{CLOUD}"
@@ -155,12 +185,14 @@ labels = ["code"]
 
 [rules]
 code_model = "gpt-code"
-""")
+""",
+    )
     question = "```python\nprint(1/0)\n```\nwhy does this crash?"
     local_first = _plan(tmp_path, question, routing_file=path)
     assert _where(local_first)[0] == ("cloudcoder", "gpt-code")
-    local_only = _plan(tmp_path, question, routing_file=path, routing="local-only",
-                       llm_fallback_base_url=CLOUD)
+    local_only = _plan(
+        tmp_path, question, routing_file=path, routing="local-only", llm_fallback_base_url=CLOUD
+    )
     assert _where(local_only) == [("local", "phi")]
     assert all(r.endpoint.is_local for r in local_only)
 
@@ -177,7 +209,9 @@ def test_local_only_refuses_a_local_endpoint_that_is_not_local(tmp_path: Path) -
 
 
 def test_routing_file_endpoints_are_remote_unless_marked_local(tmp_path: Path) -> None:
-    path = _routing_file(tmp_path, f"""
+    path = _routing_file(
+        tmp_path,
+        f"""
 [[endpoints]]
 name = "lan"
 base_url = "http://192.168.1.20:11434/v1"
@@ -190,16 +224,20 @@ name = "forgot-the-flag"
 base_url = "{CLOUD}"
 models = ["gpt"]
 labels = ["fallback"]
-""")
+""",
+    )
     routes = _plan(tmp_path, routing_file=path, routing="local-only", tokens=99_999)
     assert _where(routes) == [("local", "phi"), ("lan", "qwen")]
-    assert route_allowed(routes[1], make_settings(tmp_path, routing_file=path, routing="local-only"))
+    assert route_allowed(
+        routes[1], make_settings(tmp_path, routing_file=path, routing="local-only")
+    )
 
 
 def test_routing_file_cannot_relax_local_only(tmp_path: Path) -> None:
     path = _routing_file(tmp_path, 'mode = "cloud-first"\n')
-    settings = make_settings(tmp_path, routing_file=path, routing="local-only",
-                             llm_fallback_base_url=CLOUD)
+    settings = make_settings(
+        tmp_path, routing_file=path, routing="local-only", llm_fallback_base_url=CLOUD
+    )
     assert load_routing(settings).mode == "local-only"
     assert _where(plan_routes("hi", settings, local=LOCAL, model="phi")) == [("local", "phi")]
 
@@ -221,11 +259,14 @@ def test_route_allowed_rejects_remote_routes_in_local_only(tmp_path: Path) -> No
 
 # --- the routing file --------------------------------------------------------------------
 
+
 def test_routing_file_adds_endpoints_rules_and_keeps_env_fallback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CODER_KEY", "secret-from-env")
-    path = _routing_file(tmp_path, """
+    path = _routing_file(
+        tmp_path,
+        """
 [local]
 context_tokens = 4096
 
@@ -239,9 +280,11 @@ labels = ["code"]
 
 [rules]
 code_model = "deepseek-coder:6.7b"
-""")
-    settings = make_settings(tmp_path, routing_file=path, llm_fallback_base_url=CLOUD,
-                             llm_fallback_model="gpt")
+""",
+    )
+    settings = make_settings(
+        tmp_path, routing_file=path, llm_fallback_base_url=CLOUD, llm_fallback_model="gpt"
+    )
     table = load_routing(settings)
     coder = table.endpoint("coder")
     assert coder is not None and coder.api_key == "secret-from-env"
@@ -260,7 +303,11 @@ code_model = "deepseek-coder:6.7b"
 
 
 def test_pinned_models_get_exactly_one_route(tmp_path: Path) -> None:
-    kwargs = {"llm_fallback_base_url": CLOUD, "llm_fallback_model": "gpt", "llm_code_model": "coder"}
+    kwargs = {
+        "llm_fallback_base_url": CLOUD,
+        "llm_fallback_model": "gpt",
+        "llm_code_model": "coder",
+    }
     assert _where(_plan(tmp_path, "write a function", model="local:tiny", **kwargs)) == [
         ("local", "tiny")
     ]
@@ -272,8 +319,9 @@ def test_pinned_models_get_exactly_one_route(tmp_path: Path) -> None:
 
 
 def test_local_only_hides_remote_models_from_listing(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, routing="local-only", llm_fallback_base_url=CLOUD,
-                             llm_fallback_model="gpt")
+    settings = make_settings(
+        tmp_path, routing="local-only", llm_fallback_base_url=CLOUD, llm_fallback_model="gpt"
+    )
     assert routed_models(settings, LOCAL) == []
 
 

@@ -139,8 +139,9 @@ async def test_prompt_over_local_budget_goes_to_the_fallback_first(
 async def test_over_budget_prompt_in_local_only_stays_local(
     store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
-    settings = _both(store, local, cloud, routing="local-only", context_tokens=700,
-                     answer_tokens=256)
+    settings = _both(
+        store, local, cloud, routing="local-only", context_tokens=700, answer_tokens=256
+    )
     _, done = await _ask(settings)
     assert done.route.endpoint.name == "local"
     assert cloud.requests == []
@@ -173,7 +174,7 @@ async def test_cloud_first_uses_the_cloud_and_local_when_the_cloud_dies(
 async def test_local_only_never_leaks_with_every_temptation_at_once(
     store: Path, local: FakeOpenAI, cloud: FakeOpenAI, tmp_path: Path
 ) -> None:
-    """A cloud code model, a cloud fallback in the file, an over-budget code question, local down."""
+    """A cloud code model, a cloud fallback in the file, an over-budget question, local down."""
     routing = tmp_path / "routing.toml"
     routing.write_text(
         f"""

@@ -75,6 +75,8 @@ def test_empty_store_prints_the_same_message(settings: Settings, tmp_path: Path)
     from rag.store import ChunkStore
 
     ChunkStore(settings)  # an existing but empty collection
-    out = run_cli("rag.search", "anything?", "--json", "--data-dir", str(settings.data_dir), cwd=tmp_path)
+    out = run_cli(
+        "rag.search", "anything?", "--json", "--data-dir", str(settings.data_dir), cwd=tmp_path
+    )
     assert out.returncode == 1
     assert "No documents ingested yet" in out.stderr and "Traceback" not in out.stderr

@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8099, help="port (0 picks a free one)")
     serve.add_argument("--model-dir", type=Path, help="ONNX Runtime GenAI model folder")
+    serve.add_argument(
+        "--threads", type=int, help="onnxruntime threads (default: RAG_THREADS, 0 = one per core)"
+    )
     # Used by EngineProcess: serve on an inherited listening socket, and exit when the parent's
     # end of stdin closes (the parent died), so the app never leaves an orphan behind.
     serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             model_dir=args.model_dir,
             fd=args.fd,
             exit_with_parent=args.exit_with_parent,
+            threads=args.threads,
         )
     except RagError as exc:
         print(exc, file=sys.stderr)

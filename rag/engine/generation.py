@@ -127,9 +127,15 @@ class StopMatcher:
 class Engine:
     """A loaded model, its tokenizer and the one worker thread that generates."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, threads: int = 0) -> None:
+        """Load the model in ``model_dir``; ``threads`` > 0 caps onnxruntime's intra-op threads."""
         self.info = ModelInfo.read(model_dir)
-        self.model = og.Model(str(model_dir))
+        config = og.Config(str(model_dir))
+        if threads > 0:
+            # On shared cores one thread decodes ~2x faster than two that wait on each other.
+            options = {"session_options": {"intra_op_num_threads": threads}}
+            config.overlay(json.dumps({"model": {"decoder": options}}))
+        self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
         self.eos_ids = {int(t) for t in self.tokenizer.eos_token_ids}
         self.stats = EngineStats()

@@ -110,6 +110,7 @@ class EngineProcess:
             cmd = [
                 sys.executable, "-m", "rag.engine", "serve", "--model-dir", str(self.model_dir),
                 "--fd", str(sock.fileno()), "--exit-with-parent",
+                "--threads", str(self.settings.threads),
             ]  # fmt: skip
             main_thread = threading.current_thread() is threading.main_thread()
             with sock, self.log_path.open("ab") as log:

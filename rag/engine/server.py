@@ -414,6 +414,7 @@ def serve(
     model_dir: Path | None = None,
     fd: int | None = None,
     exit_with_parent: bool = False,
+    threads: int | None = None,
 ) -> int:
     """Load the model and serve it until interrupted; returns the exit code."""
     import uvicorn  # only the server needs it; process.py and the CLI's build path do not
@@ -429,7 +430,7 @@ def serve(
     if exit_with_parent:
         _exit_when_parent_dies()
     started = time.perf_counter()
-    engine = Engine(model_dir)
+    engine = Engine(model_dir, threads=settings.threads if threads is None else threads)
     api = EngineApp(engine, default_max_tokens=settings.answer_tokens)
     if fd is not None:
         sock = socket.socket(fileno=fd)
