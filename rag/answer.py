@@ -29,7 +29,13 @@ from dataclasses import dataclass
 from rag.discovery import local_endpoint
 from rag.errors import EndpointUnavailable, StreamInterrupted
 from rag.llm import Endpoint, Message, list_models, stream_chat
-from rag.prompt import build_prompt, estimate_tokens, source_label, token_counter
+from rag.prompt import (
+    PromptTooLong,
+    build_prompt,
+    estimate_tokens,
+    source_label,
+    token_counter,
+)
 from rag.retrieve import Hit, retrieve
 from rag.routing import Route, plan_routes
 from rag.settings import Settings, get_settings
@@ -105,15 +111,21 @@ async def answer(
     )
 
     down: list[EndpointUnavailable | StreamInterrupted] = []
+    too_long: list[PromptTooLong] = []
     for position, route in enumerate(routes):
-        prompt = build_prompt(
-            question,
-            hits,
-            settings=settings,
-            history=history,
-            context_tokens=route.endpoint.context_tokens,
-            counter=counter,
-        )
+        try:
+            prompt = build_prompt(
+                question,
+                hits,
+                settings=settings,
+                history=history,
+                context_tokens=route.endpoint.context_tokens,
+                counter=counter,
+            )
+        except PromptTooLong as exc:
+            # A route with a larger window (a cloud fallback) may still take it.
+            too_long.append(exc)
+            continue
         stream = stream_chat(
             route.endpoint,
             prompt.messages,
@@ -164,6 +176,8 @@ async def answer(
         )
         return
 
+    if too_long and not down:
+        raise too_long[0]
     raise _all_down(down)
 
 

@@ -74,6 +74,10 @@ _SINGLE_TOKEN_CHARS = re.compile(r"[^\w\s]|\d")
 _MAX_REMEMBERED = 4096
 
 
+class PromptTooLong(RagError):
+    """Not even the question fits the model's context window."""
+
+
 class TokenCounter:
     """A conservative estimate of how many tokens a text costs any chat model (see above)."""
 
@@ -152,7 +156,7 @@ def build_prompt(
 
     ``context_tokens`` is the endpoint's window (default ``settings.context_tokens``);
     ``settings.answer_tokens`` of it are kept free for the answer. Raises
-    :class:`RagError` when not even the question fits.
+    :class:`PromptTooLong` when not even the question fits.
     """
     window = context_tokens or settings.context_tokens
     budget = window - settings.answer_tokens
@@ -162,7 +166,7 @@ def build_prompt(
     bare = _messages([], [], question)
     bare_tokens = counter.count_messages(bare)
     if bare_tokens > budget:
-        raise RagError(
+        raise PromptTooLong(
             f"The question is too long for the model's context window: it needs about "
             f"{bare_tokens} tokens and {budget} are available ({window} minus "
             f"{settings.answer_tokens} for the answer). Shorten the question, or raise "
