@@ -59,7 +59,12 @@ async def on_chat_start() -> None:
         endpoint = await local_endpoint(settings)
         models = await list_models(endpoint, settings)
     except RagError as exc:
-        await cl.Message(content=f"{welcome(settings)}\n\n**No model server yet.** {exc}").send()
+        note = f"**No local model server yet.** {exc}"
+        if fallback := routed_models(settings):
+            # Routing may still answer through the configured fallback.
+            await offer_models(None, fallback, settings)
+            note += f"\n\nUntil one runs, answers come from `{fallback[0]}`."
+        await cl.Message(content=f"{welcome(settings)}\n\n{note}").send()
         return
     model = await offer_models(endpoint, models, settings)
     await cl.context.emitter.set_commands([COMPARE_COMMAND])
@@ -194,7 +199,7 @@ async def search_step(question: str, settings: Settings) -> list[Hit]:
     return hits
 
 
-def footer(start: AnswerStart, done: AnswerDone, endpoint: Endpoint, picked: str) -> str:
+def footer(start: AnswerStart, done: AnswerDone, endpoint: Endpoint | None, picked: str) -> str:
     """Lines under the answer: sources, who answered when it was not the picked local model,
     and what was left out to fit the context window."""
     lines = []
@@ -202,7 +207,7 @@ def footer(start: AnswerStart, done: AnswerDone, endpoint: Endpoint, picked: str
         labels = (f"[{n}] {source_label(h)}" for n, h in enumerate(start.hits, start=1))
         lines.append("**Sources:** " + " · ".join(labels))
     route = done.route
-    if route.endpoint.base_url != endpoint.base_url or route.model != picked:
+    if endpoint is None or route.endpoint.base_url != endpoint.base_url or route.model != picked:
         lines.append(f"*Answered by `{route.model}` at {route.endpoint.name} ({route.reason}).*")
     if start.dropped_hits or start.dropped_history:
         lines.append(
@@ -293,9 +298,12 @@ def upload_summary(
 # --- session state -----------------------------------------------------------------------
 
 
-async def offer_models(endpoint: Endpoint, models: list[str], settings: Settings) -> str:
-    """Remember the endpoint and show the model picker; returns the preselected model."""
-    model = default_choice(models, settings.llm_model or endpoint.model)
+async def offer_models(endpoint: Endpoint | None, models: list[str], settings: Settings) -> str:
+    """Remember the endpoint and show the model picker; returns the preselected model.
+
+    ``endpoint`` is None when no local server answers and only routed models are offered.
+    """
+    model = default_choice(models, settings.llm_model or (endpoint and endpoint.model))
     # Models on other endpoints (fallback, routing file) can be picked as endpoint:model.
     offered = models + [m for m in routed_models(settings, endpoint) if m not in models]
     cl.user_session.set("endpoint", endpoint)
@@ -309,12 +317,21 @@ async def offer_models(endpoint: Endpoint, models: list[str], settings: Settings
     return model
 
 
-async def session_endpoint(settings: Settings) -> Endpoint:
-    """This chat's endpoint; discovered again (and the picker shown) if none answered at start."""
+async def session_endpoint(settings: Settings) -> Endpoint | None:
+    """This chat's endpoint; discovered again (and the picker shown) if none answered at start.
+
+    None when no local server answers but routing knows a fallback: the answer
+    pipeline then discovers again and routes around the missing local server.
+    """
     endpoint: Endpoint | None = cl.user_session.get("endpoint")
     if endpoint is None:
-        endpoint = await local_endpoint(settings)
-        await offer_models(endpoint, await list_models(endpoint, settings), settings)
+        try:
+            endpoint = await local_endpoint(settings)
+            await offer_models(endpoint, await list_models(endpoint, settings), settings)
+        except EndpointUnavailable:
+            if not routed_models(settings):
+                raise
+            return None
     return endpoint
 
 

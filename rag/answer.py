@@ -94,10 +94,18 @@ async def answer(
     if hits is None:
         # Embedding and Chroma block for a few ms; keep the event loop free for other chats.
         hits = await asyncio.to_thread(retrieve, question, settings=settings)
+    missing_local: EndpointUnavailable | None = None
     if local is None:
-        local = await local_endpoint(settings)
+        try:
+            local = await local_endpoint(settings)
+        except EndpointUnavailable as exc:
+            # No local server at all: a configured fallback may still answer. A
+            # placeholder keeps routing's logic intact (it is never dialled); in
+            # local-only mode plan_routes leaves nothing else, so the sentence stands.
+            missing_local = exc
+            local = Endpoint(name="local", base_url="", context_tokens=settings.context_tokens)
     if model is None:
-        model = await default_model(local, settings)
+        model = (settings.llm_model or "") if missing_local else await default_model(local, settings)
 
     counter = token_counter(settings)
     routes = plan_routes(
@@ -110,7 +118,12 @@ async def answer(
         ),
     )
 
-    down: list[EndpointUnavailable | StreamInterrupted] = []
+    if missing_local is not None:
+        routes = [r for r in routes if r.endpoint.base_url]
+        if not routes:
+            raise missing_local
+
+    down: list[EndpointUnavailable | StreamInterrupted] = [missing_local] if missing_local else []
     too_long: list[PromptTooLong] = []
     for position, route in enumerate(routes):
         try:

@@ -14,6 +14,7 @@ chat completions from it, and turns transport failures into
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +52,10 @@ def _timeout(settings: Settings) -> httpx.Timeout:
     return httpx.Timeout(settings.llm_timeout_s, connect=settings.llm_connect_timeout_s)
 
 
-_clients: dict[tuple[str, str, int], AsyncOpenAI] = {}
+# Clients hold connection pools bound to the loop that created them; keyed by the
+# loop object itself (weakly), so a new loop never inherits a closed loop's client.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], AsyncOpenAI]]
+_clients = weakref.WeakKeyDictionary()
 
 
 def client_for(endpoint: Endpoint, settings: Settings | None = None) -> AsyncOpenAI:
@@ -61,9 +65,9 @@ def client_for(endpoint: Endpoint, settings: Settings | None = None) -> AsyncOpe
     after the SDK's back-off; routing decides what to try next.
     """
     settings = settings or get_settings()
-    loop_id = id(asyncio.get_running_loop())
-    key = (endpoint.base_url, endpoint.api_key, loop_id)
-    client = _clients.get(key)
+    per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
+    key = (endpoint.base_url, endpoint.api_key)
+    client = per_loop.get(key)
     if client is None:
         client = AsyncOpenAI(
             base_url=endpoint.base_url,
@@ -71,7 +75,7 @@ def client_for(endpoint: Endpoint, settings: Settings | None = None) -> AsyncOpe
             timeout=_timeout(settings),
             max_retries=0,
         )
-        _clients[key] = client
+        per_loop[key] = client
     return client
 
 

@@ -13,6 +13,26 @@ REPO = Path(__file__).resolve().parents[1]
 # Models are exported once by `make models`; every test reuses them read-only.
 MODELS_DIR = Path(os.environ.get("RAG_MODELS_DIR", REPO / ".data" / "models")).resolve()
 
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The suite runs on the real models; without them it stops with what to run."""
+    missing = [
+        path
+        for path in (
+            MODELS_DIR / "all-MiniLM-L6-v2-onnx" / "manifest.json",
+            MODELS_DIR / "smollm2-135m-instruct-int4" / "genai_config.json",
+        )
+        if not path.is_file()
+    ]
+    if missing:
+        pytest.exit(
+            f"The models are not prepared ({', '.join(map(str, missing))} missing): "
+            "run `make models` first (`make test` does it).",
+            returncode=1,
+        )
+
+
 # A developer's .env or shell must not change what the tests see.
 _LEAKY_ENV = [
     name
@@ -40,7 +60,49 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+def offline_settings(tmp_path: Path, **overrides: object) -> Settings:
+    """:func:`make_settings` with the embedded engine off: the model servers are fakes."""
+    return make_settings(tmp_path, **{"engine": "off", **overrides})
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Fresh settings with an empty docs folder and data dir under ``tmp_path``."""
     return make_settings(tmp_path)
+
+
+# Stores built by the real ingest once per session and shared: tests only read them;
+# tests that write build their own under ``tmp_path``.
+
+
+def _ingest_cleanly(settings: Settings) -> None:
+    from ingest.pipeline import ingest
+
+    report = ingest(settings)
+    assert not report.failed, report.failed
+    assert report.chunks > 0
+
+
+@pytest.fixture(scope="session")
+def corpus_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with docs/ (the Brightwater Kayaks corpus, tests/corpus.py) and data/."""
+    from tests.corpus import build_corpus
+
+    root = tmp_path_factory.mktemp("corpus-store")
+    build_corpus(root / "docs")
+    _ingest_cleanly(make_settings(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def corpus_settings(corpus_store: Path) -> Settings:
+    """Settings for the shared store of the Brightwater Kayaks corpus."""
+    return make_settings(corpus_store)
+
+
+@pytest.fixture(scope="session")
+def sample_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings for a shared store of the sample documents shipped in docs/."""
+    settings = make_settings(tmp_path_factory.mktemp("sample"), docs_dir=REPO / "docs")
+    _ingest_cleanly(settings)
+    return settings

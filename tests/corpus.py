@@ -11,8 +11,7 @@ loaders, chunker and embedder, then saves the BM25 index and bumps the store
 generation, which is what an ingest run leaves behind (tests use it to play a
 writer in another process, or one that died before rebuilding BM25).
 
-The fixtures ``sample_settings`` and ``corpus_settings`` ingest docs/ and this
-corpus with the real pipeline once per test module.
+The stores built from docs/ and from this corpus are fixtures in conftest.py.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pytest
 
 from rag.settings import Settings
 
@@ -256,40 +254,5 @@ def index_folder(
     return total
 
 
-# --- pytest fixtures shared by the retrieval, search and eval tests ----------------------
-# Module-level fixtures (not conftest.py, which belongs to the whole suite): a test module
-# imports the ones it needs. Each store is built once per module with the real ingest
-# pipeline (a few seconds) and only read by the tests.
-
 SAMPLE_DOCS = Path(__file__).resolve().parents[1] / "docs"
 QA_DIR = Path(__file__).resolve().parent / "qa"
-
-
-@pytest.fixture(scope="module")
-def sample_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """A store holding the real sample documents shipped in docs/."""
-    from tests.conftest import make_settings
-
-    settings = make_settings(tmp_path_factory.mktemp("sample"), docs_dir=SAMPLE_DOCS)
-    _ingest_cleanly(settings)
-    return settings
-
-
-@pytest.fixture(scope="module")
-def corpus_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """A store holding the Brightwater Kayaks corpus built by :func:`build_corpus`."""
-    from tests.conftest import make_settings
-
-    root = tmp_path_factory.mktemp("corpus")
-    settings = make_settings(root, docs_dir=build_corpus(root / "docs"))
-    _ingest_cleanly(settings)
-    return settings
-
-
-def _ingest_cleanly(settings: Settings) -> None:
-    """Run the real ingest pipeline and insist every file made it in."""
-    from ingest.pipeline import ingest
-
-    report = ingest(settings)
-    assert not report.failed, report.failed
-    assert report.chunks > 0

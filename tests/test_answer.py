@@ -6,39 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from ingest.pipeline import ingest
 from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer, format_sources
 from rag.llm import Endpoint
 from rag.prompt import PromptTooLong
 from rag.retrieve import Hit
 from rag.settings import Settings
-from tests.conftest import MODELS_DIR, make_settings
-from tests.corpus import build_corpus
+from tests.conftest import make_settings
 from tests.fake_openai import FakeOpenAI
 
 QUESTION = "How many days of paid holiday do employees get?"
 REPLY = "Employees get 28 days of paid holiday a year [1]."
 
-pytestmark = pytest.mark.skipif(
-    not (MODELS_DIR / "all-MiniLM-L6-v2-onnx").exists(),
-    reason="embedder not exported (make models)",
-)
-
-
-@pytest.fixture(scope="module")
-def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("answer")
-    build_corpus(root / "docs")
-    ingest(make_settings(root))
-    return root
-
-
 def local(fake: FakeOpenAI, settings: Settings) -> Endpoint:
     return Endpoint(name="local", base_url=fake.base_url, context_tokens=settings.context_tokens)
 
 
-async def test_events_come_in_order_and_the_done_event_adds_them_up(store_root: Path) -> None:
-    settings = make_settings(store_root)
+async def test_events_come_in_order_and_the_done_event_adds_them_up(corpus_store: Path) -> None:
+    settings = make_settings(corpus_store)
     with FakeOpenAI(models=["m"], reply=REPLY, first_token_delay_s=0.05) as fake:
         events = [
             e
@@ -59,7 +43,7 @@ async def test_events_come_in_order_and_the_done_event_adds_them_up(store_root: 
 
 
 async def test_a_question_too_long_for_the_local_window_goes_to_the_fallback(
-    store_root: Path,
+    corpus_store: Path,
 ) -> None:
     long_question = QUESTION + " " + "Please consider every detail of the policy. " * 60
     with (
@@ -67,7 +51,7 @@ async def test_a_question_too_long_for_the_local_window_goes_to_the_fallback(
         FakeOpenAI(models=["big"], reply="From the cloud [1].") as cloud,
     ):
         settings = make_settings(
-            store_root,
+            corpus_store,
             context_tokens=512,
             answer_tokens=256,
             llm_fallback_base_url=cloud.base_url,
@@ -85,9 +69,9 @@ async def test_a_question_too_long_for_the_local_window_goes_to_the_fallback(
     assert done.route.endpoint.name == "fallback" and small.requests == []
 
 
-async def test_a_question_too_long_with_nowhere_else_to_go_is_a_sentence(store_root: Path) -> None:
+async def test_a_question_too_long_with_nowhere_else_to_go_is_a_sentence(corpus_store: Path) -> None:
     long_question = "Please consider every detail of the policy. " * 60
-    settings = make_settings(store_root, context_tokens=256, answer_tokens=128)
+    settings = make_settings(corpus_store, context_tokens=256, answer_tokens=128)
     with FakeOpenAI(models=["m"], reply=REPLY) as fake:
         with pytest.raises(PromptTooLong, match="too long for the model's context window"):
             async for _ in answer(

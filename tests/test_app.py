@@ -22,7 +22,7 @@ from rag.prompt import build_prompt, estimate_tokens, token_counter
 from rag.retrieve import retrieve
 from rag.settings import Settings, get_settings
 from tests.chat_session import ChatSession
-from tests.conftest import MODELS_DIR, make_settings
+from tests.conftest import MODELS_DIR
 from tests.corpus import build_corpus
 from tests.fake_openai import FakeOpenAI
 from tests.test_discovery import install_fake_foundry
@@ -30,22 +30,6 @@ from tests.test_discovery import install_fake_foundry
 MODELS = ["phi-4-mini-fake", "qwen-2.5-fake"]
 HOLIDAYS = "How many days of paid holiday do employees get?"
 REPLY = "Employees get 28 days of paid holiday a year [1]."
-
-pytestmark = pytest.mark.skipif(
-    not (MODELS_DIR / "all-MiniLM-L6-v2-onnx").exists(),
-    reason="embedder not exported (make models)",
-)
-
-
-@pytest.fixture(scope="module")
-def kayak_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with docs/ (the Brightwater corpus) and data/ filled by the real ingest."""
-    root = tmp_path_factory.mktemp("kayak")
-    build_corpus(root / "docs")
-    report = ingest(make_settings(root))
-    assert not report.failed and report.chunks > 5
-    return root
-
 
 @pytest.fixture
 def app_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Settings]]:
@@ -93,9 +77,9 @@ def passages_in(request: dict) -> int:
 
 
 async def test_picker_lists_the_servers_models_with_the_first_preselected(
-    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+    corpus_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
 ) -> None:
-    app_env(kayak_store, fake.base_url)
+    app_env(corpus_store, fake.base_url)
     async with ChatSession() as chat:
         await app.on_chat_start()
 
@@ -104,14 +88,14 @@ async def test_picker_lists_the_servers_models_with_the_first_preselected(
         assert [item["value"] for item in picker["items"]] == MODELS
         assert picker["initial"] == "phi-4-mini-fake"
         welcome = chat.last_answer().output
-        assert "Ask" in welcome and "drop" in welcome and str(kayak_store / "docs") in welcome
+        assert "Ask" in welcome and "drop" in welcome and str(corpus_store / "docs") in welcome
         assert fake.base_url in welcome
 
 
 async def test_picker_preselects_llm_model_when_the_server_lists_it(
-    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+    corpus_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
 ) -> None:
-    app_env(kayak_store, fake.base_url, LLM_MODEL="qwen-2.5-fake")
+    app_env(corpus_store, fake.base_url, LLM_MODEL="qwen-2.5-fake")
     async with ChatSession() as chat:
         await app.on_chat_start()
         assert chat.chat_settings()[0]["initial"] == "qwen-2.5-fake"
@@ -121,9 +105,9 @@ async def test_picker_preselects_llm_model_when_the_server_lists_it(
 
 
 async def test_answer_is_grounded_with_the_context_ahead_of_the_question_and_shows_sources(
-    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+    corpus_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
 ) -> None:
-    app_env(kayak_store, fake.base_url)
+    app_env(corpus_store, fake.base_url)
     async with ChatSession() as chat:
         await app.on_chat_start()
         await chat.send(app.on_message, HOLIDAYS)
@@ -157,9 +141,9 @@ async def test_answer_is_grounded_with_the_context_ahead_of_the_question_and_sho
 
 
 async def test_pdf_sources_name_the_page(
-    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+    corpus_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
 ) -> None:
-    app_env(kayak_store, fake.base_url)
+    app_env(corpus_store, fake.base_url)
     async with ChatSession() as chat:
         await app.on_chat_start()
         await chat.send(app.on_message, "What is the maximum load of the Tidewater 12 kayak?")
@@ -167,9 +151,9 @@ async def test_pdf_sources_name_the_page(
 
 
 async def test_switching_the_model_applies_to_the_next_message_and_keeps_the_history(
-    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+    corpus_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
 ) -> None:
-    app_env(kayak_store, fake.base_url)
+    app_env(corpus_store, fake.base_url)
     async with ChatSession() as chat:
         await app.on_chat_start()
         await chat.send(app.on_message, HOLIDAYS)
@@ -191,11 +175,11 @@ async def test_switching_the_model_applies_to_the_next_message_and_keeps_the_his
 
 
 async def test_a_small_window_drops_history_before_passages_and_never_exceeds_the_budget(
-    kayak_store: Path, app_env: Callable[..., Settings]
+    corpus_store: Path, app_env: Callable[..., Settings]
 ) -> None:
     long_reply = "Holidays are explained in the handbook [1]. " + "More detail follows here. " * 40
     with FakeOpenAI(models=list(MODELS), reply=long_reply) as server:
-        settings = app_env(kayak_store, server.base_url)
+        settings = app_env(corpus_store, server.base_url)
         counter = token_counter(settings)
         hits = retrieve(HOLIDAYS, settings=settings)
         no_history = estimate_tokens(HOLIDAYS, hits, settings=settings)
@@ -203,7 +187,7 @@ async def test_a_small_window_drops_history_before_passages_and_never_exceeds_th
         one_turn = counter.count_messages(turn)
         # Room for every passage plus one earlier turn, not two.
         window = no_history + one_turn + one_turn // 2 + settings.answer_tokens
-        settings = app_env(kayak_store, server.base_url, RAG_CONTEXT_TOKENS=window)
+        settings = app_env(corpus_store, server.base_url, RAG_CONTEXT_TOKENS=window)
 
         async with ChatSession() as chat:
             await app.on_chat_start()
@@ -221,15 +205,15 @@ async def test_a_small_window_drops_history_before_passages_and_never_exceeds_th
 
 
 async def test_a_tighter_window_drops_all_history_then_the_lowest_ranked_passages(
-    kayak_store: Path, app_env: Callable[..., Settings]
+    corpus_store: Path, app_env: Callable[..., Settings]
 ) -> None:
     long_reply = "See the handbook [1]. " + "Detail. " * 60
     with FakeOpenAI(models=list(MODELS), reply=long_reply) as server:
-        settings = app_env(kayak_store, server.base_url)
+        settings = app_env(corpus_store, server.base_url)
         hits = retrieve(HOLIDAYS, settings=settings)
         top_two = build_prompt(HOLIDAYS, hits[:2], settings=settings).tokens
         window = top_two + 20 + settings.answer_tokens  # two passages fit, the third does not
-        settings = app_env(kayak_store, server.base_url, RAG_CONTEXT_TOKENS=window)
+        settings = app_env(corpus_store, server.base_url, RAG_CONTEXT_TOKENS=window)
 
         async with ChatSession() as chat:
             await app.on_chat_start()
@@ -249,10 +233,10 @@ async def test_a_tighter_window_drops_all_history_then_the_lowest_ranked_passage
 
 
 async def test_a_stream_broken_midway_keeps_the_partial_answer_and_adds_a_note(
-    kayak_store: Path, app_env: Callable[..., Settings]
+    corpus_store: Path, app_env: Callable[..., Settings]
 ) -> None:
     with FakeOpenAI(models=list(MODELS), reply=REPLY, break_after_tokens=3) as server:
-        app_env(kayak_store, server.base_url)
+        app_env(corpus_store, server.base_url)
         async with ChatSession() as chat:
             await app.on_chat_start()
             await chat.send(app.on_message, HOLIDAYS)
@@ -264,11 +248,11 @@ async def test_a_stream_broken_midway_keeps_the_partial_answer_and_adds_a_note(
 
 
 async def test_a_dead_endpoint_is_a_sentence_naming_the_url_and_what_to_start(
-    kayak_store: Path, app_env: Callable[..., Settings]
+    corpus_store: Path, app_env: Callable[..., Settings]
 ) -> None:
     server = FakeOpenAI(models=list(MODELS)).start()
     server.stop()  # nothing listens on its port any more
-    app_env(kayak_store, server.base_url)
+    app_env(corpus_store, server.base_url)
     async with ChatSession() as chat:
         await app.on_chat_start()
         start_text = chat.last_answer().output
@@ -282,9 +266,9 @@ async def test_a_dead_endpoint_is_a_sentence_naming_the_url_and_what_to_start(
 
 
 async def test_a_server_that_rejects_the_request_is_a_sentence_naming_model_and_reason(
-    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+    corpus_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
 ) -> None:
-    app_env(kayak_store, fake.base_url)
+    app_env(corpus_store, fake.base_url)
     async with ChatSession() as chat:
         await app.on_chat_start()
         fake.models.remove("phi-4-mini-fake")  # unloaded on the server after the chat started
@@ -296,10 +280,10 @@ async def test_a_server_that_rejects_the_request_is_a_sentence_naming_model_and_
 
 
 async def test_an_endpoint_that_dies_mid_session_is_reported_on_the_next_question(
-    kayak_store: Path, app_env: Callable[..., Settings]
+    corpus_store: Path, app_env: Callable[..., Settings]
 ) -> None:
     server = FakeOpenAI(models=list(MODELS), reply=REPLY).start()
-    app_env(kayak_store, server.base_url)
+    app_env(corpus_store, server.base_url)
     async with ChatSession() as chat:
         await app.on_chat_start()
         await chat.send(app.on_message, HOLIDAYS)
@@ -408,12 +392,12 @@ async def test_unsupported_and_oversized_uploads_are_refused_with_a_sentence(
 
 
 async def test_when_local_dies_the_fallback_answers_and_the_answer_says_so(
-    kayak_store: Path, app_env: Callable[..., Settings]
+    corpus_store: Path, app_env: Callable[..., Settings]
 ) -> None:
     local = FakeOpenAI(models=list(MODELS), reply=REPLY).start()
     with FakeOpenAI(models=["cloud-model"], reply="From the cloud [1].") as cloud:
         app_env(
-            kayak_store,
+            corpus_store,
             local.base_url,
             LLM_FALLBACK_BASE_URL=cloud.base_url,
             LLM_FALLBACK_MODEL="cloud-model",
@@ -436,10 +420,33 @@ async def test_when_local_dies_the_fallback_answers_and_the_answer_says_so(
             assert history_of(cloud.requests[0])[0] == {"role": "user", "content": HOLIDAYS}
 
 
-async def test_compare_command_streams_two_models_on_the_same_passages_with_timings(
-    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+async def test_with_no_local_server_at_start_the_fallback_is_offered_and_answers(
+    corpus_store: Path, app_env: Callable[..., Settings]
 ) -> None:
-    app_env(kayak_store, fake.base_url)
+    dead = FakeOpenAI(models=list(MODELS))  # bound but never started: nothing answers there
+    dead.stop()
+    with FakeOpenAI(models=["cloud-model"], reply="From the cloud [1].") as cloud:
+        app_env(
+            corpus_store,
+            dead.base_url,
+            LLM_FALLBACK_BASE_URL=cloud.base_url,
+            LLM_FALLBACK_MODEL="cloud-model",
+        )
+        async with ChatSession() as chat:
+            await app.on_chat_start()
+            values = [item["value"] for item in chat.chat_settings()[0]["items"]]
+            assert values == ["fallback:cloud-model"]
+            await chat.send(app.on_message, HOLIDAYS)
+            answer = chat.last_answer().output
+            assert answer.startswith("From the cloud [1].")
+            assert "Answered by `cloud-model` at fallback" in answer
+            assert cloud.models_called == ["cloud-model"]
+
+
+async def test_compare_command_streams_two_models_on_the_same_passages_with_timings(
+    corpus_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+) -> None:
+    app_env(corpus_store, fake.base_url)
     async with ChatSession() as chat:
         await app.on_chat_start()
         await chat.send(app.on_message, f"/compare phi-4-mini-fake qwen-2.5-fake {HOLIDAYS}")
@@ -459,9 +466,9 @@ async def test_compare_command_streams_two_models_on_the_same_passages_with_timi
 
 
 async def test_compare_without_two_models_explains_its_usage(
-    kayak_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+    corpus_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
 ) -> None:
-    app_env(kayak_store, fake.base_url)
+    app_env(corpus_store, fake.base_url)
     async with ChatSession() as chat:
         await app.on_chat_start()
         await chat.send(app.on_message, "/compare phi-4-mini-fake")
@@ -471,16 +478,12 @@ async def test_compare_without_two_models_explains_its_usage(
         assert fake.requests == []
 
 
-@pytest.mark.skipif(
-    not (MODELS_DIR / "smollm2-135m-instruct-int4" / "genai_config.json").exists(),
-    reason="embedded model not built (make models)",
-)
 async def test_with_no_server_configured_the_embedded_model_answers_and_says_it_is_small(
-    kayak_store: Path, app_env: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+    corpus_store: Path, app_env: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rag.engine.process import EMBEDDED_NOTICE
 
-    app_env(kayak_store, "", RAG_ANSWER_TOKENS=40)
+    app_env(corpus_store, "", RAG_ANSWER_TOKENS=40)
     monkeypatch.delenv("LLM_BASE_URL")
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no Foundry Local here
     get_settings.cache_clear()
@@ -498,11 +501,11 @@ async def test_with_no_server_configured_the_embedded_model_answers_and_says_it_
 
 
 async def test_after_foundry_restarts_on_a_new_port_the_next_message_finds_it_again(
-    kayak_store: Path, app_env: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+    corpus_store: Path, app_env: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    port_file = kayak_store.parent / "foundry-port"
+    port_file = corpus_store.parent / "foundry-port"
     install_fake_foundry(
-        kayak_store.parent / "bin",
+        corpus_store.parent / "bin",
         monkeypatch,
         f'echo "🟢 Model management service is running on '
         f'http://127.0.0.1:$(cat {port_file})/openai/status"\n',
@@ -510,7 +513,7 @@ async def test_after_foundry_restarts_on_a_new_port_the_next_message_finds_it_ag
     ids = ["Phi-4-mini-instruct-generic-cpu"]
     first = FakeOpenAI(models=ids, reply=REPLY).start()
     port_file.write_text(str(first.port))
-    app_env(kayak_store, "")
+    app_env(corpus_store, "")
     monkeypatch.delenv("LLM_BASE_URL")
     get_settings.cache_clear()
     async with ChatSession() as chat:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from ingest.pipeline import ingest
 from rag.compare import (
     CompareBoard,
     CompareContext,
@@ -29,8 +28,7 @@ from rag.compare import (
 )
 from rag.llm import Endpoint
 from rag.settings import Settings
-from tests.conftest import MODELS_DIR, REPO
-from tests.corpus import build_corpus
+from tests.conftest import MODELS_DIR, REPO, offline_settings
 from tests.fake_openai import FakeOpenAI
 
 QUESTION = "How many days of paid holiday does everyone get?"
@@ -38,28 +36,6 @@ REPLY = "Everyone gets 28 days of paid holiday a year [1] plus public holidays."
 FAST_DELAY_S = 0.05
 SLOW_DELAY_S = 0.6
 TOKEN_DELAY_S = 0.02
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real store (Chroma + BM25) of the test corpus, ingested once for the module."""
-    root = tmp_path_factory.mktemp("store")
-    settings = _settings(root)
-    build_corpus(settings.docs_dir)
-    assert ingest(settings).chunks > 0
-    return root
-
-
-def _settings(root: Path, **overrides: object) -> Settings:
-    (root / "docs").mkdir(parents=True, exist_ok=True)
-    values: dict[str, object] = {
-        "docs_dir": root / "docs",
-        "data_dir": root / "data",
-        "models_dir_override": MODELS_DIR,
-        "engine": "off",
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture
@@ -78,9 +54,9 @@ def big() -> Iterator[FakeOpenAI]:
         yield fake
 
 
-def _two(store: Path, small: FakeOpenAI, big: FakeOpenAI, **overrides: object) -> Settings:
-    return _settings(
-        store,
+def _two(corpus_store: Path, small: FakeOpenAI, big: FakeOpenAI, **overrides: object) -> Settings:
+    return offline_settings(
+        corpus_store,
         llm_base_url=small.base_url,
         llm_fallback_base_url=big.base_url,
         llm_fallback_model="big",
@@ -93,9 +69,9 @@ def _context_message(request: dict) -> str:
 
 
 async def test_both_models_get_identical_context_and_plausible_figures(
-    store: Path, small: FakeOpenAI, big: FakeOpenAI
+    corpus_store: Path, small: FakeOpenAI, big: FakeOpenAI
 ) -> None:
-    result = await compare(QUESTION, ["small", "fallback:big"], settings=_two(store, small, big))
+    result = await compare(QUESTION, ["small", "fallback:big"], settings=_two(corpus_store, small, big))
 
     fast, slow = result.results
     assert isinstance(fast, ModelDone) and isinstance(slow, ModelDone)
@@ -118,12 +94,12 @@ async def test_both_models_get_identical_context_and_plausible_figures(
 
 
 async def test_models_on_this_machine_run_one_after_the_other(
-    store: Path, small: FakeOpenAI, big: FakeOpenAI
+    corpus_store: Path, small: FakeOpenAI, big: FakeOpenAI
 ) -> None:
     events = [
         e
         async for e in compare_stream(
-            QUESTION, ["fallback:big", "small"], settings=_two(store, small, big)
+            QUESTION, ["fallback:big", "small"], settings=_two(corpus_store, small, big)
         )
     ]
     assert isinstance(events[0], CompareContext)
@@ -136,9 +112,9 @@ async def test_models_on_this_machine_run_one_after_the_other(
 
 
 async def test_given_hits_are_reused_without_retrieval(
-    store: Path, small: FakeOpenAI, big: FakeOpenAI
+    corpus_store: Path, small: FakeOpenAI, big: FakeOpenAI
 ) -> None:
-    settings = _two(store, small, big)
+    settings = _two(corpus_store, small, big)
     first = await compare(QUESTION, ["small"], settings=settings)
     again = await compare(
         "a different question entirely",
@@ -154,9 +130,9 @@ async def test_given_hits_are_reused_without_retrieval(
 
 
 async def test_a_dead_model_fails_alone_with_its_sentence(
-    store: Path, small: FakeOpenAI, big: FakeOpenAI
+    corpus_store: Path, small: FakeOpenAI, big: FakeOpenAI
 ) -> None:
-    settings = _two(store, small, big)
+    settings = _two(corpus_store, small, big)
     big.stop()
     result = await compare(QUESTION, ["small", "fallback:big"], settings=settings)
     ok, failed = result.results
@@ -166,9 +142,9 @@ async def test_a_dead_model_fails_alone_with_its_sentence(
 
 
 async def test_comparison_never_reroutes_a_pinned_local_model(
-    store: Path, small: FakeOpenAI, big: FakeOpenAI
+    corpus_store: Path, small: FakeOpenAI, big: FakeOpenAI
 ) -> None:
-    settings = _two(store, small, big)
+    settings = _two(corpus_store, small, big)
     small.stop()
     result = await compare(QUESTION, ["small"], settings=settings)
     assert isinstance(result.results[0], ModelFailed)
@@ -176,9 +152,9 @@ async def test_comparison_never_reroutes_a_pinned_local_model(
 
 
 async def test_local_only_refuses_a_cloud_model_in_a_comparison(
-    store: Path, small: FakeOpenAI, big: FakeOpenAI
+    corpus_store: Path, small: FakeOpenAI, big: FakeOpenAI
 ) -> None:
-    settings = _two(store, small, big, routing="local-only")
+    settings = _two(corpus_store, small, big, routing="local-only")
     result = await compare(QUESTION, ["small", "fallback:big"], settings=settings)
     ok, refused = result.results
     assert isinstance(ok, ModelDone)
@@ -199,12 +175,12 @@ def test_only_loopback_endpoints_share_this_machine() -> None:
 
 
 def test_cli_prints_one_json_line_per_model(
-    store: Path, small: FakeOpenAI, big: FakeOpenAI
+    corpus_store: Path, small: FakeOpenAI, big: FakeOpenAI
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "LLM_"))}
     env.update(
-        RAG_DOCS_DIR=str(store / "docs"),
-        RAG_DATA_DIR=str(store / "data"),
+        RAG_DOCS_DIR=str(corpus_store / "docs"),
+        RAG_DATA_DIR=str(corpus_store / "data"),
         RAG_MODELS_DIR=str(MODELS_DIR),
         RAG_ENGINE="off",
         LLM_BASE_URL=small.base_url,
@@ -237,13 +213,13 @@ def test_cli_prints_one_json_line_per_model(
 
 
 def test_cli_human_output_shows_each_answer_with_its_figures(
-    store: Path,
+    corpus_store: Path,
     small: FakeOpenAI,
     big: FakeOpenAI,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings = _two(store, small, big)
+    settings = _two(corpus_store, small, big)
     monkeypatch.setattr("rag.compare.get_settings", lambda: settings)
     assert main([QUESTION, "--models", "small", "fallback:big"]) == 0
     out = capsys.readouterr().out
@@ -283,9 +259,9 @@ def test_incomplete_compare_command_explains_usage(text: str) -> None:
 
 
 async def test_board_folds_events_into_columns_for_a_ui(
-    store: Path, small: FakeOpenAI, big: FakeOpenAI
+    corpus_store: Path, small: FakeOpenAI, big: FakeOpenAI
 ) -> None:
-    settings = _two(store, small, big)
+    settings = _two(corpus_store, small, big)
     big.stop()
     board = CompareBoard(["small", "fallback:big"])
     seen_streaming = False
@@ -317,7 +293,7 @@ def _non_loopback_ip() -> str | None:
     return None if ip.startswith("127.") else ip
 
 
-async def test_a_model_on_another_host_runs_alongside_the_local_one(store: Path) -> None:
+async def test_a_model_on_another_host_runs_alongside_the_local_one(corpus_store: Path) -> None:
     ip = _non_loopback_ip()
     if ip is None:
         pytest.skip("this machine has no non-loopback address to stand in for another host")
@@ -327,7 +303,7 @@ async def test_a_model_on_another_host_runs_alongside_the_local_one(store: Path)
         FakeOpenAI(models=["small"], reply=REPLY, token_delay_s=0.1) as here,
         FakeOpenAI(models=["big"], reply=REPLY, first_token_delay_s=0.3, host=ip) as remote,
     ):
-        settings = _two(store, here, remote)
+        settings = _two(corpus_store, here, remote)
         events = [
             e async for e in compare_stream(QUESTION, ["small", "fallback:big"], settings=settings)
         ]

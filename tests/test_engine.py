@@ -36,17 +36,9 @@ CONTEXT_PROMPT = [
 ]
 
 
-def _needs_model(settings) -> None:
-    if not engine_available(settings):
-        pytest.skip(
-            "the embedded model is not built: run `make models` (python -m rag.engine build)"
-        )
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EngineProcess, Endpoint]]:
     settings = make_settings(tmp_path_factory.mktemp("engine"))
-    _needs_model(settings)
     process = EngineProcess(settings)
     endpoint = process.start()
     yield process, endpoint
@@ -250,7 +242,6 @@ def test_unknown_route_gets_json_404(engine) -> None:
 # --- processes ------------------------------------------------------------------------------
 def test_stop_leaves_no_engine_process_behind(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    _needs_model(settings)
     with EngineProcess(settings) as process:
         pid = process.pid
         assert pid and _alive(pid)
@@ -260,8 +251,6 @@ def test_stop_leaves_no_engine_process_behind(tmp_path: Path) -> None:
 
 
 def test_engine_dies_when_its_parent_is_killed(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    _needs_model(settings)
     parent_code = (
         "import sys, time\n"
         "from rag.engine import EngineProcess\n"
@@ -288,8 +277,6 @@ def test_engine_dies_when_its_parent_is_killed(tmp_path: Path) -> None:
 
 
 def test_shared_engine_is_stopped_when_the_app_exits(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    _needs_model(settings)
     app_code = (
         "from pathlib import Path\n"
         "from rag.engine import shared_engine\n"

@@ -118,13 +118,15 @@ def test_ingest_killed_at_any_moment_is_repaired_to_exactly_a_clean_store(tmp_pa
     # right after the first commits, and a little after later ones.
     _clean_ingest(docs, tmp_path / "clean1", tmp_path)
     kills = [
-        (lambda rows, start: True, rng.uniform(1.0, 3.0)),
+        # Within interpreter and Chroma start-up: lands even when a quiet machine
+        # would finish this small corpus in a second or two.
+        (lambda rows, start: True, rng.uniform(0.2, 0.8)),
         (_pending_now, 0.0),
         (_done_at_least(1), rng.uniform(0.0, 0.3)),
         (_pending_now, rng.uniform(0.0, 0.05)),
     ]
     outcomes = [_killed_run(docs, victim, tmp_path, when=w, then_s=t) for w, t in kills]
-    assert any(o.startswith("killed") for o in outcomes), outcomes
+    assert sum(o.startswith("killed") for o in outcomes) >= 2, outcomes
     _clean_ingest(docs, victim, tmp_path)
     assert _snapshot(tmp_path, victim) == _snapshot(tmp_path, tmp_path / "clean1"), outcomes
 

@@ -21,11 +21,9 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from ingest.pipeline import ingest
 from rag.openai_api import mount_openai_api
 from rag.settings import Settings
-from tests.conftest import MODELS_DIR
-from tests.corpus import build_corpus
+from tests.conftest import offline_settings
 from tests.fake_openai import FakeOpenAI
 
 REPLY = "Everyone gets 28 days of paid holiday [1]."
@@ -68,28 +66,6 @@ class ApiServer:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real store (Chroma + BM25) of the test corpus, ingested once for the module."""
-    root = tmp_path_factory.mktemp("store")
-    settings = _settings(root)
-    build_corpus(settings.docs_dir)
-    assert ingest(settings).chunks > 0
-    return root
-
-
-def _settings(root: Path, **overrides: object) -> Settings:
-    (root / "docs").mkdir(parents=True, exist_ok=True)
-    values: dict[str, object] = {
-        "docs_dir": root / "docs",
-        "data_dir": root / "data",
-        "models_dir_override": MODELS_DIR,
-        "engine": "off",
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
-
-
 @pytest.fixture
 def local() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(models=["phi-local", "qwen-local"], reply=REPLY) as fake:
@@ -103,7 +79,7 @@ def cloud() -> Iterator[FakeOpenAI]:
 
 
 def _both(root: Path, local: FakeOpenAI, cloud: FakeOpenAI, **overrides: object) -> Settings:
-    return _settings(
+    return offline_settings(
         root,
         llm_base_url=local.base_url,
         llm_fallback_base_url=cloud.base_url,
@@ -113,9 +89,9 @@ def _both(root: Path, local: FakeOpenAI, cloud: FakeOpenAI, **overrides: object)
 
 
 def test_models_lists_local_and_routed_models_ahead_of_the_spa(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
-    with ApiServer(_both(store, local, cloud)) as api:
+    with ApiServer(_both(corpus_store, local, cloud)) as api:
         ids = [m.id for m in api.client().models.list().data]
         assert ids == ["phi-local", "qwen-local", "fallback:gpt-cloud"]
         # The catch-all still serves everything else.
@@ -123,9 +99,9 @@ def test_models_lists_local_and_routed_models_ahead_of_the_spa(
 
 
 def test_non_streamed_answer_ends_with_sources_and_names_the_endpoint(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
-    with ApiServer(_both(store, local, cloud)) as api:
+    with ApiServer(_both(corpus_store, local, cloud)) as api:
         raw = api.client().chat.completions.with_raw_response.create(
             model="qwen-local", messages=[{"role": "user", "content": QUESTION}]
         )
@@ -144,9 +120,9 @@ def test_non_streamed_answer_ends_with_sources_and_names_the_endpoint(
 
 
 def test_streamed_answer_arrives_in_chunks_and_ends_with_sources(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
-    with ApiServer(_both(store, local, cloud)) as api:
+    with ApiServer(_both(corpus_store, local, cloud)) as api:
         stream = api.client().chat.completions.create(
             model="phi-local", messages=[{"role": "user", "content": QUESTION}], stream=True
         )
@@ -171,9 +147,9 @@ def test_streamed_answer_arrives_in_chunks_and_ends_with_sources(
 
 
 def test_earlier_messages_become_history_without_old_sources(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
-    with ApiServer(_both(store, local, cloud)) as api:
+    with ApiServer(_both(corpus_store, local, cloud)) as api:
         api.client().chat.completions.create(
             model="phi-local",
             messages=[
@@ -195,9 +171,9 @@ def test_earlier_messages_become_history_without_old_sources(
 
 
 def test_local_down_in_local_first_is_answered_by_the_fallback_and_says_so(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
-    settings = _both(store, local, cloud)
+    settings = _both(corpus_store, local, cloud)
     local.stop()
     with ApiServer(settings) as api:
         ids = [m.id for m in api.client().models.list().data]
@@ -213,9 +189,9 @@ def test_local_down_in_local_first_is_answered_by_the_fallback_and_says_so(
 
 
 def test_local_only_never_leaks_through_the_api(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
-    settings = _both(store, local, cloud, routing="local-only")
+    settings = _both(corpus_store, local, cloud, routing="local-only")
     with ApiServer(settings) as api:
         client = api.client()
         assert [m.id for m in client.models.list().data] == ["phi-local", "qwen-local"]
@@ -236,8 +212,8 @@ def test_local_only_never_leaks_through_the_api(
     assert cloud.requests == []
 
 
-def test_api_key_is_required_when_set(store: Path, local: FakeOpenAI, cloud: FakeOpenAI) -> None:
-    with ApiServer(_both(store, local, cloud, api_key="s3cret")) as api:
+def test_api_key_is_required_when_set(corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI) -> None:
+    with ApiServer(_both(corpus_store, local, cloud, api_key="s3cret")) as api:
         missing = httpx.get(f"{api.url}/v1/models")
         assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
         for wrong in (api.client("nope"), api.client("s3cret-but-longer")):
@@ -258,9 +234,9 @@ def test_api_key_is_required_when_set(store: Path, local: FakeOpenAI, cloud: Fak
 
 
 def test_errors_are_openai_style_json(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI, tmp_path: Path
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI, tmp_path: Path
 ) -> None:
-    with ApiServer(_both(store, local, cloud)) as api:
+    with ApiServer(_both(corpus_store, local, cloud)) as api:
         client = api.client()
         with pytest.raises(openai.NotFoundError) as err:
             client.chat.completions.create(
@@ -282,7 +258,7 @@ def test_errors_are_openai_style_json(
             assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     assert local.requests == []
 
-    empty = _settings(tmp_path, llm_base_url=local.base_url)
+    empty = offline_settings(tmp_path, llm_base_url=local.base_url)
     with ApiServer(empty) as api:
         with pytest.raises(openai.ConflictError, match="No documents ingested yet"):
             api.client().chat.completions.create(
@@ -290,9 +266,9 @@ def test_errors_are_openai_style_json(
             )
 
 
-def test_mounting_twice_replaces_the_routes(store: Path, local: FakeOpenAI) -> None:
+def test_mounting_twice_replaces_the_routes(corpus_store: Path, local: FakeOpenAI) -> None:
     app = FastAPI()
-    settings = _settings(store, llm_base_url=local.base_url)
+    settings = offline_settings(corpus_store, llm_base_url=local.base_url)
     mount_openai_api(app, settings)
     count = len(app.router.routes)
     mount_openai_api(app, settings)
@@ -301,9 +277,9 @@ def test_mounting_twice_replaces_the_routes(store: Path, local: FakeOpenAI) -> N
 
 
 def test_a_model_pinned_to_the_fallback_is_answered_there(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
-    with ApiServer(_both(store, local, cloud)) as api:
+    with ApiServer(_both(corpus_store, local, cloud)) as api:
         raw = api.client().chat.completions.with_raw_response.create(
             model="fallback:gpt-cloud", messages=[{"role": "user", "content": QUESTION}]
         )
@@ -313,9 +289,9 @@ def test_a_model_pinned_to_the_fallback_is_answered_there(
     assert local.requests == [] and cloud.models_called == ["gpt-cloud"]
 
 
-def test_a_stream_breaking_midway_ends_cleanly_with_a_note(store: Path, cloud: FakeOpenAI) -> None:
+def test_a_stream_breaking_midway_ends_cleanly_with_a_note(corpus_store: Path, cloud: FakeOpenAI) -> None:
     with FakeOpenAI(models=["phi-local"], reply=REPLY, break_after_tokens=3) as breaking:
-        with ApiServer(_settings(store, llm_base_url=breaking.base_url)) as api:
+        with ApiServer(offline_settings(corpus_store, llm_base_url=breaking.base_url)) as api:
             chunks = list(
                 api.client().chat.completions.create(
                     model="phi-local", messages=[{"role": "user", "content": QUESTION}], stream=True

@@ -156,7 +156,6 @@ def test_untrimmed_estimate_counts_everything_in_the_history_window(tmp_path: Pa
 SMOLLM_TOKENIZER = MODELS_DIR / "smollm2-135m-instruct-int4" / "tokenizer.json"
 
 
-@pytest.mark.skipif(not SMOLLM_TOKENIZER.exists(), reason="embedded model not built (make models)")
 def test_estimate_is_not_below_a_real_chat_models_token_count(tmp_path: Path) -> None:
     """The conservative count covers a real chat tokenizer (SmolLM2, which splits digits)."""
     settings = make_settings(tmp_path)

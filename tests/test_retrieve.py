@@ -17,12 +17,7 @@ from rag.retrieve import Hit, Retriever, fuse, get_retriever, retrieve
 from rag.settings import Settings
 from rag.store import Chunk, ChunkStore
 from tests.conftest import MODELS_DIR, REPO, make_settings
-from tests.corpus import (  # noqa: F401 - pytest fixtures
-    QA_DIR,
-    corpus_settings,
-    index_folder,
-    sample_settings,
-)
+from tests.corpus import QA_DIR, index_folder
 
 
 def _chunk(cid: str) -> Chunk:

@@ -11,39 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from ingest.pipeline import ingest
 from rag.answer import AnswerDone, AnswerStart, answer
 from rag.errors import EndpointUnavailable, RagError
 from rag.routing import RouteRefused
 from rag.settings import Settings
-from tests.conftest import MODELS_DIR
-from tests.corpus import build_corpus
+from tests.conftest import offline_settings
 from tests.fake_openai import FakeOpenAI
 
 QUESTION = "How many days of paid holiday does everyone get?"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real store (Chroma + BM25) of the test corpus, ingested once for the module."""
-    root = tmp_path_factory.mktemp("store")
-    settings = _settings(root)
-    build_corpus(settings.docs_dir)
-    report = ingest(settings)
-    assert report.chunks > 0 and not report.failed
-    return root
-
-
-def _settings(root: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "docs_dir": root / "docs",
-        "data_dir": root / "data",
-        "models_dir_override": MODELS_DIR,
-        "engine": "off",
-    }
-    values.update(overrides)
-    (root / "docs").mkdir(parents=True, exist_ok=True)
-    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture
@@ -58,9 +33,9 @@ def cloud() -> Iterator[FakeOpenAI]:
         yield fake
 
 
-def _both(store: Path, local: FakeOpenAI, cloud: FakeOpenAI, **overrides: object) -> Settings:
-    return _settings(
-        store,
+def _both(corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI, **overrides: object) -> Settings:
+    return offline_settings(
+        corpus_store,
         llm_base_url=local.base_url,
         llm_model="phi-local",
         llm_fallback_base_url=cloud.base_url,
@@ -85,18 +60,18 @@ def _prompt_text(request: dict) -> str:
 
 
 async def test_local_first_answers_locally_while_local_is_up(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
-    start, done = await _ask(_both(store, local, cloud))
+    start, done = await _ask(_both(corpus_store, local, cloud))
     assert done.route.endpoint.name == "local" and done.route.reason == "local endpoint"
     assert done.text == "Local says 28 days [1]."
     assert local.models_called == ["phi-local"] and cloud.requests == []
 
 
 async def test_local_endpoint_dying_mid_session_falls_back_in_local_first(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
-    settings = _both(store, local, cloud)
+    settings = _both(corpus_store, local, cloud)
     _, first = await _ask(settings)
     assert first.route.endpoint.name == "local"
 
@@ -111,9 +86,9 @@ async def test_local_endpoint_dying_mid_session_falls_back_in_local_first(
 
 
 async def test_local_endpoint_dying_in_local_only_says_so_and_never_calls_the_cloud(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
-    settings = _both(store, local, cloud, routing="local-only")
+    settings = _both(corpus_store, local, cloud, routing="local-only")
     _, first = await _ask(settings)
     assert first.route.endpoint.name == "local"
 
@@ -124,11 +99,38 @@ async def test_local_endpoint_dying_in_local_only_says_so_and_never_calls_the_cl
     assert cloud.requests == []
 
 
+async def test_no_local_server_found_at_all_still_answers_through_the_fallback(
+    corpus_store: Path, cloud: FakeOpenAI
+) -> None:
+    # No LLM_BASE_URL, no foundry on PATH, engine off: discovery finds nothing.
+    settings = offline_settings(
+        corpus_store, llm_fallback_base_url=cloud.base_url, llm_fallback_model="gpt-cloud"
+    )
+    start, done = await _ask(settings)
+    assert done.route.endpoint.name == "fallback"
+    assert done.text == "Cloud says 28 days [1]."
+    assert start.hits and cloud.models_called == ["gpt-cloud"]
+
+
+async def test_no_local_server_in_local_only_says_what_to_start_and_never_calls_the_cloud(
+    corpus_store: Path, cloud: FakeOpenAI
+) -> None:
+    settings = offline_settings(
+        corpus_store,
+        llm_fallback_base_url=cloud.base_url,
+        llm_fallback_model="gpt-cloud",
+        routing="local-only",
+    )
+    with pytest.raises(EndpointUnavailable, match="No local model server was found"):
+        await _ask(settings)
+    assert cloud.requests == []
+
+
 async def test_prompt_over_local_budget_goes_to_the_fallback_first(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
     # 600-token window minus 512 answer tokens leaves no room for five passages.
-    settings = _both(store, local, cloud, context_tokens=600, answer_tokens=512)
+    settings = _both(corpus_store, local, cloud, context_tokens=600, answer_tokens=512)
     start, done = await _ask(settings)
     assert done.route.endpoint.name == "fallback"
     assert done.route.reason.startswith("prompt too large for the local model (")
@@ -137,10 +139,10 @@ async def test_prompt_over_local_budget_goes_to_the_fallback_first(
 
 
 async def test_over_budget_prompt_in_local_only_stays_local(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
     settings = _both(
-        store, local, cloud, routing="local-only", context_tokens=700, answer_tokens=256
+        corpus_store, local, cloud, routing="local-only", context_tokens=700, answer_tokens=256
     )
     _, done = await _ask(settings)
     assert done.route.endpoint.name == "local"
@@ -148,9 +150,9 @@ async def test_over_budget_prompt_in_local_only_stays_local(
 
 
 async def test_code_question_goes_to_the_code_model(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
-    settings = _both(store, local, cloud, llm_code_model="coder")
+    settings = _both(corpus_store, local, cloud, llm_code_model="coder")
     _, done = await _ask(settings, "Write a Python function that counts holiday days")
     assert done.route.model == "coder"
     assert "code question" in done.route.reason
@@ -160,9 +162,9 @@ async def test_code_question_goes_to_the_code_model(
 
 
 async def test_cloud_first_uses_the_cloud_and_local_when_the_cloud_dies(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
-    settings = _both(store, local, cloud, routing="cloud-first")
+    settings = _both(corpus_store, local, cloud, routing="cloud-first")
     _, first = await _ask(settings)
     assert first.route.endpoint.name == "fallback" and local.requests == []
     cloud.stop()
@@ -172,7 +174,7 @@ async def test_cloud_first_uses_the_cloud_and_local_when_the_cloud_dies(
 
 
 async def test_local_only_never_leaks_with_every_temptation_at_once(
-    store: Path, local: FakeOpenAI, cloud: FakeOpenAI, tmp_path: Path
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI, tmp_path: Path
 ) -> None:
     """A cloud code model, a cloud fallback in the file, an over-budget question, local down."""
     routing = tmp_path / "routing.toml"
@@ -191,7 +193,7 @@ code_model = "gpt-code"
 """,
         encoding="utf-8",
     )
-    settings = _both(store, local, cloud, routing="local-only", routing_file=routing)
+    settings = _both(corpus_store, local, cloud, routing="local-only", routing_file=routing)
     tiny = settings.with_overrides(context_tokens=600, answer_tokens=512)
     question = "```python\nraise ValueError(days)\n```\nWrite a function that fixes this"
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from rag.settings import Settings
 from tests.conftest import MODELS_DIR, REPO
-from tests.corpus import corpus_settings  # noqa: F401 - pytest fixture
 
 
 def run_cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
