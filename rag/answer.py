@@ -30,6 +30,8 @@ from rag.discovery import local_endpoint
 from rag.errors import EndpointUnavailable, StreamInterrupted
 from rag.llm import Endpoint, Message, list_models, stream_chat
 from rag.prompt import (
+    COMPACT,
+    FULL,
     PromptTooLong,
     build_prompt,
     estimate_tokens,
@@ -39,6 +41,9 @@ from rag.prompt import (
 from rag.retrieve import Hit, retrieve
 from rag.routing import Route, plan_routes
 from rag.settings import Settings, get_settings
+
+
+COMPACT_ANSWER_TOKENS = 160
 
 
 @dataclass(frozen=True)
@@ -134,16 +139,23 @@ async def answer(
                 history=history,
                 context_tokens=route.endpoint.context_tokens,
                 counter=counter,
+                style=COMPACT if route.endpoint.compact_prompt else FULL,
             )
         except PromptTooLong as exc:
             # A route with a larger window (a cloud fallback) may still take it.
             too_long.append(exc)
             continue
+        compact = route.endpoint.compact_prompt
         stream = stream_chat(
             route.endpoint,
             prompt.messages,
             model=route.model,
-            max_tokens=settings.answer_tokens,
+            # A tiny model's first sentences are its best; greedy decoding keeps it
+            # from wandering off the passages.
+            max_tokens=min(settings.answer_tokens, COMPACT_ANSWER_TOKENS)
+            if compact
+            else settings.answer_tokens,
+            temperature=0.0 if compact else None,
             settings=settings,
         )
         try:

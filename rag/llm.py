@@ -46,6 +46,9 @@ class Endpoint:
     is_local: bool = True  # False for anything that leaves the machine
     start_hint: str = DEFAULT_START_HINT  # what to start when it does not answer
     labels: tuple[str, ...] = field(default_factory=tuple)  # e.g. ("code",) for routing
+    # A tiny model (the embedded SmolLM2) that stays grounded only with a short,
+    # tight prompt: see rag.prompt.COMPACT.
+    compact_prompt: bool = False
 
 
 def _timeout(settings: Settings) -> httpx.Timeout:

@@ -52,6 +52,28 @@ SYSTEM_PROMPT = (
     "If the context does not contain the answer, say that the documents do not cover it; "
     "do not guess. Keep the answer short."
 )
+COMPACT_SYSTEM_PROMPT = (
+    "Answer the user's question in one or two sentences, using only the numbered passages "
+    "below. Cite the passage number like [1]. If the passages do not answer it, say so."
+)
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How much context a model is given, and where it goes."""
+
+    max_passages: int | None = None  # None: as many as the budget allows
+    passage_tokens: int | None = None  # cut each passage to this many tokens
+    history_turns: int | None = None  # None: settings.history_turns
+    context_in_system: bool = False  # else in the user message, ahead of the question
+
+
+FULL = PromptStyle()
+# Measured on SmolLM2-135M over the sample docs: with five full passages it answered
+# with lists of "[1] [2] ..." or invented installers; with one or two short passages in
+# the system message and the bare question as the user message, its first sentence was
+# right ("... put it into the docs/ folder", "Ollama uses port 11434").
+COMPACT = PromptStyle(max_passages=2, passage_tokens=120, history_turns=1, context_in_system=True)
 
 # Token counting. The chat model's own tokenizer is unknown here (Phi, Qwen, Llama,
 # SmolLM2 and cloud models all differ), so the count is an upper estimate, the larger of:
@@ -151,19 +173,22 @@ def build_prompt(
     history: Sequence[Message] = (),
     context_tokens: int | None = None,
     counter: TokenCounter | None = None,
+    style: PromptStyle = FULL,
 ) -> Prompt:
     """Messages for ``question`` grounded in ``hits`` (best first), within the budget.
 
     ``context_tokens`` is the endpoint's window (default ``settings.context_tokens``);
-    ``settings.answer_tokens`` of it are kept free for the answer. Raises
-    :class:`PromptTooLong` when not even the question fits.
+    ``settings.answer_tokens`` of it are kept free for the answer. ``style`` limits
+    the context for small models (:data:`COMPACT`). Raises :class:`PromptTooLong`
+    when not even the question fits.
     """
     window = context_tokens or settings.context_tokens
     budget = window - settings.answer_tokens
     counter = counter or token_counter(settings)
     question = question.strip()
+    hits = _styled_hits(hits, style, counter)
 
-    bare = _messages([], [], question)
+    bare = _messages([], [], question, style)
     bare_tokens = counter.count_messages(bare)
     if bare_tokens > budget:
         raise PromptTooLong(
@@ -173,9 +198,8 @@ def build_prompt(
             "RAG_CONTEXT_TOKENS if the model has a larger window."
         )
 
-    recent = (
-        list(history[len(history) - 2 * settings.history_turns :]) if settings.history_turns else []
-    )
+    turns = settings.history_turns if style.history_turns is None else style.history_turns
+    recent = list(history[len(history) - 2 * turns :]) if turns else []
     kept_history = list(recent)
     kept_hits = list(hits)
     truncated = False
@@ -209,7 +233,7 @@ def build_prompt(
             truncated = True
 
     return Prompt(
-        messages=_messages(kept_history, kept_hits, question),
+        messages=_messages(kept_history, kept_hits, question, style),
         hits=kept_hits,
         tokens=total(),
         dropped_history=len(recent) - len(kept_history),
@@ -250,13 +274,33 @@ def source_label(hit: Hit) -> str:
     return f"{hit.source}, page {hit.page}" if hit.page is not None else hit.source
 
 
-def _messages(history: Sequence[Message], hits: Sequence[Hit], question: str) -> list[Message]:
-    user = f"{context_block(hits)}\n\nQuestion: {question}"
+def _messages(
+    history: Sequence[Message], hits: Sequence[Hit], question: str, style: PromptStyle = FULL
+) -> list[Message]:
+    if style.context_in_system:
+        system = f"{COMPACT_SYSTEM_PROMPT}\n\n{context_block(hits)}"
+        user = question
+    else:
+        system = SYSTEM_PROMPT
+        user = f"{context_block(hits)}\n\nQuestion: {question}"
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": system},
         *({"role": m["role"], "content": m["content"]} for m in history),
         {"role": "user", "content": user},
     ]
+
+
+def _styled_hits(hits: Sequence[Hit], style: PromptStyle, counter: TokenCounter) -> list[Hit]:
+    """The passages a style allows: the best ``max_passages``, each cut to ``passage_tokens``."""
+    kept = list(hits[: style.max_passages] if style.max_passages else hits)
+    if style.passage_tokens:
+        kept = [
+            (_cut_to_fit(h, style.passage_tokens, counter) or h)
+            if _passage_cost(n, h, counter) > style.passage_tokens
+            else h
+            for n, h in enumerate(kept, start=1)
+        ]
+    return kept
 
 
 def _passage(number: int, hit: Hit, text: str) -> str:

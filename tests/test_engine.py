@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from rag.engine import EngineProcess, engine_available
-from rag.engine.generation import StopMatcher
+from rag.engine.generation import StopMatcher, ends_in_loop
 from rag.errors import ModelMissing
 from rag.llm import Endpoint
 from tests.conftest import REPO, make_settings
@@ -319,3 +319,27 @@ def test_stop_matcher_holds_back_a_partial_stop_sequence() -> None:
     assert again.feed("hello E") == ("hello ", False)
     assert again.feed("xit") == ("Exit", False)
     assert again.flush() == ""
+
+
+def test_a_generation_looping_on_the_same_phrase_is_detected() -> None:
+    phrase = [11, 22, 33, 44]
+    assert ends_in_loop([1, 2, 3] + phrase * 3)
+    assert not ends_in_loop([1, 2, 3] + phrase * 2)  # twice can be an honest repeat
+    assert not ends_in_loop([7, 7, 7, 7, 7, 7])  # runs shorter than 3 tokens: "1 1 1", rules
+    assert not ends_in_loop(list(range(100)))
+    assert ends_in_loop([5] + [9, 8, 7] * 3)
+
+
+def test_the_engine_stops_a_looping_answer_before_max_tokens(client: openai.OpenAI) -> None:
+    model = client.models.list().data[0].id
+    # SmolLM2-135M answers this by repeating it, line after line, until max_tokens.
+    done = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "The answers to this question are:"}],
+        max_tokens=200,
+        temperature=0,
+    )
+    lines = [line for line in done.choices[0].message.content.splitlines() if line.strip()]
+    assert done.choices[0].finish_reason == "stop"
+    assert done.usage.completion_tokens < 100
+    assert all(lines[i : i + 4].count(lines[i]) < 4 for i in range(len(lines)))

@@ -8,7 +8,14 @@ import pytest
 from tokenizers import Tokenizer
 
 from rag.errors import RagError
-from rag.prompt import SYSTEM_PROMPT, build_prompt, estimate_tokens, token_counter
+from rag.prompt import (
+    COMPACT,
+    COMPACT_SYSTEM_PROMPT,
+    SYSTEM_PROMPT,
+    build_prompt,
+    estimate_tokens,
+    token_counter,
+)
 from rag.retrieve import Hit
 from tests.conftest import MODELS_DIR, make_settings
 
@@ -51,6 +58,28 @@ def test_context_is_numbered_and_placed_before_the_question(tmp_path: Path) -> N
     assert content.endswith("\n\nQuestion: How do I add files?")
     assert content.index("[2]") < content.index("Question:")
     assert prompt.hits == hits and prompt.dropped_hits == 0 and prompt.dropped_history == 0
+
+
+def test_compact_style_gives_a_small_model_two_short_passages_ahead_of_the_bare_question(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    hits = [hit(n, words=200) for n in range(1, 6)]
+
+    prompt = build_prompt(
+        "How do I add files?", hits, settings=settings, history=conversation(3), style=COMPACT
+    )
+
+    system, *history, user = prompt.messages
+    assert system["content"].startswith(COMPACT_SYSTEM_PROMPT + "\n\nContext:\n[1] (guide.pdf")
+    assert "[2]" in system["content"] and "[3]" not in system["content"]
+    assert user == {"role": "user", "content": "How do I add files?"}
+    assert len(history) == 2  # one earlier turn only: more history confuses a tiny model
+    assert [h.chunk_id for h in prompt.hits] == ["guide.pdf#1", "guide.pdf#2"]
+    counter = token_counter(settings)
+    for n, kept in enumerate(prompt.hits, start=1):
+        assert kept.text.endswith(" …")  # cut from 200 words
+        assert counter.count(f"[{n}] (guide.pdf, page 3) {kept.text}") + 1 <= COMPACT.passage_tokens
 
 
 def test_recent_history_goes_between_system_and_the_context_message(tmp_path: Path) -> None:

@@ -44,6 +44,32 @@ class Sampling:
     min_tokens: int = 0
 
 
+# Tiny models (SmolLM2-135M) fall into loops ("* 11434 * 11434 ..."). A generation
+# whose last tokens are one sequence of LOOP_MIN_PERIOD+ tokens repeated LOOP_REPEATS
+# times is stopped: no real answer repeats itself verbatim like that.
+LOOP_REPEATS = 3
+LOOP_MIN_PERIOD = 3
+LOOP_MAX_PERIOD = 64
+
+
+def ends_in_loop(
+    tokens: Sequence[int],
+    repeats: int = LOOP_REPEATS,
+    min_period: int = LOOP_MIN_PERIOD,
+    max_period: int = LOOP_MAX_PERIOD,
+) -> bool:
+    """True when ``tokens`` ends with the same run of ``min_period``..``max_period``
+    tokens ``repeats`` times in a row."""
+    for period in range(min_period, min(max_period, len(tokens) // repeats) + 1):
+        tail = tokens[len(tokens) - period :]
+        if all(
+            tokens[len(tokens) - (k + 1) * period : len(tokens) - k * period] == tail
+            for k in range(1, repeats)
+        ):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class Delta:
     """A piece of answer text (one or more tokens, never part of a stop sequence)."""
@@ -213,6 +239,7 @@ class Engine:
         started = time.perf_counter()
         first_token_at: float | None = None
         generated = 0
+        produced: list[int] = []
         reason = "length"
         generator.append_tokens(job.prompt_ids)
         while not generator.is_done():
@@ -230,6 +257,10 @@ class Engine:
             if text:
                 job.emit(Delta(text))
             if stopped:
+                reason = "stop"
+                break
+            produced.append(token)
+            if ends_in_loop(produced):
                 reason = "stop"
                 break
         if reason != "cancelled":

@@ -140,6 +140,7 @@ class EngineProcess:
                 context_tokens=info.context_tokens,
                 is_local=True,
                 start_hint=START_HINT,
+                compact_prompt=True,
             )
             return self.endpoint
 

@@ -10,6 +10,8 @@ Routes:
 - ``GET /health`` and ``GET /engine/stats`` (generation counters).
 
 Every error is OpenAI-shaped JSON ``{"error": {"message", "type", "param", "code"}}``.
+A generation that repeats one phrase three times in a row ends with ``finish_reason``
+"stop" (tiny models loop; see :func:`rag.engine.generation.ends_in_loop`).
 
     python -m rag.engine serve --port 8099
 """
