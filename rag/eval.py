@@ -24,7 +24,6 @@ from pathlib import Path
 
 from rag.errors import RagError
 from rag.retrieve import MODES, Hit, Mode, Retriever
-from rag.search import cli_settings
 from rag.settings import get_settings
 
 
@@ -155,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error("--k must be at least 1")
-    settings = cli_settings(get_settings(), args.data_dir, None)
     try:
+        settings = get_settings().with_overrides(data_dir=args.data_dir)
         report = evaluate(Retriever(settings), load_qa(args.qa), args.k, args.mode)
     except RagError as exc:
         print(str(exc), file=sys.stderr)

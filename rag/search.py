@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rag.errors import RagError
 from rag.retrieve import MODES, Hit, Retriever
-from rag.settings import Settings, get_settings
+from rag.settings import get_settings
 
 _SNIPPET_CHARS = 240
 
@@ -66,22 +66,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def cli_settings(base: Settings, data_dir: Path | None, docs_dir: Path | None) -> Settings:
-    """``base`` with the CLI's --data-dir/--docs-dir applied (the models dir stays where it was)."""
-    if data_dir is None and docs_dir is None:
-        return base
-    # A new data dir must not move the models, which live under the default one.
-    return base.with_overrides(
-        data_dir=data_dir, docs_dir=docs_dir, models_dir_override=base.models_dir
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = _parse(argv)
-    settings = cli_settings(get_settings(), args.data_dir, args.docs_dir)
-    retriever = Retriever(settings)
     try:
+        settings = get_settings().with_overrides(data_dir=args.data_dir, docs_dir=args.docs_dir)
+        retriever = Retriever(settings)
         for question in args.questions:
             hits = retriever.search(question, args.k, mode=args.mode)
             if args.json:

@@ -12,12 +12,19 @@ calls :func:`get_settings`) instead of reading ``os.environ``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rag.errors import RagError
+
+
+class SettingsInvalid(RagError):
+    """A setting in the environment or ``.env`` has a value that cannot be used."""
 
 
 def _env(name: str) -> AliasChoices:
@@ -97,6 +104,15 @@ class Settings(BaseSettings):
     upload_max_mb: float = Field(20.0, gt=0, validation_alias=_env("RAG_UPLOAD_MAX_MB"))
     api_key: str | None = Field(None, validation_alias=_env("RAG_API_KEY"))
 
+    @field_validator(
+        "api_key", "llm_fallback_api_key", "llm_base_url", "chroma_host", mode="before"
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # RAG_API_KEY= in a .env must not look like "a key is required" while being
+        # an empty string that is easy to overlook; blank means unset.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _overlap_below_chunk(self) -> Settings:
         if self.chunk_overlap >= self.chunk_tokens:
@@ -127,13 +143,39 @@ class Settings(BaseSettings):
         return self.data_dir / "chroma"
 
     def with_overrides(self, **changes: object) -> Settings:
-        """A copy with the given fields replaced, validated like the original (for CLI flags)."""
+        """A copy with the given fields replaced (``None`` leaves a field as it is).
+
+        Used for CLI flags. A new ``data_dir`` does not move the models: they stay
+        where they were, so ``--data-dir ~/other-store`` reuses the exported models.
+        """
         data = self.model_dump()
         data.update({k: v for k, v in changes.items() if v is not None})
-        return Settings(**data)
+        if changes.get("data_dir") is not None and not changes.get("models_dir_override"):
+            data["models_dir_override"] = self.models_dir
+        return _validated(lambda: Settings(**data))
+
+
+def _validated(build: Callable[[], Settings]) -> Settings:
+    try:
+        return build()
+    except ValidationError as exc:
+        problems = "; ".join(
+            ": ".join(
+                filter(
+                    None, (".".join(map(str, err["loc"])), err["msg"].removeprefix("Value error, "))
+                )
+            )
+            for err in exc.errors()
+        )
+        raise SettingsInvalid(
+            f"Invalid setting ({problems}). Fix it in the environment or in .env."
+        ) from None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment and ``.env``."""
-    return Settings()
+    """The process-wide settings, read once from the environment and ``.env``.
+
+    Raises :class:`SettingsInvalid` (a sentence naming the setting) for a bad value.
+    """
+    return _validated(Settings)
