@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import chainlit as cl
+from chainlit.config import config as chainlit_config
 from chainlit.input_widget import Select
 from chainlit.server import app as chainlit_server
 
 from ingest.pipeline import IngestReport, ingest
-from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer
+from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer, choose_model
+from rag.chat_text import footer, hits_table, upload_summary, welcome
 from rag.compare import (
     CompareBoard,
     ModelDelta,
@@ -26,7 +29,7 @@ from rag.compare import (
     compare_stream,
     parse_compare_command,
 )
-from rag.discovery import local_endpoint
+from rag.discovery import forget_endpoint, local_endpoint
 from rag.errors import EndpointUnavailable, NoDocuments, RagError, StreamInterrupted
 from rag.llm import Endpoint, Message, list_models
 from rag.openai_api import mount_openai_api
@@ -63,6 +66,7 @@ async def on_chat_start() -> None:
         if fallback := routed_models(settings):
             # Routing may still answer through the configured fallback.
             await offer_models(None, fallback, settings)
+            await cl.context.emitter.set_commands([COMPARE_COMMAND])
             note += f"\n\nUntil one runs, answers come from `{fallback[0]}`."
         await cl.Message(content=f"{welcome(settings)}\n\n{note}").send()
         return
@@ -153,10 +157,11 @@ async def reply(question: str, settings: Settings) -> None:
         return
 
     assert start is not None and done is not None
-    picked = cl.user_session.get("model") or ""
-    msg.content = (done.text or "_The model returned an empty answer._") + footer(
-        start, done, endpoint, picked
-    )
+    if done.local_down:
+        # Another route answered because the local server was down: discover again
+        # next time (Foundry Local comes back on a new port after a restart).
+        cl.user_session.set("endpoint", None)
+    msg.content = (done.text or "_The model returned an empty answer._") + footer(start, done)
     await msg.send()
     await show_sources(start.hits, msg.id)
     remember_turn(history, question, done.text)
@@ -199,24 +204,6 @@ async def search_step(question: str, settings: Settings) -> list[Hit]:
     return hits
 
 
-def footer(start: AnswerStart, done: AnswerDone, endpoint: Endpoint | None, picked: str) -> str:
-    """Lines under the answer: sources, who answered when it was not the picked local model,
-    and what was left out to fit the context window."""
-    lines = []
-    if start.hits:
-        labels = (f"[{n}] {source_label(h)}" for n, h in enumerate(start.hits, start=1))
-        lines.append("**Sources:** " + " · ".join(labels))
-    route = done.route
-    if endpoint is None or route.endpoint.base_url != endpoint.base_url or route.model != picked:
-        lines.append(f"*Answered by `{route.model}` at {route.endpoint.name} ({route.reason}).*")
-    if start.dropped_hits or start.dropped_history:
-        lines.append(
-            f"*To fit the model's context window, {start.dropped_hits} passage(s) and "
-            f"{start.dropped_history} earlier message(s) were left out.*"
-        )
-    return "\n\n" + "\n\n".join(lines) if lines else ""
-
-
 async def show_sources(hits: Sequence[Hit], answer_id: str) -> None:
     """Show the answer's passages (file, page, full text) in the sidebar beside the chat.
 
@@ -234,16 +221,6 @@ async def show_sources(hits: Sequence[Hit], answer_id: str) -> None:
         await cl.ElementSidebar.set_title("Sources of the last answer")
 
 
-def hits_table(hits: Sequence[Hit]) -> str:
-    """The retrieval step's output: one line per passage, best first."""
-    if not hits:
-        return "No passage matched."
-    return "\n".join(
-        f"{n}. **{source_label(h)}** (score {h.score:.3f}) {h.text[:140].strip()}…"
-        for n, h in enumerate(hits, start=1)
-    )
-
-
 # --- uploads ----------------------------------------------------------------------------
 
 
@@ -256,7 +233,9 @@ async def add_uploads(elements: Sequence[cl.File], settings: Settings) -> None:
     problems: list[str] = []
     for el in elements:
         try:
-            saved.append(save_upload(Path(str(el.path)), el.name, settings))
+            # Hashing and copying a 20 MB file would stall every chat on the event loop.
+            path = Path(str(el.path))
+            saved.append(await asyncio.to_thread(save_upload, path, el.name, settings))
         except RagError as exc:
             problems.append(str(exc))
     report: IngestReport | None = None
@@ -269,32 +248,6 @@ async def add_uploads(elements: Sequence[cl.File], settings: Settings) -> None:
     await progress.update()
 
 
-def upload_summary(
-    saved: list[SavedUpload], report: IngestReport | None, problems: list[str]
-) -> str:
-    """What happened to each dropped file, in sentences."""
-    failed = {f.path: f.error for f in report.failed} if report else {}
-    lines = []
-    for s in saved:
-        if s.name in failed:
-            lines.append(f"**{s.uploaded_as}** was saved but could not be read: {failed[s.name]}")
-        elif report is None:
-            continue
-        elif s.already_present:
-            lines.append(f"**{s.uploaded_as}** is already in the knowledge base (as `{s.name}`).")
-        elif s.renamed:
-            lines.append(
-                f"Added **{s.uploaded_as}** as `{s.name}`, because a different file already had "
-                "that name."
-            )
-        else:
-            lines.append(f"Added **{s.name}** to the knowledge base.")
-    lines.extend(problems)
-    if report is not None and any(not s.already_present and s.name not in failed for s in saved):
-        lines.append(f"{report.chunks} passages are searchable now; ask about them.")
-    return "\n\n".join(lines)
-
-
 # --- session state -----------------------------------------------------------------------
 
 
@@ -302,10 +255,15 @@ async def offer_models(endpoint: Endpoint | None, models: list[str], settings: S
     """Remember the endpoint and show the model picker; returns the preselected model.
 
     ``endpoint`` is None when no local server answers and only routed models are offered.
+    A model the user already picked stays picked when it is still offered (rediscovery).
     """
-    model = default_choice(models, settings.llm_model or (endpoint and endpoint.model))
     # Models on other endpoints (fallback, routing file) can be picked as endpoint:model.
     offered = models + [m for m in routed_models(settings, endpoint) if m not in models]
+    current = cl.user_session.get("model")
+    if current and current in offered:
+        model = current
+    else:
+        model = choose_model(models, settings.llm_model or (endpoint and endpoint.model))
     cl.user_session.set("endpoint", endpoint)
     cl.user_session.set("models", offered)
     cl.user_session.set("model", model)
@@ -327,7 +285,12 @@ async def session_endpoint(settings: Settings) -> Endpoint | None:
     if endpoint is None:
         try:
             endpoint = await local_endpoint(settings)
-            await offer_models(endpoint, await list_models(endpoint, settings), settings)
+            try:
+                models = await list_models(endpoint, settings)
+            except EndpointUnavailable:
+                forget_endpoint(endpoint)
+                raise
+            await offer_models(endpoint, models, settings)
         except EndpointUnavailable:
             if not routed_models(settings):
                 raise
@@ -341,36 +304,18 @@ def remember_turn(history: list[Message], question: str, text: str) -> None:
     cl.user_session.set("history", history)
 
 
-def default_choice(models: list[str], preferred: str | None) -> str:
-    """The preferred model when the server lists it, else the first listed one."""
-    if preferred and preferred in models:
-        return preferred
-    return models[0] if models else (preferred or "")
+def apply_upload_limit(settings: Settings) -> None:
+    """Give the browser's file picker the limit of RAG_UPLOAD_MAX_MB (the one place it is set).
+
+    Chainlit reads ``max_size_mb`` (whole MB) from its config on every page load;
+    save_upload checks the exact limit again on the server.
+    """
+    upload = chainlit_config.features.spontaneous_file_upload
+    if upload is not None:
+        upload.max_size_mb = max(1, math.ceil(settings.upload_max_mb))
 
 
-def welcome(settings: Settings, endpoint: Endpoint | None = None, model: str = "") -> str:
-    """The first message: what this is, what to do, where documents live, which model answers."""
-    kinds = "PDF, Word (.docx), Markdown, HTML or text"
-    text = (
-        "**Local RAG Chat** answers questions from your own documents. Each answer lists its "
-        "sources (file and page), and the passages open beside the chat.\n\n"
-        "- **Ask** a question in the box below.\n"
-        f"- **Add a document:** drop a {kinds} file (up to {settings.upload_max_mb:g} MB) into the "
-        f"chat. Files live in `{settings.docs_dir}`; after changing that folder yourself, run "
-        "`python -m ingest`.\n"
-        "- **Switch models** with the settings button next to the input; the conversation "
-        "is kept.\n"
-        "- **Compare two models** on the same passages: `/compare MODEL_A MODEL_B your question`."
-    )
-    if endpoint is not None:
-        text += f"\n\nAnswering with `{model}` at {endpoint.base_url}."
-        if endpoint.name == "embedded":
-            from rag.engine.process import EMBEDDED_NOTICE
-
-            text += f"\n\n{EMBEDDED_NOTICE}"
-    return text
-
-
-# --- OpenAI-compatible API on the app's own port (rag/openai_api.py) -----------------------
+# --- at import: Chainlit loads this file once per server start -------------------------------
+apply_upload_limit(get_settings())
 # Open WebUI and any OpenAI client chat with the documents at http://127.0.0.1:8000/v1.
 mount_openai_api(chainlit_server, get_settings())

@@ -1,8 +1,8 @@
 """``python -m ingest [DOCS_DIR] [--data-dir DIR] [--json] [--rebuild]``: ingest the docs folder.
 
 Exit status: 0 when every file was ingested, 2 when some failed (the rest are
-ingested), 1 on a fatal error (lock held, docs folder missing, model missing),
-which is printed as one sentence on stderr.
+ingested), 1 on a fatal error (lock held, docs folder missing, model missing, or
+anything unexpected), which is printed as one sentence on stderr.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         # The intent log makes the next run repair whatever was half-written.
         print("ingest: interrupted; the next run finishes the job.", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
+        print(f"ingest: unexpected error ({type(exc).__name__}: {exc}).", file=sys.stderr)
+        return 1
 
     warn_stream = sys.stderr if args.json else sys.stdout
     for warning in report.warnings:

@@ -11,7 +11,9 @@ pages. Cuts prefer, in order, paragraph breaks, sentence ends, line breaks and
 spaces between words, in the second half of the token budget. The next chunk
 starts up to ``overlap`` tokens earlier, at a sentence start when one is there.
 Chunk text is cut out of the original text with the tokenizer's character
-offsets, so it keeps its case, accents and spacing.
+offsets, so it keeps its case, accents and spacing. A chunk also stays under
+``budget * 8`` characters, and words WordPiece cannot split (base64, minified
+code, long URLs: one ``[UNK]`` each) are cut into pieces that count as tokens.
 
 >>> chunker = Chunker(tokenizer, chunk_tokens=220, overlap=40)   # doctest: +SKIP
 >>> chunks = chunker.run(document, file_sha256="ab12...")         # doctest: +SKIP
@@ -39,6 +41,15 @@ _WORD, _LINE, _SENTENCE, _PARAGRAPH = 1, 2, 3, 4
 _SENTENCE_END = re.compile(r"[.!?:;)\]\"'»”’]$")
 # [CLS] and [SEP] take two of the model's positions.
 _SPECIAL_TOKENS = 2
+# WordPiece turns a word longer than this (base64, minified code, a long URL) into
+# ONE [UNK] token whose offsets span the whole word: counted as one token, it would
+# make a chunk of any length. Such words are cut into pieces of this many characters,
+# tokenized piece by piece, so they cost tokens like the model's real sub-words.
+_LONG_WORD_CHARS = 100
+# A chunk also stays under budget * this many characters. Prose averages about 4
+# characters per token, so this binds only on odd text (huge whitespace runs) and
+# keeps a chunk within what a prompt can afford.
+_MAX_CHARS_PER_TOKEN = 8
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class Chunker:
         self.tokenizer = tokenizer
         self.budget = min(chunk_tokens, max_tokens - _SPECIAL_TOKENS)
         self.overlap = min(overlap, self.budget // 2)
+        self.max_chars = max(self.budget * _MAX_CHARS_PER_TOKEN, _LONG_WORD_CHARS)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Chunker:
@@ -111,25 +123,67 @@ class Chunker:
 
     def _spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans ``(start, end)`` of the chunks of one text."""
-        offsets = self.tokenizer.encode(text, add_special_tokens=False).offsets
+        offsets, split = self._offsets(text)
         n = len(offsets)
         if n == 0:
             return []
+        ends = [end for _, end in offsets]
         scores = [0] + [_cut_score(text, offsets[i - 1][1], offsets[i][0]) for i in range(1, n)]
         spans: list[tuple[int, int]] = []
         start = 0
         while True:
-            if n - start <= self.budget:
-                spans.append((offsets[start][0], offsets[n - 1][1]))
-                return spans
-            end = self._best_cut(scores, start)
+            # The last token that keeps the chunk within max_chars (at least one token).
+            fits = bisect.bisect_right(ends, offsets[start][0] + self.max_chars)
+            if n - start <= self.budget and fits >= n:
+                end = n
+            else:
+                end = self._best_cut(scores, start, max(min(start + self.budget, fits), start + 1))
+            if split:
+                end = self._fit(text, offsets, start, end)
             spans.append((offsets[start][0], offsets[end - 1][1]))
+            if end >= n:
+                return spans
             start = self._next_start(scores, start, end)
 
-    def _best_cut(self, scores: list[int], start: int) -> int:
-        # The chunk is tokens [start, end); the best-scored cut in the second half
-        # of the budget wins, the latest one among equals.
-        lo, hi = start + max(self.budget // 2, 1), start + self.budget
+    def _offsets(self, text: str) -> tuple[list[tuple[int, int]], bool]:
+        """Character offsets of the tokens of ``text``, and whether a long word was split.
+
+        A word over ``_LONG_WORD_CHARS`` is tokenized in pieces, giving the real
+        sub-words the model would see for a piece of it.
+        """
+        offsets = self.tokenizer.encode(text, add_special_tokens=False).offsets
+        if all(end - start <= _LONG_WORD_CHARS for start, end in offsets):
+            return offsets, False
+        split: list[tuple[int, int]] = []
+        for start, end in offsets:
+            if end - start <= _LONG_WORD_CHARS:
+                split.append((start, end))
+                continue
+            for piece in range(start, end, _LONG_WORD_CHARS):
+                stop = min(piece + _LONG_WORD_CHARS, end)
+                sub = self.tokenizer.encode(text[piece:stop], add_special_tokens=False).offsets
+                split.extend((piece + a, piece + b) for a, b in sub)
+        return split, True
+
+    def _fit(self, text: str, offsets: list[tuple[int, int]], start: int, end: int) -> int:
+        """``end`` moved back until the chunk's text, tokenized whole, fits the budget.
+
+        A fragment of a split word can tokenize into a few more tokens than its
+        pieces did (the cut moves WordPiece's boundaries), so text with split
+        words is counted again; other text never needs this.
+        """
+        while end > start + 1:
+            chunk = text[offsets[start][0] : offsets[end - 1][1]]
+            excess = len(self.tokenizer.encode(chunk, add_special_tokens=False).ids) - self.budget
+            if excess <= 0:
+                break
+            end = max(end - excess, start + 1)
+        return end
+
+    def _best_cut(self, scores: list[int], start: int, hi: int) -> int:
+        # The chunk is tokens [start, end) with end <= hi; the best-scored cut in
+        # the second half wins, the latest one among equals.
+        lo = start + max((hi - start) // 2, 1)
         best = max(range(lo, hi + 1), key=lambda i: (scores[i], i))
         return best if scores[best] > 0 else hi
 

@@ -333,6 +333,15 @@ def load_pdf(source: str, data: bytes) -> Document:
             raise
         except (FileNotDecryptedError, DependencyError) as exc:
             raise LoadError(f"encrypted PDF: cannot read it ({exc})") from exc
+        except NotImplementedError as exc:
+            # pypdf decrypts only password ("Standard") encryption; certificate-based
+            # /Adobe.PubSec files and other handlers raise this when opened.
+            what = (
+                "encrypted PDF: its encryption method is not supported"
+                if b"/Encrypt" in data
+                else "unsupported PDF feature"
+            )
+            raise LoadError(f"{what} ({_pdf_reason(exc)})") from exc
         except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise LoadError(f"damaged or truncated PDF: {_pdf_reason(exc)}") from exc
         extracted = 0

@@ -10,8 +10,13 @@
 3. loads and chunks each new or changed file; embeds files in batches, then
    marks the batch ``pending``, deletes its old chunks, writes the new ones and
    marks each file ``done``;
-4. deletes the chunks of files that disappeared;
+4. deletes the chunks of files that disappeared (not of those in a folder that
+   could not be listed: that folder is reported in ``failed``);
 5. when anything changed: bumps the store generation and rebuilds the BM25 index.
+
+The state records the settings that decide what chunks and vectors are (model
+checksum, precision, chunk sizes: :func:`vector_fingerprint`); when they change,
+the store is reset and every file re-ingested, so old and new vectors never mix.
 
 Every store change is bracketed by the intent log in :mod:`ingest.state`, so a
 SIGKILL at any moment leaves at most the ``pending`` sources to redo, and chunk
@@ -27,6 +32,7 @@ and holds no chunks; it never stops the rest.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import sys
@@ -41,6 +47,7 @@ from ingest.report import Failure, IngestReport
 from ingest.scan import SourceFile, scan_docs
 from ingest.state import IngestState, SourceState
 from rag.errors import RagError
+from rag.lexical import rebuild_lexical_index
 from rag.settings import Settings
 from rag.store import Chunk, ChunkStore, bump_generation
 
@@ -54,11 +61,6 @@ __all__ = ["DocsFolderMissing", "Failure", "IngestReport", "ingest", "state_path
 # batches of chunks (256 by default): fuller ONNX batches and fewer Chroma round
 # trips than one file at a time, while a kill loses little embedding work.
 _COMMIT_EMBED_BATCHES = 8
-# What parser libraries raise on corrupt input besides their own error types.
-_PARSER_ERRORS = (
-    RecursionError, MemoryError, ValueError, KeyError, TypeError, AttributeError,
-    IndexError, OSError, UnicodeError, AssertionError, ZeroDivisionError,
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ class _IngestRun:
     # --- the run ------------------------------------------------------------
 
     def run(self, *, rebuild: bool) -> IngestReport:
-        self._reset_if_needed(rebuild)
+        reingest = self._reset_if_needed(rebuild)
         repaired = self._repair_pending()
         self._audit()
         known = self.state.all()
@@ -130,9 +132,14 @@ class _IngestRun:
 
         for failure in scan.failed:
             self._fail(failure.path, "", failure.error, known.get(failure.path))
+        # A folder that could not be listed says nothing about its files: they are
+        # kept as they are, not removed as if deleted.
+        self.report.failed.extend(scan.unlisted)
+        seen |= {s for s in known if any(_inside(s, f.path) for f in scan.unlisted)}
         batch: list[_Prepared] = []
         for file in self._with_progress(scan.files):
-            prepared = self._prepare(file, known.get(file.source), repaired.get(file.source, False))
+            was_ingested = repaired.get(file.source, False) or file.source in reingest
+            prepared = self._prepare(file, known.get(file.source), was_ingested)
             if prepared is not None:
                 batch.append(prepared)
             if sum(len(p.chunks) for p in batch) >= self._commit_chunks:
@@ -146,30 +153,53 @@ class _IngestRun:
         for source, had_old in sorted(repaired.items()):
             if source not in seen and had_old:
                 self.report.removed.append(source)
+        self.report.removed.extend(sorted(reingest - seen - set(repaired)))
 
         if self.report.changed or repaired or self.state.get_meta("dirty"):
             self._publish()
         self.report.chunks = self.store.count()
         return self.report
 
-    def _reset_if_needed(self, rebuild: bool) -> None:
+    def _reset_if_needed(self, rebuild: bool) -> set[str]:
+        """Reset the store and the state when they cannot be kept; see below.
+
+        Returns the sources that had chunks before a reset caused by changed
+        chunking or embedding settings (they are reported as updated).
+        """
         # The state must describe this very collection; a state made for another
         # store (CHROMA_HOST changed, data dir copied) cannot be trusted, so the
         # store is rebuilt. The "rebuild" flag makes a killed reset finish next time.
         key = f"{self.store.location}#{self.settings.collection}"
         recorded = self.state.get_meta("store")
+        fingerprint = vector_fingerprint(self.settings)
+        reingest: set[str] = set()
         if not (rebuild or self.state.get_meta("rebuild") or (recorded and recorded != key)):
-            if recorded is None and (self.state.all() or self.store.count()):
+            has_content = bool(self.state.all() or self.store.count())
+            if recorded is None and has_content:
                 pass  # an unstamped state from an older run: fall through to a reset
+            elif self.state.get_meta("vectors") != fingerprint and has_content:
+                # Chunks cut or embedded with other settings would mix with the new
+                # ones in one store and rank against each other meaninglessly.
+                reingest = {s for s, r in self.state.all().items() if r.status == "done"}
+                self.report.warnings.append(
+                    Failure(
+                        self.store.location,
+                        f"{_what_changed(self.state.get_meta('vectors'), fingerprint)}; "
+                        "every file was re-ingested",
+                    )
+                )
             else:
                 self.state.set_meta("store", key)
-                return
+                self.state.set_meta("vectors", fingerprint)
+                return reingest
         self.state.set_meta("rebuild", "1")
         self.state.set_meta("dirty", "1")
         self.store.reset()
         self.state.clear()
         self.state.set_meta("store", key)
+        self.state.set_meta("vectors", fingerprint)
         self.state.set_meta("rebuild", None)
+        return reingest
 
     def _repair_pending(self) -> dict[str, bool]:
         """Delete the chunks of sources a killed run left pending.
@@ -232,10 +262,10 @@ class _IngestRun:
         except LoadError as exc:
             self._fail(source, sha, str(exc), previous)
             return None
-        except _PARSER_ERRORS as exc:
-            # A parser library choking on a corrupt file must not stop the ingest.
-            error = f"could not read the file ({type(exc).__name__}: {exc})"
-            self._fail(source, sha, error, previous)
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop the run
+            # Parser libraries raise anything on input they do not handle (pypdf raises
+            # NotImplementedError for certificate-encrypted PDFs); the file fails alone.
+            self._fail(source, sha, _unexpected_load_error(exc), previous)
             return None
         if not chunks:
             self._fail(source, sha, "no text found: nothing to index", previous)
@@ -271,7 +301,8 @@ class _IngestRun:
     def _fail(self, source: str, sha: str, error: str, previous: SourceState | None) -> None:
         """Report a failed file; if it had chunks (an older, readable version), remove them."""
         self.report.failed.append(Failure(source, error))
-        if previous is not None and previous.status in ("done", "pending"):
+        # No source is pending here: _repair_pending resolved them all before the scan.
+        if previous is not None and previous.status == "done":
             self.state.set_meta("dirty", "1")
             self.state.mark_pending(source)
             self.store.delete_source(source)
@@ -292,9 +323,7 @@ class _IngestRun:
     def _publish(self) -> None:
         """Tell readers the store changed: new generation, fresh BM25 index."""
         bump_generation(self.settings)
-        rebuild_lexical = _lexical_rebuilder()
-        if rebuild_lexical is not None:
-            rebuild_lexical(self.settings, self.store)
+        rebuild_lexical_index(self.settings, self.store)
         self.state.set_meta("dirty", None)
 
     # --- helpers bound to this run -------------------------------------------
@@ -350,12 +379,52 @@ def read_source(path: Path, max_bytes: int, max_mb: float) -> bytes:
     return data
 
 
-def _lexical_rebuilder():  # type: ignore[no-untyped-def]
-    """``rag.lexical.rebuild_lexical_index``, or ``None`` while that module does not exist yet."""
+def vector_fingerprint(settings: Settings) -> str:
+    """The settings that decide what the chunks and their vectors are, as a JSON string.
+
+    Recorded in the ingest state; when it changes, the store is rebuilt. Raises
+    :class:`~rag.errors.ModelMissing` when the embedding model is not exported.
+    """
+    from rag.embed import read_manifest
+
+    manifest = read_manifest(settings.embedder_dir)
+    files = manifest.get("files", {})
+    return json.dumps(
+        {
+            "embed_precision": settings.embed_precision,
+            "model_sha256": files.get(settings.embed_precision, {}).get("sha256", ""),
+            "tokenizer_sha256": manifest.get("tokenizer", {}).get("sha256", ""),
+            "chunk_tokens": settings.chunk_tokens,
+            "chunk_overlap": settings.chunk_overlap,
+            "embed_max_tokens": settings.embed_max_tokens,
+        },
+        sort_keys=True,
+    )
+
+
+def _what_changed(recorded: str | None, current: str) -> str:
+    """``"the chunking or embedding settings changed (chunk_tokens 220 -> 100)"``, for people."""
     try:
-        from rag.lexical import rebuild_lexical_index
-    except ModuleNotFoundError as exc:
-        if exc.name != "rag.lexical":
-            raise
-        return None
-    return rebuild_lexical_index
+        old = json.loads(recorded) if recorded else {}
+    except ValueError:
+        old = {}
+    if not old:
+        return "the ingest state does not record the settings its chunks were made with"
+    new = json.loads(current)
+    changes = ", ".join(
+        f"{key} {old.get(key)} -> {new[key]}" for key in sorted(new) if old.get(key) != new[key]
+    )
+    return f"the chunking or embedding settings changed ({changes})"
+
+
+def _unexpected_load_error(exc: Exception) -> str:
+    """The sentence for a file whose parser raised something other than :class:`LoadError`."""
+    detail = str(exc).strip()
+    if isinstance(exc, NotImplementedError):
+        return "uses a feature the parser does not support" + (f" ({detail})" if detail else "")
+    return f"could not read the file ({type(exc).__name__}{': ' + detail if detail else ''})"
+
+
+def _inside(source: str, folder: str) -> bool:
+    """Whether ``source`` lies in ``folder``, both relative to the docs folder (``.``: the root)."""
+    return folder == "." or source.startswith(folder.rstrip("/") + "/")

@@ -4,7 +4,8 @@ Hidden files and folders (``.git``, ``.DS_Store``, editor swap files) and files
 whose suffix no loader handles are skipped silently: they are not documents, and
 listing them as failures would drown the real problems. Symlinks that resolve
 outside the docs folder are refused (reported as failures) so a link cannot pull
-arbitrary files of the machine into the index.
+arbitrary files of the machine into the index. A folder that cannot be listed
+is reported in ``Scan.unlisted``: its files are unknown, not deleted.
 
 >>> found = scan_docs(Path("docs"))      # doctest: +SKIP
 >>> [f.source for f in found.files]      # doctest: +SKIP
@@ -35,14 +36,23 @@ class Scan:
 
     files: list[SourceFile] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
-    skipped: int = 0  # hidden or unsupported files, not reported
+    # Folders os.walk could not list ("." for the docs folder itself).
+    unlisted: list[Failure] = field(default_factory=list)
 
 
 def scan_docs(docs_dir: Path) -> Scan:
     """Every supported file under ``docs_dir``, sorted by source path."""
     root = docs_dir.resolve()
     scan = Scan()
-    for dirpath, dirnames, filenames in os.walk(docs_dir, followlinks=False):
+
+    def unlisted(exc: OSError) -> None:
+        # os.walk skips a folder it cannot list and says nothing unless asked; the
+        # ingest must know, or it would take the folder's files for deleted.
+        folder = Path(exc.filename or docs_dir).relative_to(docs_dir).as_posix()
+        reason = exc.strerror or str(exc)
+        scan.unlisted.append(Failure(_printable(folder), f"cannot list the folder: {reason}"))
+
+    for dirpath, dirnames, filenames in os.walk(docs_dir, onerror=unlisted, followlinks=False):
         here = Path(dirpath)
         # os.walk does not descend into symlinked folders: those leading outside are
         # refused, those inside are skipped (their files are found at their real path).
@@ -56,7 +66,6 @@ def scan_docs(docs_dir: Path) -> Scan:
         for name in filenames:
             path = here / name
             if name.startswith(".") or Path(name).suffix.lower() not in SUPPORTED_SUFFIXES:
-                scan.skipped += 1
                 continue
             source = path.relative_to(docs_dir).as_posix()
             if not _is_utf8(source):

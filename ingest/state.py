@@ -12,7 +12,7 @@ they gave, and a ``status`` that doubles as an intent log:
 Two flags live in the ``meta`` table: ``dirty`` (the store changed but the
 generation bump and BM25 rebuild may not have happened yet) and ``rebuild``
 (a ``--rebuild`` started and must finish). ``store`` records which Chroma
-collection the state describes.
+collection the state describes, ``vectors`` the settings its chunks were made with.
 
 Every method commits on its own (SQLite's journal makes each one atomic), so
 the file is consistent whenever the process dies.
@@ -141,8 +141,14 @@ class IngestState:
         self, rows: list[tuple[str, str, int, Status, str | None]], *, keep_sha: bool = False
     ) -> None:
         # keep_sha: a pending row keeps the old hash so a repair can tell
-        # "was ingested before" (updated) from "is new" (added).
-        sha_update = "sha256 = sources.sha256" if keep_sha else "sha256 = excluded.sha256"
+        # "was ingested before" (updated) from "is new" (added). Only a done (or
+        # already pending) row had chunks; a failed row's hash must not count.
+        sha_update = (
+            "sha256 = CASE WHEN sources.status IN ('done', 'pending') THEN sources.sha256 "
+            "ELSE '' END"
+            if keep_sha
+            else "sha256 = excluded.sha256"
+        )
         now = time.time()
         self._db.execute("BEGIN IMMEDIATE")  # all rows or none
         try:

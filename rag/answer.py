@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
-from rag.discovery import local_endpoint
+from rag.discovery import forget_endpoint, local_endpoint
 from rag.errors import EndpointUnavailable, StreamInterrupted
 from rag.llm import Endpoint, Message, list_models, stream_chat
 from rag.prompt import (
@@ -39,7 +39,7 @@ from rag.prompt import (
     token_counter,
 )
 from rag.retrieve import Hit, retrieve
-from rag.routing import Route, plan_routes
+from rag.routing import LOCAL_REASON, Route, plan_routes
 from rag.settings import Settings, get_settings
 
 
@@ -55,6 +55,9 @@ class AnswerStart:
     prompt_tokens: int
     dropped_history: int
     dropped_hits: int
+    # The local endpoint did not answer (or none was found) before this route did:
+    # a chat holding on to it should discover again (Foundry Local moves ports).
+    local_down: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class AnswerDone:
     ttft_s: float  # from the call to the first token
     total_s: float  # from the call to the last token
     completion_tokens: int  # streamed deltas: one token each on OpenAI-style servers
+    local_down: bool = False  # as in AnswerStart
 
 
 AnswerEvent = AnswerStart | AnswerDelta | AnswerDone
@@ -86,7 +90,7 @@ async def answer(
     local: Endpoint | None = None,
     hits: list[Hit] | None = None,
     settings: Settings | None = None,
-) -> AsyncIterator[AnswerEvent]:
+) -> AsyncGenerator[AnswerEvent, None]:
     """Answer ``question`` from the documents, streaming events (see the module docstring).
 
     ``history`` is the conversation so far (bare questions and answers); ``model`` the
@@ -129,6 +133,7 @@ async def answer(
             raise missing_local
 
     down: list[EndpointUnavailable | StreamInterrupted] = [missing_local] if missing_local else []
+    local_down = missing_local is not None
     too_long: list[PromptTooLong] = []
     for position, route in enumerate(routes):
         try:
@@ -164,12 +169,18 @@ async def answer(
             first = None  # the model answered with nothing at all
         except EndpointUnavailable as exc:
             down.append(exc)
+            if route.endpoint.base_url == local.base_url:
+                local_down = True
+                forget_endpoint(local)
             continue
         except StreamInterrupted as exc:
             # Broken before any text: as good as down, so the next route may still answer.
             if exc.partial or position == len(routes) - 1:
                 raise
             down.append(exc)
+            if route.endpoint.base_url == local.base_url:
+                local_down = True
+                forget_endpoint(local)
             continue
 
         ttft = time.perf_counter() - started
@@ -181,6 +192,7 @@ async def answer(
                 prompt_tokens=prompt.tokens,
                 dropped_history=prompt.dropped_history,
                 dropped_hits=prompt.dropped_hits,
+                local_down=local_down,
             )
             if first is not None:
                 parts.append(first)
@@ -198,6 +210,7 @@ async def answer(
             ttft_s=ttft,
             total_s=time.perf_counter() - started,
             completion_tokens=len(parts),
+            local_down=local_down,
         )
         return
 
@@ -221,7 +234,25 @@ async def default_model(local: Endpoint, settings: Settings) -> str:
         models = await list_models(local, settings)
     except EndpointUnavailable:
         return ""
-    return models[0] if models else ""
+    return choose_model(models, None)
+
+
+def choose_model(models: Sequence[str], preferred: str | None) -> str:
+    """``preferred`` when ``models`` lists it, else the first listed one (else ``preferred``)."""
+    if preferred and preferred in models:
+        return preferred
+    return models[0] if models else (preferred or "")
+
+
+def answered_elsewhere(route: Route) -> bool:
+    """True when the answer did not come from the local model the user picked.
+
+    That is, when it left the machine, or routing sent it somewhere else (code
+    model, fallback, prompt too large): the one rule for when the chat and the
+    API say who answered. A model the user pinned on a local endpoint is theirs.
+    """
+    rerouted = route.reason != LOCAL_REASON and not route.reason.startswith("pinned")
+    return not route.endpoint.is_local or rerouted
 
 
 def format_sources(hits: list[Hit]) -> str:

@@ -302,6 +302,9 @@ def parse_compare_command(text: str) -> tuple[list[str], str] | None:
         models, question = [m for m in (first, second) if m], question.strip()
     if len(models) < 2 or not question:
         raise CompareUsage(COMPARE_USAGE)
+    if len(set(models)) < len(models):
+        # Columns are keyed by model name: the same model twice would merge into one.
+        raise CompareUsage(f"Name each model only once. {COMPARE_USAGE}")
     return models, question
 
 
@@ -311,7 +314,6 @@ class Column:
 
     model: str
     endpoint: str = ""
-    status: str = "waiting"  # waiting | streaming | done | failed
     text: str = ""
     figures: str = ""  # "TTFT 0.42 s · 31.5 tokens/s · total 3.10 s" once done
     error: str = ""
@@ -322,8 +324,9 @@ class CompareBoard:
 
     >>> board = CompareBoard(["a", "b"])
     >>> async for event in compare_stream(question, ["a", "b"]):   # doctest: +SKIP
-    ...     board.apply(event)
-    ...     render(board.props())
+    ...     column = board.apply(event)
+    ...     if column is not None:
+    ...         render(column.model, board.markdown(column.model))
     """
 
     def __init__(self, models: Sequence[str]) -> None:
@@ -337,23 +340,15 @@ class CompareBoard:
             return None
         column = self.columns[event.model]
         if isinstance(event, ModelStarted):
-            column.status = "streaming"
             column.endpoint = f"{event.route.endpoint.name} ({event.route.model})"
         elif isinstance(event, ModelDelta):
             column.text += event.text
         elif isinstance(event, ModelDone):
-            column.status, column.text, column.figures = "done", event.text, figures(event)
+            column.text, column.figures = event.text, figures(event)
         else:
-            column.status, column.error = "failed", event.error
+            column.error = event.error
             column.text = event.partial or column.text
         return column
-
-    def props(self) -> dict[str, object]:
-        """Plain data for a custom UI element: the columns and the shared sources."""
-        return {
-            "columns": [vars(c).copy() for c in self.columns.values()],
-            "sources": format_sources(self.hits).splitlines() if self.hits else [],
-        }
 
     def markdown(self, model: str) -> str:
         """One column as Markdown: the answer, then its figures or its error, for plain messages."""

@@ -3,7 +3,9 @@
 The order is the one a user expects:
 
 1. ``LLM_BASE_URL`` when it is set (Ollama, llama.cpp, vLLM, a Foundry Local port
-   the user pinned, ...): taken as configured, without a network call.
+   the user pinned, ...): taken as configured, without a network call. It counts
+   as local only when its host is this machine or the private network
+   (:func:`rag.hosts.is_local_url`); in ``local-only`` mode a remote one is refused.
 2. Foundry Local, whose OpenAI-compatible port is dynamic: the ``foundry`` CLI's
    ``foundry service status`` names it (or the ``foundry-local-sdk`` package, when
    installed, reports it). Foundry only accepts model *ids*, so the configured alias
@@ -11,6 +13,10 @@ The order is the one a user expects:
 3. The embedded ONNX Runtime GenAI engine (:mod:`rag.engine`), when its model is built.
 
 Otherwise :class:`~rag.errors.EndpointUnavailable` says what to start.
+
+Discovering Foundry Local costs a subprocess and a ``/v1/models`` request, so a
+found endpoint is remembered for :data:`DISCOVERY_TTL_S`; whoever finds it down
+calls :func:`forget_endpoint` so the next look finds the new port.
 
 >>> endpoint = await local_endpoint(get_settings())      # doctest: +SKIP
 >>> endpoint.base_url, endpoint.model
@@ -23,11 +29,14 @@ import asyncio
 import logging
 import re
 import shutil
+import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from rag.errors import EndpointError, EndpointUnavailable, RagError
+from rag.hosts import is_local_url
 from rag.llm import DEFAULT_START_HINT, Endpoint, list_models
+from rag.routing import RouteRefused, load_routing
 from rag.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,12 @@ log = logging.getLogger(__name__)
 # `foundry service status` answers in well under a second; a CLI that hangs
 # (first run, update prompt) must not block the chat from starting.
 FOUNDRY_STATUS_TIMEOUT_S = 10.0
+# Long enough that an API client's burst of requests runs discovery once, short
+# enough that a server started meanwhile is found without a restart.
+DISCOVERY_TTL_S = 30.0
+
+_DiscoveryKey = tuple[object, ...]
+_discovered: dict[_DiscoveryKey, tuple[float, Endpoint]] = {}
 
 _URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
 # Words in Foundry model ids that name a build variant, not a different model:
@@ -53,16 +68,28 @@ async def local_endpoint(settings: Settings | None = None) -> Endpoint:
     """
     settings = settings or get_settings()
     if settings.llm_base_url:
-        return configured_endpoint(settings)
+        configured = configured_endpoint(settings)
+        if not configured.is_local and load_routing(settings).mode == "local-only":
+            raise RouteRefused(
+                f"RAG_ROUTING is local-only, but LLM_BASE_URL ({configured.base_url}) is not on "
+                "this machine or the local network, so it is never called. Point LLM_BASE_URL at "
+                "a local server (e.g. http://127.0.0.1:11434/v1), or change RAG_ROUTING."
+            )
+        return configured
+
+    # Keyed by what decides the answer, including which `foundry` PATH finds.
+    key = (shutil.which("foundry"), settings.foundry_model, settings.llm_model,
+           settings.llm_api_key, settings.context_tokens, settings.engine,
+           str(settings.engine_model_dir))  # fmt: skip
+    cached = _discovered.get(key)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
 
     why_not: list[str] = []
-    foundry = await foundry_endpoint(settings, why_not)
-    if foundry is not None:
-        return foundry
-
-    embedded = await embedded_endpoint(settings, why_not)
-    if embedded is not None:
-        return embedded
+    found = await foundry_endpoint(settings, why_not) or await embedded_endpoint(settings, why_not)
+    if found is not None:
+        _discovered[key] = (time.monotonic() + DISCOVERY_TTL_S, found)
+        return found
 
     reasons = "; ".join(why_not)
     raise EndpointUnavailable(
@@ -73,16 +100,27 @@ async def local_endpoint(settings: Settings | None = None) -> Endpoint:
     )
 
 
+def forget_endpoint(endpoint: Endpoint) -> None:
+    """Drop a discovered endpoint that was found down, so the next look discovers again."""
+    for key, (_, found) in list(_discovered.items()):
+        if found.base_url == endpoint.base_url:
+            _discovered.pop(key, None)
+
+
 def configured_endpoint(settings: Settings) -> Endpoint:
-    """The endpoint ``LLM_BASE_URL`` names, with the configured key, model and context size."""
+    """The endpoint ``LLM_BASE_URL`` names, with the configured key, model and context size.
+
+    It is local only when its host is this machine or the private network.
+    """
     assert settings.llm_base_url
+    base_url = settings.llm_base_url.rstrip("/")
     return Endpoint(
         name="local",
-        base_url=settings.llm_base_url.rstrip("/"),
+        base_url=base_url,
         api_key=settings.llm_api_key,
         model=settings.llm_model,
         context_tokens=settings.context_tokens,
-        is_local=True,
+        is_local=is_local_url(base_url),
         start_hint=DEFAULT_START_HINT,
     )
 

@@ -68,6 +68,7 @@ class EvalReport:
         return [r for r in self.results if r.rank is None]
 
     def as_dict(self) -> dict[str, object]:
+        """The ``--json`` object: k, mode, questions, rounded recall and MRR, missed questions."""
         return {
             "k": self.k,
             "mode": self.mode,
@@ -159,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(Retriever(settings), load_qa(args.qa), args.k, args.mode)
     except RagError as exc:
         print(str(exc), file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
+        print(f"eval: unexpected error ({type(exc).__name__}: {exc}).", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))

@@ -165,7 +165,6 @@ def _build(source: Path, stage: Path) -> dict[str, Any]:
             ).last_hidden_state
 
     tokenizer = Tokenizer.from_file(str(source / TOKENIZER_NAME))
-    tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=MAX_SEQ_LENGTH)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     encodings = tokenizer.encode_batch(_PARITY_TEXTS)

@@ -66,10 +66,13 @@ class LexicalIndex:
         self.chunks = list(chunks)
         self.generation = generation
         self._bm25 = bm25
-        if self._bm25 is None and self.chunks:
+        corpus = [tokenize(c.text) for c in self.chunks] if bm25 is None else []
+        # bm25s raises on a corpus without a single word (only stopwords and
+        # one-letter words): such a store has no BM25 hits, and dense search alone.
+        if any(corpus):
             self._bm25 = bm25s.BM25()
             # Indexing lists of strings lets bm25s build its own vocabulary.
-            self._bm25.index([tokenize(c.text) for c in self.chunks], show_progress=False)
+            self._bm25.index(corpus, show_progress=False)
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -108,7 +111,12 @@ class LexicalIndex:
             self._bm25.save(str(folder), show_progress=False)
         records = [[c.id, c.source, c.index, c.page, c.heading, c.text] for c in self.chunks]
         (folder / _CHUNKS).write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-        meta = {"format": INDEX_FORMAT, "generation": self.generation, "count": len(self.chunks)}
+        meta = {
+            "format": INDEX_FORMAT,
+            "generation": self.generation,
+            "count": len(self.chunks),
+            "bm25": self._bm25 is not None,
+        }
         # meta.json last: a folder without it is an unfinished save and is never loaded.
         (folder / _META).write_text(json.dumps(meta), encoding="utf-8")
         previous = _current_folder(root)
@@ -131,7 +139,7 @@ class LexicalIndex:
             records = json.loads((folder / _CHUNKS).read_text(encoding="utf-8"))
             bm25 = (
                 bm25s.BM25.load(str(folder), show_progress=False, verbosity=0)
-                if records
+                if meta.get("bm25", bool(records))
                 else None
             )
         except (OSError, ValueError):
@@ -150,11 +158,10 @@ def rebuild_lexical_index(settings: Settings, store: ChunkStore | None = None) -
     Called by ingest once at the end of a run that changed the store (after
     ``bump_generation``), so the saved stamp matches the generation readers see.
     """
-    return len(build_lexical_index(settings, store))
+    return len(_build_and_save(settings, store))
 
 
-def build_lexical_index(settings: Settings, store: ChunkStore | None = None) -> LexicalIndex:
-    """Build the index from the store, save it, and return it."""
+def _build_and_save(settings: Settings, store: ChunkStore | None) -> LexicalIndex:
     # Read the generation *before* the chunks: if a writer commits meanwhile, the
     # stamp is older than the content and the next reader rebuilds, never the reverse.
     generation = read_generation(settings)
@@ -170,7 +177,7 @@ def load_lexical_index(settings: Settings, store: ChunkStore | None = None) -> L
     index = LexicalIndex.load(settings)
     if index is not None and index.generation == generation:
         return index
-    return build_lexical_index(settings, store)
+    return _build_and_save(settings, store)
 
 
 def _current_folder(root: Path) -> Path | None:

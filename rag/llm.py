@@ -49,6 +49,7 @@ class Endpoint:
     # A tiny model (the embedded SmolLM2) that stays grounded only with a short,
     # tight prompt: see rag.prompt.COMPACT.
     compact_prompt: bool = False
+    notice: str = ""  # a sentence for users about this server (the embedded model is small)
 
 
 def _timeout(settings: Settings) -> httpx.Timeout:

@@ -16,10 +16,15 @@ documents through two routes:
   answer also says so in one line.
 
 When ``RAG_API_KEY`` is set, requests need ``Authorization: Bearer <key>``.
+Browsers are kept out: a request with an ``Origin`` that is not this machine
+(a web page reading the documents) is refused, and so is one whose ``Host`` is
+not a loopback name unless a key is set (DNS rebinding: a page whose own name
+resolves to 127.0.0.1).
 Errors are OpenAI-style JSON (``{"error": {"message", "type", "param", "code"}}``)
-with the library's sentence: 400 malformed, 401 bad key, 403 refused by
-``local-only``, 404 unknown model, 409 no documents, 502 the model server
-failed, 503 no model server answered. Never a traceback.
+with the library's sentence: 400 malformed or the question does not fit the
+context window (``context_length_exceeded``), 401 bad key, 403 refused by
+``local-only`` or a foreign origin/host, 404 unknown model, 409 no documents,
+502 the model server failed, 503 no model server answered. Never a traceback.
 
 The chat app mounts it into Chainlit's FastAPI app::
 
@@ -37,14 +42,22 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from rag.answer import AnswerDelta, AnswerDone, AnswerEvent, AnswerStart, answer, format_sources
-from rag.discovery import local_endpoint
+from rag.answer import (
+    AnswerDelta,
+    AnswerDone,
+    AnswerEvent,
+    AnswerStart,
+    answer,
+    answered_elsewhere,
+    format_sources,
+)
+from rag.discovery import forget_endpoint, local_endpoint
 from rag.errors import (
     EndpointError,
     EndpointUnavailable,
@@ -52,7 +65,9 @@ from rag.errors import (
     RagError,
     StreamInterrupted,
 )
+from rag.hosts import host_of, is_loopback_host
 from rag.llm import Endpoint, Message, list_models
+from rag.prompt import PromptTooLong
 from rag.retrieve import Hit
 from rag.routing import Route, RouteRefused, load_routing, routed_models, split_qualified
 from rag.settings import Settings, get_settings
@@ -88,6 +103,9 @@ def api_error(exc: RagError) -> ApiError:
     """The HTTP status and code for a library error; the message stays the library's sentence."""
     if isinstance(exc, NoDocuments):
         return ApiError(409, str(exc), "no_documents")
+    if isinstance(exc, PromptTooLong):
+        # OpenAI's own code for this, which clients already know how to show.
+        return ApiError(400, str(exc), "context_length_exceeded")
     if isinstance(exc, RouteRefused):
         return ApiError(403, str(exc), "local_only")
     if isinstance(exc, EndpointUnavailable):
@@ -165,6 +183,7 @@ async def local_models(settings: Settings) -> tuple[Endpoint | None, list[str] |
     try:
         return local, await list_models(local, settings)
     except (EndpointUnavailable, EndpointError):
+        forget_endpoint(local)
         return local, None
 
 
@@ -183,10 +202,7 @@ async def available_models(settings: Settings) -> list[tuple[str, str]]:
 def sources_trailer(hits: list[Hit], route: Route) -> str:
     """The text appended to every answer: which sources, and where routing sent it if not local."""
     parts: list[str] = []
-    # Say who answered when it was not the local model the client picked: a
-    # cloud endpoint (the documents left the machine) or a routing decision.
-    rerouted = route.reason != "local endpoint" and not route.reason.startswith("pinned")
-    if not route.endpoint.is_local or rerouted:
+    if answered_elsewhere(route):
         parts.append(f"\n\n_Answered by '{route.endpoint.name}' ({route.model}): {route.reason}._")
     if hits:
         parts.append(SOURCES_MARKER + format_sources(hits))
@@ -237,8 +253,8 @@ def _chunk(
 
 
 async def _sse(
-    events: AsyncIterator[AnswerEvent], start: AnswerStart, model: str
-) -> AsyncIterator[str]:
+    events: AsyncGenerator[AnswerEvent, None], start: AnswerStart, model: str
+) -> AsyncGenerator[str, None]:
     cid = f"chatcmpl-rag-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     route = start.route
@@ -258,7 +274,7 @@ async def _sse(
             cid, created, model, {"content": "\n\n[The answer stopped early: internal error.]"}
         )
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
     yield _chunk(cid, created, model, {"content": sources_trailer(start.hits, route)})
     yield _chunk(cid, created, model, {}, "stop", rag=rag_field(route, start.hits))
     yield "data: [DONE]\n\n"
@@ -360,6 +376,27 @@ def _authorized(request: Request, settings: Settings) -> bool:
     )
 
 
+def _foreign_caller(request: Request, settings: Settings) -> str | None:
+    """Why a request must be refused as coming from a web page, or None.
+
+    Chainlit's CORS layer covers the whole app, so the browser's same-origin rule
+    cannot be the only lock on ``/v1``.
+    """
+    origin = request.headers.get("origin")
+    if origin is not None and not is_loopback_host(host_of(origin)):
+        return f"Requests from web pages at {origin} are refused: the API serves this machine."
+    host = host_of(request.headers.get("host", ""))
+    if not settings.api_key and not is_loopback_host(host):
+        return (
+            f"The API answers to a loopback host name (127.0.0.1, localhost), not '{host}'; "
+            "set RAG_API_KEY to serve other names."
+        )
+    return None
+
+
+Handler = Callable[[Request, Settings], Awaitable[Response]]
+
+
 def create_router(settings: Settings | None = None) -> APIRouter:
     """The ``/v1`` routes as a FastAPI router (mount with :func:`mount_openai_api`)."""
     router = APIRouter()
@@ -367,8 +404,10 @@ def create_router(settings: Settings | None = None) -> APIRouter:
     def current() -> Settings:
         return settings or get_settings()
 
-    async def guarded(request: Request, handler) -> Response:  # noqa: ANN001
+    async def guarded(request: Request, handler: Handler) -> Response:
         s = current()
+        if (refused := _foreign_caller(request, s)) is not None:
+            return ApiError(403, refused, "forbidden_origin").response()
         if not _authorized(request, s):
             return ApiError(
                 401,

@@ -73,6 +73,7 @@ MODES: tuple[Mode, ...] = ("local-first", "cloud-first", "local-only")
 
 LOCAL_NAME = "local"  # the qualifier that always means the discovered local endpoint
 FALLBACK_NAME = "fallback"  # the endpoint built from LLM_FALLBACK_* settings
+LOCAL_REASON = "local endpoint"  # the reason of the route to the user's pick on the local endpoint
 # Cloud models have far larger windows than local ones; 16k is a floor that
 # every current hosted chat model meets. The routing file can say more.
 FALLBACK_CONTEXT_TOKENS = 16384
@@ -96,7 +97,7 @@ class Route:
 
     endpoint: Endpoint
     model: str
-    reason: str = "local endpoint"
+    reason: str = LOCAL_REASON
 
 
 @dataclass(frozen=True)
@@ -185,11 +186,6 @@ def code_signal(question: str) -> str | None:
         if pattern.search(question):
             return name
     return None
-
-
-def is_code_question(question: str) -> bool:
-    """True when :func:`code_signal` finds a sign of code in ``question``."""
-    return code_signal(question) is not None
 
 
 # --- the routing table ---------------------------------------------------------
@@ -390,7 +386,7 @@ def plan_routes(
         )
 
     routes: list[Route] = []
-    local_route = Route(local, model, "local endpoint")
+    local_route = Route(local, model, LOCAL_REASON)
 
     code_route: Route | None = None
     signal = code_signal(question) if table.code_model else None
@@ -453,15 +449,6 @@ def _dedupe(routes: Sequence[Route]) -> list[Route]:
             seen.add(key)
             kept.append(route)
     return kept
-
-
-def route_allowed(route: Route, settings: Settings) -> bool:
-    """False when ``route`` would leave the machine although routing is ``local-only``.
-
-    A second lock for callers that build routes themselves; plan_routes already
-    returns only allowed routes.
-    """
-    return route.endpoint.is_local or load_routing(settings).mode != "local-only"
 
 
 def _guard(routes: list[Route], mode: Mode, model: str) -> list[Route]:

@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except RagError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
+        print(f"search: unexpected error ({type(exc).__name__}: {exc}).", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -48,6 +48,7 @@ class Chunk:
     file_sha256: str = ""  # content hash of the source file the chunk came from
 
     def metadata(self) -> dict[str, str | int]:
+        """The Chroma metadata of this chunk: source, index, file hash, and page/heading if set."""
         # Chroma metadata values cannot be None, so absent fields are omitted.
         meta: dict[str, str | int] = {
             "source": self.source,
@@ -62,6 +63,7 @@ class Chunk:
 
     @classmethod
     def from_record(cls, chunk_id: str, text: str, meta: dict[str, Any]) -> Chunk:
+        """The chunk back from a Chroma record: its id, document text and :meth:`metadata`."""
         page = meta.get("page")
         return cls(
             id=chunk_id,
@@ -163,16 +165,14 @@ class ChunkStore:
                 yield Chunk.from_record(i, d, dict(m or {}))
             offset += len(ids)
 
-    def ids_of_source(self, source: str) -> list[str]:
-        """Ids of the chunks stored for one source."""
-        return list(self._collection.get(where={"source": source}, include=[])["ids"])
-
     def reset(self) -> None:
         """Drop and recreate the collection (``python -m ingest --rebuild``)."""
+        from chromadb.errors import NotFoundError
+
         try:
             self._client.delete_collection(self.settings.collection)
-        except Exception:  # noqa: BLE001 - Chroma raises different types per version when absent
-            pass
+        except NotFoundError:
+            pass  # nothing to drop; any other failure must surface
         self._collection = self._client.get_or_create_collection(
             name=self.settings.collection,
             embedding_function=None,

@@ -52,6 +52,36 @@ def pdf_declaring_more_pages(pages: list[str], declared: int) -> bytes:
     return data.replace(old, new)
 
 
+def certificate_encrypted_pdf_bytes() -> bytes:
+    """A PDF whose /Encrypt dictionary names the certificate handler /Adobe.PubSec.
+
+    That is what Acrobat writes for "encrypt with certificate"; pypdf only knows
+    password ("Standard") encryption and raises NotImplementedError on opening it.
+    pypdf's writer has no public way to write another handler, so its encrypt
+    entry is set directly.
+    """
+    from pypdf import PdfWriter
+    from pypdf.generic import ArrayObject, ByteStringObject, DictionaryObject, NameObject
+    from pypdf.generic import NumberObject
+
+    writer = PdfWriter()
+    writer.add_blank_page(200, 200)
+    encrypt = DictionaryObject(
+        {
+            NameObject("/Filter"): NameObject("/Adobe.PubSec"),
+            NameObject("/SubFilter"): NameObject("/adbe.pkcs7.s4"),
+            NameObject("/V"): NumberObject(4),
+            NameObject("/Length"): NumberObject(128),
+            NameObject("/Recipients"): ArrayObject([ByteStringObject(b"\x30\x00")]),
+        }
+    )
+    writer._add_object(encrypt)
+    writer._encrypt_entry = encrypt
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()
+
+
 def docx_bytes(blocks: list[tuple[str, str]], table: list[list[str]] | None = None) -> bytes:
     """A real .docx: ``blocks`` are (style, text); style "Title", "Heading N" or "" (body)."""
     import docx

@@ -22,7 +22,7 @@ from rag.prompt import build_prompt, estimate_tokens, token_counter
 from rag.retrieve import retrieve
 from rag.settings import Settings, get_settings
 from tests.chat_session import ChatSession
-from tests.conftest import MODELS_DIR
+from tests.conftest import MODELS_DIR, REPO, make_settings
 from tests.corpus import build_corpus
 from tests.fake_openai import FakeOpenAI
 from tests.test_discovery import install_fake_foundry
@@ -481,7 +481,7 @@ async def test_compare_without_two_models_explains_its_usage(
 async def test_with_no_server_configured_the_embedded_model_answers_and_says_it_is_small(
     corpus_store: Path, app_env: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rag.engine.process import EMBEDDED_NOTICE
+    from rag.engine.process import EMBEDDED_NOTICE, shared_engine
 
     app_env(corpus_store, "", RAG_ANSWER_TOKENS=40)
     monkeypatch.delenv("LLM_BASE_URL")
@@ -491,13 +491,19 @@ async def test_with_no_server_configured_the_embedded_model_answers_and_says_it_
         await app.on_chat_start()
         welcome = chat.last_answer().output
         assert EMBEDDED_NOTICE in welcome and "foundry model run phi-4-mini" in welcome
+        engine = shared_engine(get_settings()).endpoint
+        assert engine is not None and engine.model and engine.compact_prompt
         (picker,) = chat.chat_settings()
-        assert len(picker["items"]) >= 1 and picker["initial"] == picker["items"][0]["value"]
+        assert picker["initial"] == engine.model  # the embedded model's own id is picked
+        assert engine.model in [item["value"] for item in picker["items"]]
+        assert f"Answering with `{engine.model}`" in welcome
 
         await chat.send(app.on_message, HOLIDAYS)
         answer = chat.last_answer()
         assert len(chat.streamed_tokens(answer.id)) > 1  # the real model streamed something
         assert "**Sources:**" in answer.output
+        # The answer went to the engine, whose endpoint asks for the compact prompt.
+        assert cl.user_session.get("endpoint") == engine
 
 
 async def test_after_foundry_restarts_on_a_new_port_the_next_message_finds_it_again(
@@ -529,3 +535,98 @@ async def test_after_foundry_restarts_on_a_new_port_the_next_message_finds_it_ag
             await chat.send(app.on_message, HOLIDAYS)
             assert chat.last_answer().output.startswith(REPLY)
             assert second.models_called == ["Phi-4-mini-instruct-generic-cpu"]
+
+
+async def test_after_the_fallback_answered_for_a_stopped_foundry_the_next_message_finds_it_again(
+    corpus_store: Path, app_env: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port_file = corpus_store.parent / "foundry-port-fallback"
+    install_fake_foundry(
+        corpus_store.parent / "bin-fallback",
+        monkeypatch,
+        f'echo "🟢 Model management service is running on '
+        f'http://127.0.0.1:$(cat {port_file})/openai/status"\n',
+    )
+    ids = ["Phi-4-mini-instruct-generic-cpu", "qwen2.5-0.5b-instruct-generic-cpu"]
+    first = FakeOpenAI(models=ids, reply=REPLY).start()
+    port_file.write_text(str(first.port))
+    with FakeOpenAI(models=["cloud-model"], reply="From the cloud [1].") as cloud:
+        app_env(
+            corpus_store,
+            "",
+            LLM_FALLBACK_BASE_URL=cloud.base_url,
+            LLM_FALLBACK_MODEL="cloud-model",
+            RAG_CONTEXT_TOKENS=8192,  # the history fits locally: only "down" reroutes
+        )
+        monkeypatch.delenv("LLM_BASE_URL")
+        get_settings.cache_clear()
+        async with ChatSession() as chat:
+            await app.on_chat_start()
+            await app.on_settings_update({"model": ids[1]})  # the user's pick
+            first.stop()  # Foundry Local stops: the fallback answers meanwhile ...
+            await chat.send(app.on_message, HOLIDAYS)
+            assert chat.last_answer().output.startswith("From the cloud [1].")
+
+            with FakeOpenAI(models=ids, reply=REPLY) as second:  # ... and it is back elsewhere
+                port_file.write_text(str(second.port))
+                await chat.send(app.on_message, HOLIDAYS)
+                assert chat.last_answer().output.startswith(REPLY)
+                assert "Answered by" not in chat.last_answer().output
+                assert second.models_called == [ids[1]]  # the pick survived rediscovery
+                assert chat.chat_settings()[0]["initial"] == ids[1]
+        assert cloud.models_called == ["cloud-model"]
+
+
+async def test_compare_is_offered_when_the_chat_starts_on_the_fallback_only(
+    corpus_store: Path, app_env: Callable[..., Settings]
+) -> None:
+    dead = FakeOpenAI(models=list(MODELS))
+    dead.stop()
+    with FakeOpenAI(models=["cloud-model"], reply="From the cloud [1].") as cloud:
+        app_env(
+            corpus_store,
+            dead.base_url,
+            LLM_FALLBACK_BASE_URL=cloud.base_url,
+            LLM_FALLBACK_MODEL="cloud-model",
+        )
+        async with ChatSession() as chat:
+            await app.on_chat_start()
+            commands = [data for event, data in chat.events if event == "set_commands"]
+            assert [c["id"] for c in commands[-1]] == ["compare"]
+
+
+async def test_compare_with_the_same_model_twice_explains_its_usage(
+    corpus_store: Path, fake: FakeOpenAI, app_env: Callable[..., Settings]
+) -> None:
+    app_env(corpus_store, fake.base_url)
+    async with ChatSession() as chat:
+        await app.on_chat_start()
+        await chat.send(app.on_message, f"/compare phi-4-mini-fake phi-4-mini-fake {HOLIDAYS}")
+        assert "only once" in chat.last_answer().output
+        assert fake.requests == []
+
+
+def test_the_upload_limit_comes_from_settings_only(tmp_path: Path) -> None:
+    from chainlit.config import config
+
+    upload = config.features.spontaneous_file_upload
+    assert upload is not None
+    before = upload.max_size_mb
+    try:
+        app.apply_upload_limit(make_settings(tmp_path, upload_max_mb=7.5))
+        assert upload.max_size_mb == 8  # whole MB for the browser; the server checks 7.5
+    finally:
+        upload.max_size_mb = before
+    chainlit_toml = (REPO / ".chainlit" / "config.toml").read_text(encoding="utf-8")
+    assert "max_size_mb =" not in chainlit_toml
+    assert " MB" not in (REPO / "chainlit.md").read_text(encoding="utf-8")
+
+
+def test_the_chainlit_config_grants_cross_origin_access_to_loopback_pages_only() -> None:
+    import tomllib
+
+    origins = tomllib.loads((REPO / ".chainlit" / "config.toml").read_text(encoding="utf-8"))[
+        "project"
+    ]["allow_origins"]
+    assert origins and "*" not in origins
+    assert all(o.startswith(("http://127.0.0.1:", "http://localhost:")) for o in origins)

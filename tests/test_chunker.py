@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import random
+
 import pytest
 
 from ingest.chunker import Chunker
@@ -104,8 +107,21 @@ def test_chunker_from_settings_uses_the_configured_sizes(tmp_path) -> None:  # t
     assert (chunker.budget, chunker.overlap) == (64, 10)
 
 
-def test_text_without_any_spaces_is_still_cut_within_the_limit(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    doc = Document("a.txt", (Section("x" * 5000),))
-    chunks = Chunker(tokenizer, chunk_tokens=100, overlap=10).run(doc)
-    assert max(_tokens(tokenizer, c.text) for c in chunks) <= 256
-    assert "".join(chunks[0].text) and chunks[-1].text.endswith("x")
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x" * 5000,  # one word: WordPiece makes it a single [UNK] spanning 5000 characters
+        base64.b64encode(random.Random(0).randbytes(20000)).decode(),  # an inlined image
+        "var a=" + "".join(f"f{i}(b{i})+" for i in range(2000)) + "0;",  # minified code
+        "See https://example.com/download?token=" + "a1B2c3D4" * 600 + " for details.",
+    ],
+    ids=["one-long-word", "base64", "minified-js", "long-url"],
+)
+def test_unbroken_text_is_cut_within_the_token_and_character_bounds(tokenizer, text) -> None:  # type: ignore[no-untyped-def]
+    chunker = Chunker(tokenizer, chunk_tokens=100, overlap=10)
+    chunks = chunker.run(Document("a.txt", (Section(text),)))
+    assert len(chunks) > 1
+    assert max(_tokens(tokenizer, c.text) for c in chunks) <= 100 + 2  # budget + [CLS]/[SEP]
+    assert max(len(c.text) for c in chunks) <= chunker.max_chars == 800
+    assert all(c.text in text for c in chunks)
+    assert text.startswith(chunks[0].text) and text.endswith(chunks[-1].text)

@@ -258,25 +258,26 @@ def test_incomplete_compare_command_explains_usage(text: str) -> None:
         parse_compare_command(text)
 
 
+@pytest.mark.parametrize("text", ["/compare phi phi what is x?", "/compare a,b,a what is x?"])
+def test_compare_with_the_same_model_twice_is_refused_with_the_usage(text: str) -> None:
+    with pytest.raises(CompareUsage, match="only once.*Usage: `/compare MODEL_A MODEL_B"):
+        parse_compare_command(text)
+
+
 async def test_board_folds_events_into_columns_for_a_ui(
     corpus_store: Path, small: FakeOpenAI, big: FakeOpenAI
 ) -> None:
     settings = _two(corpus_store, small, big)
     big.stop()
     board = CompareBoard(["small", "fallback:big"])
-    seen_streaming = False
     async for event in compare_stream(QUESTION, ["small", "fallback:big"], settings=settings):
-        column = board.apply(event)
-        seen_streaming |= column is not None and column.status == "streaming"
-    props = board.props()
-    json.dumps(props)  # plain data, ready for a UI element
-    done, failed = props["columns"]
-    assert seen_streaming
-    assert done["status"] == "done" and done["text"] == REPLY
-    assert done["endpoint"] == "local (small)" and "tokens/s" in done["figures"]
-    assert failed["status"] == "failed" and "No model server answered" in failed["error"]
-    assert props["sources"][0].startswith("[1] ")
-    assert board.markdown("small").endswith(f"*{done['figures']}*")
+        board.apply(event)
+    done, failed = board.columns["small"], board.columns["fallback:big"]
+    assert done.text == REPLY and not done.error
+    assert done.endpoint == "local (small)" and "tokens/s" in done.figures
+    assert not failed.figures and "No model server answered" in failed.error
+    assert board.hits  # the shared passages, for the sources
+    assert board.markdown("small").endswith(f"*{done.figures}*")
     assert "No model server answered" in board.markdown("fallback:big")
 
 

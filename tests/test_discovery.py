@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
 import pytest
 
 from rag import discovery
-from rag.discovery import local_endpoint, parse_status_url, resolve_alias
+from rag.answer import answer
+from rag.discovery import (
+    configured_endpoint,
+    forget_endpoint,
+    local_endpoint,
+    parse_status_url,
+    resolve_alias,
+)
 from rag.errors import EndpointUnavailable
+from rag.hosts import is_local_url
+from rag.routing import RouteRefused
 from rag.llm import stream_chat
 from tests.conftest import make_settings
 from tests.fake_openai import FakeOpenAI
@@ -175,3 +185,57 @@ def test_alias_resolves_to_the_listed_id_it_stands_for(
     alias: str, ids: list[str], expected: str | None
 ) -> None:
     assert resolve_alias(alias, ids) == expected
+
+
+# --- where LLM_BASE_URL points ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        ("http://127.0.0.1:11434/v1", True),
+        ("http://localhost:8080/v1", True),
+        ("http://[::1]:8080/v1", True),
+        ("http://10.0.0.5:11434/v1", True),
+        ("http://172.16.3.4/v1", True),
+        ("http://192.168.1.20:11434/v1", True),
+        ("http://[fd12::5]:11434/v1", True),
+        ("http://gpu-box.local:11434/v1", True),
+        (f"http://{socket.gethostname()}:11434/v1", True),
+        ("http://172.32.0.1/v1", False),
+        ("https://api.example.com/v1", False),
+        ("http://8.8.8.8/v1", False),
+        ("http://localhost.example.com/v1", False),
+    ],
+)
+def test_llm_base_url_is_local_only_on_this_machine_or_the_private_network(
+    tmp_path: Path, url: str, local: bool
+) -> None:
+    assert is_local_url(url) is local
+    assert configured_endpoint(make_settings(tmp_path, llm_base_url=url)).is_local is local
+
+
+async def test_local_only_refuses_a_remote_llm_base_url_without_calling_it(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, llm_base_url="http://api.example.com/v1", routing="local-only"
+    )
+    with pytest.raises(RouteRefused, match="local-only.*api.example.com.*never called"):
+        async for _ in answer("Refund policy?", model="gpt", hits=[], settings=settings):
+            pass
+
+
+async def test_a_discovered_foundry_is_remembered_until_it_is_found_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = tmp_path / "calls"
+    with FakeOpenAI(models=FOUNDRY_IDS) as fake:
+        install_fake_foundry(
+            tmp_path / "bin", monkeypatch, f"echo x >> {calls}\n" + running_status(fake.port)
+        )
+        settings = make_settings(tmp_path, engine="off")
+        first = await local_endpoint(settings)
+        assert await local_endpoint(settings) == first
+        assert calls.read_text().count("x") == 1  # one `foundry service status` for both
+        forget_endpoint(first)
+        assert await local_endpoint(settings) == first
+        assert calls.read_text().count("x") == 2

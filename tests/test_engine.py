@@ -127,33 +127,28 @@ def test_stop_sequence_cuts_the_answer_before_it(engine, client) -> None:
     assert cut.choices[0].finish_reason == "stop"
 
 
-async def test_four_concurrent_requests_all_complete(engine) -> None:
+async def test_four_concurrent_requests_all_complete_with_the_fact(engine) -> None:
     client = openai.AsyncOpenAI(base_url=engine[1].base_url, api_key="x", max_retries=0, timeout=60)
-    questions = [
-        "What is the code word?",
-        "Name the vault's word.",
-        "Repeat the word.",
-        "Which word?",
-    ]
 
-    async def ask(question: str) -> str:
-        messages = [
-            CONTEXT_PROMPT[0],
-            {
-                **CONTEXT_PROMPT[1],
-                "content": CONTEXT_PROMPT[1]["content"].replace(
-                    "What is the secret code word for the vault?", question
-                ),
-            },
-        ]
+    async def ask() -> tuple[str, str | None]:
+        # The same greedy request four times: each answer must be whole, not a share of one.
         stream = await client.chat.completions.create(
-            model=engine[1].model, messages=messages, stream=True, temperature=0, max_tokens=24
-        )
-        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            model=engine[1].model, messages=CONTEXT_PROMPT, stream=True, temperature=0,
+            max_tokens=24,
+        )  # fmt: skip
+        text, finish = [], None
+        async for chunk in stream:
+            if chunk.choices:
+                text.append(chunk.choices[0].delta.content or "")
+                finish = chunk.choices[0].finish_reason or finish
+        return "".join(text), finish
 
-    answers = await asyncio.wait_for(asyncio.gather(*(ask(q) for q in questions)), timeout=60)
+    answers = await asyncio.wait_for(asyncio.gather(*(ask() for _ in range(4))), timeout=60)
     await client.close()
-    assert len(answers) == 4 and all(a.strip() for a in answers)
+    assert len(answers) == 4
+    for text, finish in answers:
+        assert "TANGERINE" in text.upper(), text
+        assert finish in ("stop", "length")
 
 
 def test_disconnect_mid_stream_stops_generation(engine, client) -> None:
@@ -250,14 +245,22 @@ def test_stop_leaves_no_engine_process_behind(tmp_path: Path) -> None:
     assert process.pid is None
 
 
-def test_engine_dies_when_its_parent_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("started_from", ["main thread", "worker thread"])
+def test_engine_dies_when_its_parent_is_killed(tmp_path: Path, started_from: str) -> None:
+    # The app starts the engine from a worker thread (asyncio.to_thread), where the
+    # parent-death signal cannot be used: there only the stdin EOF watch ends the child.
+    start = (
+        "t = threading.Thread(target=p.start)\nt.start()\nt.join()\n"
+        if started_from == "worker thread"
+        else "p.start()\n"
+    )
     parent_code = (
-        "import sys, time\n"
+        "import sys, threading, time\n"
         "from rag.engine import EngineProcess\n"
         "from tests.conftest import make_settings\n"
         "from pathlib import Path\n"
         f"p = EngineProcess(make_settings(Path({str(tmp_path)!r})))\n"
-        "p.start()\n"
+        f"{start}"
         "print(p.pid, flush=True)\n"
         "time.sleep(120)\n"
     )

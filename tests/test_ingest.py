@@ -17,6 +17,7 @@ from rag.settings import Settings
 from rag.store import Chunk, ChunkStore, chunk_id, forget_cached_clients, read_generation
 from tests.conftest import make_settings
 from tests.documents import (
+    certificate_encrypted_pdf_bytes,
     docx_bytes,
     pdf_bytes,
     pdf_declaring_more_pages,
@@ -169,6 +170,70 @@ def test_missing_docs_folder_is_a_clear_fatal_error(tmp_path) -> None:  # type: 
         ingest(settings)
 
 
+def test_changing_the_chunk_size_reingests_every_file(settings, corpus, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ingest(settings)
+    smaller = settings.with_overrides(chunk_tokens=64, chunk_overlap=8)
+    report = ingest(smaller)
+    assert sorted(report.updated) == CORPUS and report.unchanged == [] and report.added == []
+    assert [w.error for w in report.warnings] == [
+        "the chunking or embedding settings changed (chunk_overlap 40 -> 8, "
+        "chunk_tokens 220 -> 64); every file was re-ingested"
+    ]
+    # Exactly what a fresh ingest with the new setting makes: no chunk of the old size left.
+    fresh = make_settings(
+        tmp_path / "fresh", docs_dir=settings.docs_dir, chunk_tokens=64, chunk_overlap=8
+    )
+    ingest(fresh)
+    made = {i: (c.text, c.page) for i, c in _chunks(smaller).items()}
+    assert made == {i: (c.text, c.page) for i, c in _chunks(fresh).items()}
+    assert ingest(smaller).unchanged == sorted(CORPUS)
+
+
+def test_changing_the_embedding_precision_reingests_every_file(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    first = ingest(settings)
+    report = ingest(settings.with_overrides(embed_precision="int8"))
+    assert sorted(report.updated) == CORPUS and report.chunks == first.chunks
+    assert report.warnings[0].error.startswith(
+        "the chunking or embedding settings changed (embed_precision fp32 -> int8, model_sha256 "
+    )
+
+
+def test_folder_that_cannot_be_listed_keeps_its_chunks_and_is_reported(  # type: ignore[no-untyped-def]
+    settings, corpus, monkeypatch
+) -> None:
+    """A folder os.walk cannot list: its files are unknown, not deleted.
+
+    Tests run as root, where chmod 000 does not stop listing a folder, so the
+    listing of that one folder is made to fail the way the kernel would (EACCES)
+    by wrapping os.scandir; as another user the chmod alone does it.
+    """
+    ingest(settings)
+    before = {i: c.text for i, c in _chunks(settings).items() if c.source.startswith("kitchen/")}
+    kitchen = settings.docs_dir / "kitchen"
+    (kitchen / "new.txt").write_text("Sourdough needs a starter.")
+    kitchen.chmod(0)
+    real_scandir = os.scandir
+
+    def scandir(path=None):  # type: ignore[no-untyped-def]
+        if path is not None and Path(path) == kitchen:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path) if path is not None else real_scandir()
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    try:
+        report = ingest(settings)
+    finally:
+        kitchen.chmod(0o755)
+    assert _errors(report) == {"kitchen": "cannot list the folder: Permission denied"}
+    assert report.removed == [] and "kitchen/bread.txt" not in report.unchanged
+    after = {i: c.text for i, c in _chunks(settings).items() if c.source.startswith("kitchen/")}
+    assert after == before and len(before) > 0
+
+    monkeypatch.undo()
+    again = ingest(settings)
+    assert again.added == ["kitchen/new.txt"] and "kitchen/bread.txt" in again.unchanged
+
+
 # --- crash repair (the kill -9 test in test_ingest_crash.py does this for real) -----
 
 
@@ -195,6 +260,18 @@ def test_pending_source_is_repaired_on_the_next_run(settings, corpus) -> None:  
     assert {i: c.text for i, c in _chunks(settings).items()} == expected
     with IngestState(state_path(settings)) as state:
         assert {s.status for s in state.all().values()} == {"done"}
+
+
+def test_fixed_file_whose_write_was_killed_counts_as_added_not_updated(settings) -> None:  # type: ignore[no-untyped-def]
+    broken = settings.docs_dir / "notes.txt"
+    broken.write_bytes(b"")
+    assert _errors(ingest(settings)) == {"notes.txt": "empty file: nothing to index"}
+    broken.write_text("Now the notes have text.")
+    # What a SIGKILL while writing the fixed file leaves: its row marked pending.
+    with IngestState(state_path(settings)) as state:
+        state.mark_pending("notes.txt")
+    report = ingest(settings)
+    assert (report.added, report.updated) == (["notes.txt"], [])
 
 
 # --- bad input: each gets a sentence in `failed`, the rest is ingested ----------------
@@ -230,6 +307,38 @@ def test_bad_files_are_reported_by_name_and_the_rest_is_ingested(settings, corpu
     # The same broken bytes are reported again next time, without parsing them again.
     again = ingest(settings)
     assert _errors(again) == errors and sorted(again.unchanged) == CORPUS
+
+
+def test_certificate_encrypted_pdf_fails_alone_with_a_sentence(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    (settings.docs_dir / "sealed.pdf").write_bytes(certificate_encrypted_pdf_bytes())
+    report = ingest(settings)
+    assert _errors(report) == {
+        "sealed.pdf": "encrypted PDF: its encryption method is not supported "
+        "(only Standard PDF encryption handler is available)"
+    }
+    assert sorted(report.added) == CORPUS
+
+
+def test_loader_raising_an_unexpected_exception_fails_only_that_file(  # type: ignore[no-untyped-def]
+    settings, corpus, monkeypatch
+) -> None:
+    # No parser at hand raises an arbitrary exception on demand, so the loader is
+    # wrapped for one file: it raises what pypdf raises for unsupported features.
+    real_load = pipeline.load_document
+
+    def load(source: str, data: bytes):  # type: ignore[no-untyped-def]
+        if source == "sea/tides guide.pdf":
+            raise NotImplementedError("only Standard PDF encryption handler is available")
+        return real_load(source, data)
+
+    monkeypatch.setattr(pipeline, "load_document", load)
+    report = ingest(settings)
+    assert _errors(report) == {
+        "sea/tides guide.pdf": "uses a feature the parser does not support "
+        "(only Standard PDF encryption handler is available)"
+    }
+    assert sorted(report.added) == sorted(set(CORPUS) - {"sea/tides guide.pdf"})
+    assert _sources(settings) == set(report.added)
 
 
 def test_pdf_with_fewer_pages_than_declared_is_ingested_with_a_warning(settings) -> None:  # type: ignore[no-untyped-def]

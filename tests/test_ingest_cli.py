@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import MODELS_DIR, REPO
-from tests.documents import write_corpus
+from tests.documents import certificate_encrypted_pdf_bytes, write_corpus
 
 HOLD_LOCK = """
 import sys, time
@@ -78,6 +78,46 @@ def test_cli_prints_json_as_the_last_line_and_exits_0_then_2_on_failures(tmp_pat
         ],
     }
     assert "Traceback" not in second.stderr
+
+
+def test_cli_exits_2_when_one_pdf_has_an_unsupported_encryption(tmp_path: Path) -> None:
+    docs, data = tmp_path / "docs", tmp_path / "data"
+    write_corpus(docs)
+    (docs / "sealed.pdf").write_bytes(certificate_encrypted_pdf_bytes())
+    done = run_ingest(docs, "--data-dir", data, "--json", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["added"] == 5 and result["failed"] == [
+        {
+            "path": "sealed.pdf",
+            "error": "encrypted PDF: its encryption method is not supported "
+            "(only Standard PDF encryption handler is available)",
+        }
+    ]
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_with_another_data_dir_uses_the_default_models_of_the_repo(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    write_corpus(docs)
+    env = _env()
+    del env["RAG_MODELS_DIR"]  # the default: .data/models under the working directory
+    done = run_ingest(docs, "--data-dir", tmp_path / "elsewhere", "--json", cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["chunks"] > 0
+    assert not (tmp_path / "elsewhere" / "models").exists()
+
+
+def test_unexpected_error_is_one_line_on_stderr_and_exit_1(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("alpha")
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("a file where the data folder should be")
+    done = run_ingest(docs, "--data-dir", not_a_folder, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("ingest: unexpected error (")
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
 def test_cli_prints_a_one_line_summary_and_each_failure(tmp_path: Path) -> None:

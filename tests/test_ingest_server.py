@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -13,12 +14,14 @@ import pytest
 
 from ingest.pipeline import ingest
 from rag.embed import get_embedder
+from rag.retrieve import Retriever
 from rag.store import ChunkStore
-from tests.conftest import REPO, make_settings
+from tests.conftest import make_settings
 from tests.documents import write_corpus
 
 pytestmark = pytest.mark.slow
-CHROMA = REPO / ".venv" / "bin" / "chroma"
+# The `chroma` script installed next to this interpreter (whatever the venv is called).
+CHROMA = Path(sys.executable).parent / "chroma"
 
 
 def _free_port() -> int:
@@ -85,6 +88,10 @@ def test_ingest_writes_to_a_chroma_server_and_it_is_searchable(
     assert {c.source for c in store.iter_chunks()} == set(report.added)
     best, _ = store.query(get_embedder(settings).embed_query("when are spring tides?"), k=1)[0]
     assert best.source == "sea/tides guide.pdf" and best.page == 1
+    # Hybrid search reads the same server (dense) and the BM25 index ingest saved.
+    hits = Retriever(settings).search("when are spring tides?", 3)
+    assert hits[0].source == "sea/tides guide.pdf" and hits[0].page == 1
+    assert hits[0].dense_rank is not None and hits[0].lexical_rank is not None
 
     (settings.docs_dir / "volcanoes.md").unlink()
     again = ingest(settings)

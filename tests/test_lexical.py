@@ -108,3 +108,25 @@ def test_old_index_folders_are_cleaned_up(settings: Settings) -> None:
         rebuild_lexical_index(settings, store)
     folders = [p for p in index_dir(settings).iterdir() if p.is_dir()]
     assert len(folders) <= 2  # the current one and its predecessor
+
+
+def test_store_of_stopwords_only_has_no_bm25_hits_and_dense_search_still_works(
+    settings: Settings,
+) -> None:
+    from ingest.pipeline import ingest
+    from rag.retrieve import Retriever
+
+    # Every word is an English stopword or a single letter: BM25 has nothing to index.
+    text = "It is not for it to be there, and it was not in it. If it is, then no. A b c."
+    assert tokenize(text) == []
+    (settings.docs_dir / "filler.txt").write_text(text)
+    report = ingest(settings)
+    assert report.added == ["filler.txt"] and report.failed == []
+
+    index = load_lexical_index(settings)
+    assert len(index) == 1 and index.search("there then", 5) == []
+    saved = LexicalIndex.load(settings)
+    assert saved is not None and saved.generation == read_generation(settings)
+    hits = Retriever(settings).search("is it there", 3)
+    assert [(h.source, h.lexical_rank) for h in hits] == [("filler.txt", None)]
+    assert hits[0].dense_rank == 1

@@ -6,6 +6,7 @@ import pytest
 
 from ingest.loaders import LoadError, decode_text, load_document
 from tests.documents import (
+    certificate_encrypted_pdf_bytes,
     docx_bytes,
     pdf_bytes,
     pdf_declaring_more_pages,
@@ -149,6 +150,15 @@ def test_text_file_named_pdf_is_refused() -> None:
 def test_encrypted_pdf_is_refused_with_a_clear_sentence() -> None:
     with pytest.raises(LoadError, match="^encrypted PDF: cannot read without a password$"):
         load_document("a.pdf", pdf_bytes(PAGES, user_password="s3cret"))
+
+
+def test_certificate_encrypted_pdf_is_refused_with_a_sentence_not_a_crash() -> None:
+    with pytest.raises(LoadError) as refused:
+        load_document("a.pdf", certificate_encrypted_pdf_bytes())
+    assert str(refused.value) == (
+        "encrypted PDF: its encryption method is not supported "
+        "(only Standard PDF encryption handler is available)"
+    )
 
 
 def test_pdf_with_only_an_owner_password_is_read() -> None:

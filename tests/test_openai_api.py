@@ -302,3 +302,60 @@ def test_a_stream_breaking_midway_ends_cleanly_with_a_note(corpus_store: Path, c
     assert "[The answer stopped early: The answer from" in text
     assert "\n\nSources:\n[1] " in text
     assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+# --- browsers and foreign callers ---------------------------------------------------------
+
+
+def test_a_web_page_on_another_origin_cannot_read_the_documents(
+    corpus_store: Path, local: FakeOpenAI
+) -> None:
+    with ApiServer(offline_settings(corpus_store, llm_base_url=local.base_url)) as api:
+        body = {"model": "phi-local", "messages": [{"role": "user", "content": QUESTION}]}
+        for origin in ("http://evil.example", "null", "http://127.0.0.1.evil.example"):
+            refused = httpx.post(
+                f"{api.url}/v1/chat/completions", json=body, headers={"Origin": origin}
+            )
+            assert refused.status_code == 403
+            assert refused.json()["error"]["code"] == "forbidden_origin"
+        assert local.requests == []
+        # The chat's own page and tools on this machine still get through.
+        for origin in ("http://127.0.0.1:8000", "http://localhost:3000"):
+            ok = httpx.get(f"{api.url}/v1/models", headers={"Origin": origin})
+            assert ok.status_code == 200, ok.text
+
+
+def test_a_foreign_host_name_is_refused_unless_an_api_key_guards_the_api(
+    corpus_store: Path, local: FakeOpenAI
+) -> None:
+    # DNS rebinding: a page at rebind.example, whose name now resolves to 127.0.0.1,
+    # sends same-origin requests with its own name in Host.
+    rebound = {"Host": "rebind.example:8000"}
+    with ApiServer(offline_settings(corpus_store, llm_base_url=local.base_url)) as api:
+        refused = httpx.get(f"{api.url}/v1/models", headers=rebound)
+        assert refused.status_code == 403
+        assert "RAG_API_KEY" in refused.json()["error"]["message"]
+        assert httpx.get(f"{api.url}/v1/models", headers={"Host": "localhost:8000"}).is_success
+    keyed = offline_settings(corpus_store, llm_base_url=local.base_url, api_key="s3cret")
+    with ApiServer(keyed) as api:
+        ok = httpx.get(
+            f"{api.url}/v1/models", headers={**rebound, "Authorization": "Bearer s3cret"}
+        )
+        assert ok.status_code == 200, ok.text
+
+
+def test_a_question_too_long_for_the_context_window_is_a_400_context_length_exceeded(
+    corpus_store: Path, local: FakeOpenAI
+) -> None:
+    settings = offline_settings(
+        corpus_store, llm_base_url=local.base_url, context_tokens=256, answer_tokens=128
+    )
+    long_question = "Please consider every detail of the holiday policy. " * 60
+    with ApiServer(settings) as api, pytest.raises(openai.BadRequestError) as err:
+        api.client().chat.completions.create(
+            model="phi-local", messages=[{"role": "user", "content": long_question}]
+        )
+    assert err.value.status_code == 400
+    assert err.value.code == "context_length_exceeded"
+    assert "context window" in err.value.message
+    assert local.requests == []

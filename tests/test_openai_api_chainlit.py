@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,23 +24,6 @@ pytestmark = pytest.mark.slow
 
 REPLY = "Everyone gets 28 days of paid holiday [1]."
 CHAINLIT = Path(sys.executable).with_name("chainlit")
-
-# The smallest Chainlit app that mounts the API the way app.py does.
-MINIMAL_APP = """
-import chainlit as cl
-from chainlit.server import app
-
-from rag.openai_api import mount_openai_api
-from rag.settings import get_settings
-
-mount_openai_api(app, get_settings())
-
-
-@cl.on_message
-async def on_message(message: cl.Message) -> None:
-    await cl.Message(content="ok").send()
-"""
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -148,24 +130,23 @@ def _check_api(url: str, key: str, fake: FakeOpenAI) -> None:
     assert httpx.get(f"{url}/", timeout=10).status_code == 200
 
 
-def _app_mounts_api() -> bool:
-    app = REPO / "app.py"
-    return app.exists() and "mount_openai_api(" in app.read_text(encoding="utf-8")
-
-
-def test_api_routes_win_over_chainlits_catch_all(
-    store: Path, local: FakeOpenAI, tmp_path: Path
-) -> None:
-    """Through the chat app (app.py), or a minimal Chainlit app until app.py mounts the API."""
-    if _app_mounts_api():
-        app_file, cwd = REPO / "app.py", REPO
-    else:
-        app_file, cwd = tmp_path / "app.py", tmp_path
-        app_file.write_text(textwrap.dedent(MINIMAL_APP), encoding="utf-8")
-    proc, url = _serve(app_file, cwd, _env(store, local, RAG_API_KEY="k3y"))
+def test_api_routes_win_over_chainlits_catch_all(store: Path, local: FakeOpenAI) -> None:
+    """Through the chat app itself: app.py must mount the API on Chainlit's server."""
+    proc, url = _serve(REPO / "app.py", REPO, _env(store, local, RAG_API_KEY="k3y"))
     try:
         denied = httpx.get(f"{url}/v1/models", timeout=10)
         assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
         _check_api(url, "k3y", local)
+        # Chainlit's CORS layer answers for the whole app: a foreign page gets no grant.
+        evil = {"Origin": "http://evil.example", "Authorization": "Bearer k3y"}
+        refused = httpx.get(f"{url}/v1/models", headers=evil, timeout=10)
+        assert refused.status_code == 403
+        assert "access-control-allow-origin" not in refused.headers
+        preflight = httpx.options(
+            f"{url}/v1/chat/completions",
+            headers={**evil, "Access-Control-Request-Method": "POST"},
+            timeout=10,
+        )
+        assert preflight.headers.get("access-control-allow-origin") != "http://evil.example"
     finally:
         _stop(proc)

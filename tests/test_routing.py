@@ -11,10 +11,8 @@ from rag.routing import (
     RouteRefused,
     RoutingFileError,
     code_signal,
-    is_code_question,
     load_routing,
     plan_routes,
-    route_allowed,
     routed_models,
 )
 from tests.conftest import make_settings
@@ -69,7 +67,7 @@ def _routing_file(tmp_path: Path, text: str) -> Path:
     ],
 )
 def test_code_questions_are_recognised(question: str) -> None:
-    assert is_code_question(question), code_signal(question)
+    assert code_signal(question) is not None
 
 
 @pytest.mark.parametrize(
@@ -228,9 +226,6 @@ labels = ["fallback"]
     )
     routes = _plan(tmp_path, routing_file=path, routing="local-only", tokens=99_999)
     assert _where(routes) == [("local", "phi"), ("lan", "qwen")]
-    assert route_allowed(
-        routes[1], make_settings(tmp_path, routing_file=path, routing="local-only")
-    )
 
 
 def test_routing_file_cannot_relax_local_only(tmp_path: Path) -> None:
@@ -246,15 +241,6 @@ def test_routing_file_can_tighten_to_local_only(tmp_path: Path) -> None:
     path = _routing_file(tmp_path, 'mode = "local-only"\n')
     routes = _plan(tmp_path, routing_file=path, llm_fallback_base_url=CLOUD, tokens=99_999)
     assert _where(routes) == [("local", "phi")]
-
-
-def test_route_allowed_rejects_remote_routes_in_local_only(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, routing="local-only", llm_fallback_base_url=CLOUD)
-    cloud = load_routing(settings).endpoint("fallback")
-    from rag.routing import Route
-
-    assert not route_allowed(Route(cloud, "gpt"), settings)
-    assert route_allowed(Route(LOCAL, "phi"), settings)
 
 
 # --- the routing file --------------------------------------------------------------------

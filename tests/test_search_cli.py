@@ -79,3 +79,17 @@ def test_empty_store_prints_the_same_message(settings: Settings, tmp_path: Path)
     )
     assert out.returncode == 1
     assert "No documents ingested yet" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unexpected_error_is_one_line_on_stderr_and_exit_1_for_search_and_eval(
+    tmp_path: Path,
+) -> None:
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("a file where the data folder should be")
+    qa = REPO / "tests" / "qa" / "sample_docs.jsonl"
+    for module, args in (("rag.search", ["anything"]), ("rag.eval", [str(qa)])):
+        out = run_cli(module, *args, "--data-dir", str(not_a_folder), cwd=tmp_path)
+        prefix = module.removeprefix("rag.")
+        assert out.returncode == 1, out.stderr
+        assert out.stderr.startswith(f"{prefix}: unexpected error ("), out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr

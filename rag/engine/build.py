@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def build(
     source: str | None = None,
     out: Path | None = None,
     force: bool = False,
-    log=print,
+    log: Callable[[str], object] = print,
 ) -> BuildResult:
     """Make sure an ONNX Runtime GenAI model is at ``out`` (default ``settings.engine_model_dir``).
 
@@ -154,7 +155,7 @@ def build(
     return BuildResult("built", out, str(src))
 
 
-def _convert(src: Path, staging: Path, work: Path, log) -> None:
+def _convert(src: Path, staging: Path, work: Path, log: Callable[[str], object]) -> None:
     """Produce a complete model in ``staging`` from a GGUF, HF or GenAI source."""
     if src.is_dir() and (src / GENAI_CONFIG).is_file():
         log(f"copying ONNX Runtime GenAI model from {src}")

@@ -141,6 +141,7 @@ class EngineProcess:
                 is_local=True,
                 start_hint=START_HINT,
                 compact_prompt=True,
+                notice=EMBEDDED_NOTICE,
             )
             return self.endpoint
 

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ ROLES = {"system", "user", "assistant", "tool", "developer"}
 MAX_STOPS = 4  # OpenAI's limit
 
 
-class ApiError(Exception):
+class EngineRequestError(Exception):
     """A request the API refuses, turned into OpenAI's error JSON with ``status``."""
 
     def __init__(
@@ -86,13 +86,13 @@ class ChatRequest:
     max_tokens_given: bool
 
 
-def parse_chat_request(body: Any, model_id: str, default_max_tokens: int) -> ChatRequest:
-    """Validate a request body; raises :class:`ApiError` (400/404) for anything unusable."""
+def parse_engine_request(body: Any, model_id: str, default_max_tokens: int) -> ChatRequest:
+    """Validate a request body; raises :class:`EngineRequestError` (400/404) if unusable."""
     if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.")
+        raise EngineRequestError(400, "The request body must be a JSON object.")
     model = body.get("model") or model_id
     if model != model_id:
-        raise ApiError(
+        raise EngineRequestError(
             404,
             f"The model '{model}' does not exist: this server serves '{model_id}'.",
             param="model",
@@ -100,14 +100,14 @@ def parse_chat_request(body: Any, model_id: str, default_max_tokens: int) -> Cha
         )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise ApiError(
+        raise EngineRequestError(
             400, "'messages' is required: a non-empty list of chat messages.", param="messages"
         )
     clean = [_message(m, i) for i, m in enumerate(messages)]
 
     n = body.get("n", 1)
     if n not in (1, None):
-        raise ApiError(400, "Only n=1 is supported.", param="n")
+        raise EngineRequestError(400, "Only n=1 is supported.", param="n")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     given = max_tokens is not None
     max_tokens = _number(max_tokens, "max_tokens", int, 1, None) if given else default_max_tokens
@@ -119,10 +119,10 @@ def parse_chat_request(body: Any, model_id: str, default_max_tokens: int) -> Cha
         min_tokens = max_tokens
     stream = body.get("stream") or False
     if not isinstance(stream, bool):
-        raise ApiError(400, "'stream' must be true or false.", param="stream")
+        raise EngineRequestError(400, "'stream' must be true or false.", param="stream")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
-        raise ApiError(400, "'stream_options' must be an object.", param="stream_options")
+        raise EngineRequestError(400, "'stream_options' must be an object.", param="stream_options")
     return ChatRequest(
         model=model_id,
         messages=clean,
@@ -143,7 +143,7 @@ def parse_chat_request(body: Any, model_id: str, default_max_tokens: int) -> Cha
 def _message(message: Any, index: int) -> dict[str, str]:
     param = f"messages[{index}]"
     if not isinstance(message, dict) or message.get("role") not in ROLES:
-        raise ApiError(
+        raise EngineRequestError(
             400, f"{param} must be an object with a role ({', '.join(sorted(ROLES))}).", param=param
         )
     content = message.get("content")
@@ -152,10 +152,14 @@ def _message(message: Any, index: int) -> dict[str, str]:
     elif isinstance(content, list):
         # OpenAI's content parts: this is a text model, so keep the text parts.
         if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-            raise ApiError(400, f"{param}: only text content parts are supported.", param=param)
+            raise EngineRequestError(
+                400, f"{param}: only text content parts are supported.", param=param
+            )
         content = "".join(str(p.get("text", "")) for p in content)
     elif not isinstance(content, str):
-        raise ApiError(400, f"{param}.content must be a string.", param=f"{param}.content")
+        raise EngineRequestError(
+            400, f"{param}.content must be a string.", param=f"{param}.content"
+        )
     role = "system" if message["role"] == "developer" else message["role"]
     return {"role": role, "content": content}
 
@@ -168,12 +172,12 @@ def _number(value: Any, name: str, kind: type, low: float | None, high: float | 
         or not isinstance(value, int | float)
         or (kind is int and value != int(value))
     ):
-        raise ApiError(
+        raise EngineRequestError(
             400, f"'{name}' must be a{'n integer' if kind is int else ' number'}.", param=name
         )
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise ApiError(400, f"'{name}' must be {bounds} (got {value}).", param=name)
+        raise EngineRequestError(400, f"'{name}' must be {bounds} (got {value}).", param=name)
     return kind(value)
 
 
@@ -182,9 +186,9 @@ def _stops(stop: Any) -> tuple[str, ...]:
         return ()
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise ApiError(400, "'stop' must be a string or a list of strings.", param="stop")
+        raise EngineRequestError(400, "'stop' must be a string or a list of strings.", param="stop")
     if len(stops) > MAX_STOPS:
-        raise ApiError(400, f"'stop' takes at most {MAX_STOPS} sequences.", param="stop")
+        raise EngineRequestError(400, f"'stop' takes at most {MAX_STOPS} sequences.", param="stop")
     return tuple(s for s in stops if s)
 
 
@@ -212,7 +216,7 @@ class EngineApp:
 
     async def model(self, request: Request) -> JSONResponse:
         if request.path_params["model_id"] != self.engine.info.id:
-            return ApiError(
+            return EngineRequestError(
                 404,
                 f"The model '{request.path_params['model_id']}' does not exist.",
                 code="model_not_found",
@@ -231,15 +235,19 @@ class EngineApp:
             try:
                 body = json.loads(raw)
             except (UnicodeDecodeError, ValueError) as exc:
-                raise ApiError(400, f"The request body is not valid JSON: {exc}.") from exc
-            chat = parse_chat_request(body, self.engine.info.id, self.default_max_tokens)
+                raise EngineRequestError(
+                    400, f"The request body is not valid JSON: {exc}."
+                ) from exc
+            chat = parse_engine_request(body, self.engine.info.id, self.default_max_tokens)
             try:
                 prompt = self.engine.render(chat.messages)
             except Exception as exc:  # the template's own check, e.g. roles out of order
-                raise ApiError(400, f"The chat template refused the messages: {exc}") from exc
+                raise EngineRequestError(
+                    400, f"The chat template refused the messages: {exc}"
+                ) from exc
             prompt_ids = self.engine.encode(prompt)
             sampling = self._fit(chat, len(prompt_ids))
-        except ApiError as exc:
+        except EngineRequestError as exc:
             return exc.response()
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if chat.stream:
@@ -266,7 +274,7 @@ class EngineApp:
         context = self.engine.info.context_tokens
         room = context - prompt_tokens
         if room < 1:
-            raise ApiError(
+            raise EngineRequestError(
                 400,
                 f"This model's maximum context length is {context} tokens, but the messages "
                 f"take {prompt_tokens} tokens. Shorten the messages or the context.",
@@ -278,7 +286,7 @@ class EngineApp:
             return s
         # A default max_tokens must not fail a long prompt; an explicit one that cannot fit does.
         if chat.max_tokens_given:
-            raise ApiError(
+            raise EngineRequestError(
                 400,
                 f"This model's maximum context length is {context} tokens: the messages take "
                 f"{prompt_tokens} and max_tokens asks for {s.max_tokens} more. Lower max_tokens "
@@ -297,7 +305,7 @@ class EngineApp:
 
     async def _sse(
         self, chat: ChatRequest, sampling: Sampling, prompt_ids: np.ndarray, completion_id: str
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """OpenAI's SSE stream: role chunk, text chunks, finish chunk, usage chunk, ``[DONE]``."""
 
         def data(obj: dict[str, Any]) -> str:
@@ -363,7 +371,7 @@ class EngineApp:
             return Response(status_code=499)
         text, end = work.result()
         if isinstance(end, Failed):
-            return ApiError(500, end.message, type="server_error").response()
+            return EngineRequestError(500, end.message, type="server_error").response()
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": int(time.time()),
             "model": self.engine.info.id,
@@ -375,13 +383,13 @@ class EngineApp:
     async def _http_error(self, request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return ApiError(
+        return EngineRequestError(
             exc.status_code, f"{request.method} {request.url.path}: {exc.detail}.", type=kind
         ).response()
 
     async def _crash(self, request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
-        return ApiError(500, f"The engine failed: {exc}", type="server_error").response()
+        return EngineRequestError(500, f"The engine failed: {exc}", type="server_error").response()
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
