@@ -7,9 +7,11 @@ about 330 tokens, so counting words would lose text.
 
 Consecutive sections on the same page are chunked as one stream, so short
 sections share a chunk instead of becoming tiny ones; a chunk never spans two
-pages. Cuts prefer, in order, paragraph breaks, sentence ends, line breaks and
-spaces between words, in the second half of the token budget. The next chunk
-starts up to ``overlap`` tokens earlier, at a sentence start when one is there.
+pages. Cuts prefer a section start past the first quarter of the token budget,
+then, in its second half, paragraph breaks, sentence ends, line breaks and spaces
+between words. The next chunk starts up to ``overlap`` tokens earlier, at a
+sentence start when one is there, except after a cut at a section start, where it
+starts with the new section.
 Chunk text is cut out of the original text with the tokenizer's character
 offsets, so it keeps its case, accents and spacing. A chunk also stays under
 ``budget * 8`` characters, and words WordPiece cannot split (base64, minified
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,8 +39,14 @@ if TYPE_CHECKING:
 
     from rag.settings import Settings
 
-# Scores of a cut between two tokens: higher is a better place to end a chunk.
-_WORD, _LINE, _SENTENCE, _PARAGRAPH = 1, 2, 3, 4
+# Bumped whenever the same text would be cut differently: the ingest state records it,
+# and a store chunked by another version is rebuilt.
+CHUNKER_VERSION = 3
+
+# Scores of a cut between two tokens: higher is a better place to end a chunk. A new
+# section (a heading) is the best: a chunk that ends with the next section's first words
+# is retrieved for the wrong heading and blurs both sections.
+_WORD, _LINE, _SENTENCE, _PARAGRAPH, _SECTION = 1, 2, 3, 4, 5
 _SENTENCE_END = re.compile(r"[.!?:;)\]\"'»”’]$")
 # [CLS] and [SEP] take two of the model's positions.
 _SPECIAL_TOKENS = 2
@@ -106,7 +115,7 @@ class Chunker:
         """The chunks of ``document``, numbered from 0 in reading order."""
         chunks: list[Chunk] = []
         for stream in _streams(document.sections):
-            for start, end in self._spans(stream.text):
+            for start, end in self._spans(stream.text, stream.heading_starts):
                 index = len(chunks)
                 chunks.append(
                     Chunk(
@@ -121,14 +130,20 @@ class Chunker:
                 )
         return chunks
 
-    def _spans(self, text: str) -> list[tuple[int, int]]:
-        """Character spans ``(start, end)`` of the chunks of one text."""
+    def _spans(self, text: str, section_starts: Sequence[int] = ()) -> list[tuple[int, int]]:
+        """Character spans ``(start, end)`` of the chunks of one text whose sections
+        begin at the character offsets ``section_starts``."""
         offsets, split = self._offsets(text)
         n = len(offsets)
         if n == 0:
             return []
         ends = [end for _, end in offsets]
         scores = [0] + [_cut_score(text, offsets[i - 1][1], offsets[i][0]) for i in range(1, n)]
+        token_starts = [start for start, _ in offsets]
+        for offset in section_starts:
+            i = bisect.bisect_left(token_starts, offset)
+            if 0 < i < n:
+                scores[i] = _SECTION
         spans: list[tuple[int, int]] = []
         start = 0
         while True:
@@ -181,14 +196,21 @@ class Chunker:
         return end
 
     def _best_cut(self, scores: list[int], start: int, hi: int) -> int:
-        # The chunk is tokens [start, end) with end <= hi; the best-scored cut in
-        # the second half wins, the latest one among equals.
+        # The chunk is tokens [start, end) with end <= hi. A section start past the
+        # first quarter of the budget wins (the latest one, so short sections still
+        # share a chunk); otherwise the best-scored cut in the second half, the
+        # latest one among equals.
+        sections = [
+            i for i in range(start + max(self.budget // 4, 1), hi + 1) if scores[i] == _SECTION
+        ]
+        if sections:
+            return sections[-1]
         lo = start + max((hi - start) // 2, 1)
         best = max(range(lo, hi + 1), key=lambda i: (scores[i], i))
         return best if scores[best] > 0 else hi
 
     def _next_start(self, scores: list[int], start: int, end: int) -> int:
-        if self.overlap == 0:
+        if self.overlap == 0 or scores[end] == _SECTION:
             return end
         lo = max(end - self.overlap, start + 1)
         for wanted in (_SENTENCE, _WORD):

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ingest.chunker import Chunker
+from ingest.chunker import CHUNKER_VERSION, Chunker
 from ingest.loaders import LoadError, load_document
 from ingest.lock import writer_lock
 from ingest.report import Failure, IngestReport
@@ -397,6 +397,7 @@ def vector_fingerprint(settings: Settings) -> str:
             "chunk_tokens": settings.chunk_tokens,
             "chunk_overlap": settings.chunk_overlap,
             "embed_max_tokens": settings.embed_max_tokens,
+            "chunker_version": CHUNKER_VERSION,
         },
         sort_keys=True,
     )

@@ -125,3 +125,21 @@ def test_unbroken_text_is_cut_within_the_token_and_character_bounds(tokenizer, t
     assert max(len(c.text) for c in chunks) <= chunker.max_chars == 800
     assert all(c.text in text for c in chunks)
     assert text.startswith(chunks[0].text) and text.endswith(chunks[-1].text)
+
+
+def test_a_new_section_starts_a_new_chunk_even_early_in_the_budget(
+    tokenizer,  # type: ignore[no-untyped-def]
+) -> None:
+    # The second chunk of "Intro" starts late in that section (overlap); the "Setup"
+    # heading then falls in the first half of its budget, where plain cuts are not
+    # allowed. The section start still ends the chunk, so no chunk mixes sections.
+    intro = Section("Intro\n\n" + prose("tides", 3), heading="Intro")
+    setup = Section("Setup\n\n" + prose("bread", 2), heading="Setup")
+    doc = Document("guide.md", (intro, setup))
+
+    chunks = Chunker(tokenizer, chunk_tokens=120, overlap=40).run(doc)
+
+    setup_chunks = [c for c in chunks if c.heading == "Setup"]
+    assert setup_chunks and setup_chunks[0].text.startswith("Setup\n\n")
+    for chunk in chunks:
+        assert ("Setup" in chunk.text) == (chunk.heading == "Setup"), chunk.text[:80]
