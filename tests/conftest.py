@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,13 @@ _LEAKY_ENV = [
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _LEAKY_ENV:
         monkeypatch.delenv(name, raising=False)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-
 from rag.settings import Settings
 
 HANDBOOK = """\

@@ -61,8 +61,13 @@ def certificate_encrypted_pdf_bytes() -> bytes:
     entry is set directly.
     """
     from pypdf import PdfWriter
-    from pypdf.generic import ArrayObject, ByteStringObject, DictionaryObject, NameObject
-    from pypdf.generic import NumberObject
+    from pypdf.generic import (
+        ArrayObject,
+        ByteStringObject,
+        DictionaryObject,
+        NameObject,
+        NumberObject,
+    )
 
     writer = PdfWriter()
     writer.add_blank_page(200, 200)

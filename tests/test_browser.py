@@ -8,19 +8,13 @@ every other request (Google Fonts, a CDN stylesheet) is blocked, as offline.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from ingest.pipeline import ingest
-from tests.conftest import MODELS_DIR, REPO, make_settings
-from tests.corpus import build_corpus
+from tests.chainlit_server import app_env, running_chainlit
 from tests.fake_openai import FakeOpenAI
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -55,73 +49,17 @@ def chromium() -> Path:
 class RunningApp:
     url: str
     fake: FakeOpenAI
-    log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
-def running_app(tmp_path: Path, chromium: Path) -> Iterator[RunningApp]:
-    """The real app as a subprocess, on a store the real ingest built from a small corpus."""
-    build_corpus(tmp_path / "docs")
-    report = ingest(make_settings(tmp_path))
-    assert not report.failed
-
-    # Chainlit keeps session files in <cwd>/.files and deletes that folder on shutdown,
-    # so the app runs from its own folder: a second app in the repo keeps its files.
-    app_root = tmp_path / "approot"
-    app_root.mkdir()
-    for name in ("app.py", ".chainlit", "chainlit.md"):
-        (app_root / name).symlink_to(REPO / name)
-
+def running_app(tmp_path: Path, corpus_store: Path, chromium: Path) -> Iterator[RunningApp]:
+    """The real app as a subprocess over the shared corpus store, a fake model server behind it."""
     fake = FakeOpenAI(models=list(MODELS), reply=REPLY, token_delay_s=0.08).start()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "LLM_", "FOUNDRY_"))}
-    env.update(
-        PYTHONPATH=str(REPO),
-        RAG_DOCS_DIR=str(tmp_path / "docs"),
-        RAG_DATA_DIR=str(tmp_path / "data"),
-        RAG_MODELS_DIR=str(MODELS_DIR),
-        LLM_BASE_URL=fake.base_url,
-        RAG_ENGINE="off",
-    )
-    log = tmp_path / "app.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "chainlit"), "run", "app.py", "--headless",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=app_root, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_health(url, proc, log)
-        yield RunningApp(url=url, fake=fake, log=log)
+        with running_chainlit(tmp_path, app_env(corpus_store, fake.base_url)) as app:
+            yield RunningApp(url=app.url, fake=fake)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         fake.stop()
-
-
-def wait_for_health(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the app exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"the app did not answer /health in 90 s:\n{log.read_text()[-3000:]}")
 
 
 def only_loopback(route, request) -> None:  # noqa: ANN001 - Playwright's Route/Request

@@ -20,8 +20,8 @@ from rag.discovery import (
 )
 from rag.errors import EndpointUnavailable
 from rag.hosts import is_local_url
-from rag.routing import RouteRefused
 from rag.llm import stream_chat
+from rag.routing import RouteRefused
 from tests.conftest import make_settings
 from tests.fake_openai import FakeOpenAI
 

@@ -17,9 +17,9 @@ import pytest
 
 from rag.embed import MANIFEST_NAME, MODEL_FILES, Embedder, get_embedder, load_tokenizer
 from rag.errors import ModelMissing
-from rag.settings import Settings
 from rag.export_embedder import main as export_main
 from rag.export_embedder import sha256_file, source_model_dir
+from rag.settings import Settings
 from tests.conftest import MODELS_DIR, REPO, make_settings
 
 LONG_GUIDE = (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from ingest.pipeline import ingest
 from rag.embed import get_embedder
 from rag.retrieve import Retriever
 from rag.store import ChunkStore
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 from tests.documents import write_corpus
 
 pytestmark = pytest.mark.slow
@@ -24,16 +23,10 @@ pytestmark = pytest.mark.slow
 CHROMA = Path(sys.executable).parent / "chroma"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def chroma_server(tmp_path: Path) -> Iterator[int]:
     """A real Chroma server on a free loopback port, stopped at the end; yields the port."""
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "chroma.log").open("w")
     server = subprocess.Popen(
         [

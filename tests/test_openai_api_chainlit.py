@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,98 +9,18 @@ import httpx
 import openai
 import pytest
 
-from ingest.pipeline import ingest
-from rag.settings import Settings
-from tests.conftest import MODELS_DIR, REPO
-from tests.corpus import build_corpus
+from tests.chainlit_server import app_env, running_chainlit
 from tests.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.slow
 
 REPLY = "Everyone gets 28 days of paid holiday [1]."
-CHAINLIT = Path(sys.executable).with_name("chainlit")
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env(root: Path, fake: FakeOpenAI, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "LLM_", "CHAINLIT_"))}
-    env.update(
-        PYTHONPATH=str(REPO),
-        RAG_DOCS_DIR=str(root / "docs"),
-        RAG_DATA_DIR=str(root / "data"),
-        RAG_MODELS_DIR=str(MODELS_DIR),
-        RAG_ENGINE="off",
-        LLM_BASE_URL=fake.base_url,
-        **extra,
-    )
-    return env
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("store")
-    settings = Settings(
-        _env_file=None,
-        docs_dir=root / "docs",
-        data_dir=root / "data",
-        models_dir_override=MODELS_DIR,
-    )
-    (root / "docs").mkdir()
-    build_corpus(settings.docs_dir)
-    assert ingest(settings).chunks > 0
-    return root
 
 
 @pytest.fixture
 def local() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(models=["phi-local"], reply=REPLY) as fake:
         yield fake
-
-
-def _serve(app_file: Path, cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            str(CHAINLIT),
-            "run",
-            str(app_file),
-            "--headless",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "chainlit exited")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("chainlit did not start within 60 s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _check_api(url: str, key: str, fake: FakeOpenAI) -> None:
@@ -130,10 +45,13 @@ def _check_api(url: str, key: str, fake: FakeOpenAI) -> None:
     assert httpx.get(f"{url}/", timeout=10).status_code == 200
 
 
-def test_api_routes_win_over_chainlits_catch_all(store: Path, local: FakeOpenAI) -> None:
+def test_api_routes_win_over_chainlits_catch_all(
+    corpus_store: Path, local: FakeOpenAI, tmp_path: Path
+) -> None:
     """Through the chat app itself: app.py must mount the API on Chainlit's server."""
-    proc, url = _serve(REPO / "app.py", REPO, _env(store, local, RAG_API_KEY="k3y"))
-    try:
+    env = app_env(corpus_store, local.base_url, RAG_API_KEY="k3y")
+    with running_chainlit(tmp_path, env) as app:
+        url = app.url
         denied = httpx.get(f"{url}/v1/models", timeout=10)
         assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
         _check_api(url, "k3y", local)
@@ -148,5 +66,4 @@ def test_api_routes_win_over_chainlits_catch_all(store: Path, local: FakeOpenAI)
             timeout=10,
         )
         assert preflight.headers.get("access-control-allow-origin") != "http://evil.example"
-    finally:
-        _stop(proc)
+
