@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from rag.chat_text import footer, hits_table, upload_summary, welcome
 from rag.compare import (
     CompareBoard,
     ModelDelta,
-    ModelStarted,
     compare_stream,
     parse_compare_command,
 )
@@ -40,6 +40,7 @@ from rag.settings import Settings, get_settings
 from rag.uploads import SavedUpload, save_upload
 
 log = logging.getLogger("local_rag_chat")
+PANEL_REFRESH_S = 0.1
 
 COMPARE_COMMAND = {
     "id": "compare",
@@ -168,29 +169,37 @@ async def reply(question: str, settings: Settings) -> None:
 
 
 async def compare_models(models: list[str], question: str, settings: Settings) -> None:
-    """``/compare A B question``: both models answer from the same passages, one message each,
-    streaming at the same time (remote) or one after the other (same CPU), with their timings."""
+    """``/compare A B question``: the models answer from the same passages in columns side by
+    side (public/elements/Compare.jsx), streaming at the same time (remote servers) or one
+    after the other (the same CPU), each with its timings."""
     endpoint = await session_endpoint(settings)
     hits = await search_step(question, settings)
     board = CompareBoard(models)
-    messages = {m: cl.Message(content="", author=m) for m in models}
+    panel = cl.CustomElement(name="Compare", props=board.props(), display="inline")
+    msg = cl.Message(
+        content=f"Comparing {' and '.join(f'`{m}`' for m in models)} on the same passages.",
+        elements=[panel],
+    )
+    await msg.send()
+    shown = 0.0
     async for event in compare_stream(
         question, models, history=cl.user_session.get("history") or [], hits=hits,
         local=endpoint, settings=settings,
     ):  # fmt: skip
-        column = board.apply(event)
-        if column is None:
+        if board.apply(event) is None:
             continue
-        msg = messages[column.model]
-        header = f"**{column.model}** · {column.endpoint or 'not started'}\n\n"
-        if isinstance(event, ModelStarted):
-            await msg.stream_token(header)
-        elif isinstance(event, ModelDelta):
-            await msg.stream_token(event.text)
-        else:
-            msg.content = header + board.markdown(column.model)
-            await msg.send()
-    await show_sources(hits, messages[models[0]].id)
+        # Ten repaints a second look live; one per token would flood the websocket.
+        if not isinstance(event, ModelDelta) or time.monotonic() - shown > PANEL_REFRESH_S:
+            panel.props = board.props()
+            await panel.update()
+            shown = time.monotonic()
+    panel.props = board.props()
+    await panel.update()
+    msg.content += "\n\n**Sources (the same for every model):** " + " · ".join(
+        f"[{n}] {source_label(h)}" for n, h in enumerate(hits, start=1)
+    )
+    await msg.update()
+    await show_sources(hits, msg.id)
 
 
 async def search_step(question: str, settings: Settings) -> list[Hit]:

@@ -350,6 +350,26 @@ class CompareBoard:
             column.text = event.partial or column.text
         return column
 
+    def props(self) -> dict[str, list[dict[str, str]]]:
+        """Every column as plain data, for a UI element that shows them side by side."""
+        return {
+            "columns": [
+                {
+                    "model": c.model,
+                    "endpoint": c.endpoint,
+                    "text": c.text,
+                    "figures": c.figures,
+                    "error": c.error,
+                    "status": "done"
+                    if c.figures or c.error
+                    else "answering"
+                    if c.endpoint
+                    else "waiting",
+                }
+                for c in self.columns.values()
+            ]
+        }
+
     def markdown(self, model: str) -> str:
         """One column as Markdown: the answer, then its figures or its error, for plain messages."""
         column = self.columns[model]

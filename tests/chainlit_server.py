@@ -60,7 +60,7 @@ def running_chainlit(workdir: Path, env: dict[str, str]) -> Iterator[RunningChai
     """
     root = workdir / "approot"
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("app.py", ".chainlit", "chainlit.md"):
+    for name in ("app.py", ".chainlit", "chainlit.md", "public"):
         if not (root / name).exists():
             (root / name).symlink_to(REPO / name)
     log = workdir / "chainlit.log"

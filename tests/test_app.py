@@ -455,13 +455,18 @@ async def test_compare_command_streams_two_models_on_the_same_passages_with_timi
         first, second = fake.requests
         assert user_content(first) == user_content(second)  # the very same context and question
         assert user_content(first).endswith(f"Question: {HOLIDAYS}")
-        columns = chat.answers()[-2:]
-        for model, column in zip(MODELS, columns, strict=True):
-            assert column.output.startswith(f"**{model}** · ")
-            assert (
-                REPLY in column.output and "TTFT" in column.output and "tokens/s" in column.output
-            )
-            assert len(chat.streamed_tokens(column.id)) > 3
+        message = chat.last_answer()
+        assert message.output.startswith("Comparing `phi-4-mini-fake` and `qwen-2.5-fake`")
+        assert "**Sources (the same for every model):** [1] " in message.output
+        # One panel with a column per model, side by side, repainted as the answers came in.
+        (panel,) = [e for e in message.elements if e["name"] == "Compare"]
+        columns = panel["props"]["columns"]
+        assert [c["model"] for c in columns] == MODELS
+        for column in columns:
+            assert column["status"] == "done" and column["text"] == REPLY
+            assert "TTFT" in column["figures"] and "tokens/s" in column["figures"]
+        repaints = [d for e, d in chat.events if e == "element" and d["id"] == panel["id"]]
+        assert len(repaints) >= 4  # created, each model started, each model done
         assert len(chat.steps("retrieval")) == 1  # one search for both models
 
 

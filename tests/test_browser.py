@@ -124,6 +124,21 @@ def test_ask_stream_sources_switch_model_and_a_dead_endpoint_in_chromium(
             assert fake.models_called == ["phi-4-mini-fake", "qwen-2.5-fake"]
             assert {"role": "user", "content": HOLIDAYS} in fake.requests[1]["messages"]
 
+            # Compare: both models' answers in columns side by side, each with its timings.
+            page.locator("#chat-input").fill(f"/compare phi-4-mini-fake qwen-2.5-fake {HOLIDAYS}")
+            page.locator("#chat-submit").click()
+            columns = page.locator("[data-model]")
+            expect(columns).to_have_count(2)
+            expect(page.locator(".compare-figures")).to_have_count(2, timeout=60_000)
+            for model in MODELS:
+                column = page.locator(f'[data-model="{model}"]')
+                expect(column).to_contain_text(REPLY)
+                expect(column).to_contain_text("TTFT")
+            left, right = (columns.nth(i).bounding_box() for i in range(2))
+            assert left and right and left["x"] < right["x"] and left["y"] == right["y"]
+            page.screenshot(path=str(tmp_path / "compare.png"))
+            assert fake.models_called[-2:] in (MODELS, MODELS[::-1])
+
             # The model server goes away: a plain sentence naming the URL, no traceback.
             fake.stop()
             page.locator("#chat-input").fill("Is the server still there?")
