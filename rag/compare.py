@@ -324,9 +324,8 @@ class CompareBoard:
 
     >>> board = CompareBoard(["a", "b"])
     >>> async for event in compare_stream(question, ["a", "b"]):   # doctest: +SKIP
-    ...     column = board.apply(event)
-    ...     if column is not None:
-    ...         render(column.model, board.markdown(column.model))
+    ...     if board.apply(event) is not None:
+    ...         render(board.props())   # {"columns": [{"model", "text", "figures", ...}]}
     """
 
     def __init__(self, models: Sequence[str]) -> None:
@@ -370,17 +369,6 @@ class CompareBoard:
             ]
         }
 
-    def markdown(self, model: str) -> str:
-        """One column as Markdown: the answer, then its figures or its error, for plain messages."""
-        column = self.columns[model]
-        note = (
-            f"*{column.figures}*"
-            if column.figures
-            else f"**{column.error}**"
-            if column.error
-            else ""
-        )
-        return f"{column.text.strip()}\n\n{note}".strip()
 
 
 def result_json(result: ModelResult) -> dict[str, object]:
