@@ -15,7 +15,6 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = Path(os.environ.get("RAG_MODELS_DIR", REPO / ".data" / "models")).resolve()
 
 
-
 def pytest_sessionstart(session: pytest.Session) -> None:
     """The suite runs on the real models; without them it stops with what to run."""
     missing = [
@@ -71,6 +70,19 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
 def offline_settings(tmp_path: Path, **overrides: object) -> Settings:
     """:func:`make_settings` with the embedded engine off: the model servers are fakes."""
     return make_settings(tmp_path, **{"engine": "off", **overrides})
+
+
+def with_fallback(
+    root: Path, local_url: str, fallback_url: str, fallback_model: str, **overrides: object
+) -> Settings:
+    """:func:`offline_settings` with a local endpoint and a cloud fallback (both fakes)."""
+    return offline_settings(
+        root,
+        llm_base_url=local_url,
+        llm_fallback_base_url=fallback_url,
+        llm_fallback_model=fallback_model,
+        **overrides,
+    )
 
 
 @pytest.fixture

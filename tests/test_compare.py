@@ -28,7 +28,7 @@ from rag.compare import (
 )
 from rag.llm import Endpoint
 from rag.settings import Settings
-from tests.conftest import MODELS_DIR, REPO, offline_settings
+from tests.conftest import MODELS_DIR, REPO, with_fallback
 from tests.fake_openai import FakeOpenAI
 
 QUESTION = "How many days of paid holiday does everyone get?"
@@ -54,14 +54,8 @@ def big() -> Iterator[FakeOpenAI]:
         yield fake
 
 
-def _two(corpus_store: Path, small: FakeOpenAI, big: FakeOpenAI, **overrides: object) -> Settings:
-    return offline_settings(
-        corpus_store,
-        llm_base_url=small.base_url,
-        llm_fallback_base_url=big.base_url,
-        llm_fallback_model="big",
-        **overrides,
-    )
+def _two(root: Path, small: FakeOpenAI, big: FakeOpenAI, **overrides: object) -> Settings:
+    return with_fallback(root, small.base_url, big.base_url, "big", **overrides)
 
 
 def _context_message(request: dict) -> str:
@@ -71,7 +65,9 @@ def _context_message(request: dict) -> str:
 async def test_both_models_get_identical_context_and_plausible_figures(
     corpus_store: Path, small: FakeOpenAI, big: FakeOpenAI
 ) -> None:
-    result = await compare(QUESTION, ["small", "fallback:big"], settings=_two(corpus_store, small, big))
+    result = await compare(
+        QUESTION, ["small", "fallback:big"], settings=_two(corpus_store, small, big)
+    )
 
     fast, slow = result.results
     assert isinstance(fast, ModelDone) and isinstance(slow, ModelDone)

@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse
 
 from rag.openai_api import mount_openai_api
 from rag.settings import Settings
-from tests.conftest import offline_settings
+from tests.conftest import offline_settings, with_fallback
 from tests.fake_openai import FakeOpenAI
 
 REPLY = "Everyone gets 28 days of paid holiday [1]."
@@ -79,13 +79,7 @@ def cloud() -> Iterator[FakeOpenAI]:
 
 
 def _both(root: Path, local: FakeOpenAI, cloud: FakeOpenAI, **overrides: object) -> Settings:
-    return offline_settings(
-        root,
-        llm_base_url=local.base_url,
-        llm_fallback_base_url=cloud.base_url,
-        llm_fallback_model="gpt-cloud",
-        **overrides,
-    )
+    return with_fallback(root, local.base_url, cloud.base_url, "gpt-cloud", **overrides)
 
 
 def test_models_lists_local_and_routed_models_ahead_of_the_spa(
@@ -212,7 +206,9 @@ def test_local_only_never_leaks_through_the_api(
     assert cloud.requests == []
 
 
-def test_api_key_is_required_when_set(corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI) -> None:
+def test_api_key_is_required_when_set(
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+) -> None:
     with ApiServer(_both(corpus_store, local, cloud, api_key="s3cret")) as api:
         missing = httpx.get(f"{api.url}/v1/models")
         assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
@@ -289,7 +285,9 @@ def test_a_model_pinned_to_the_fallback_is_answered_there(
     assert local.requests == [] and cloud.models_called == ["gpt-cloud"]
 
 
-def test_a_stream_breaking_midway_ends_cleanly_with_a_note(corpus_store: Path, cloud: FakeOpenAI) -> None:
+def test_a_stream_breaking_midway_ends_cleanly_with_a_note(
+    corpus_store: Path, cloud: FakeOpenAI
+) -> None:
     with FakeOpenAI(models=["phi-local"], reply=REPLY, break_after_tokens=3) as breaking:
         with ApiServer(offline_settings(corpus_store, llm_base_url=breaking.base_url)) as api:
             chunks = list(

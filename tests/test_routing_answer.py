@@ -15,7 +15,7 @@ from rag.answer import AnswerDone, AnswerStart, answer
 from rag.errors import EndpointUnavailable, RagError
 from rag.routing import RouteRefused
 from rag.settings import Settings
-from tests.conftest import offline_settings
+from tests.conftest import offline_settings, with_fallback
 from tests.fake_openai import FakeOpenAI
 
 QUESTION = "How many days of paid holiday does everyone get?"
@@ -33,14 +33,9 @@ def cloud() -> Iterator[FakeOpenAI]:
         yield fake
 
 
-def _both(corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI, **overrides: object) -> Settings:
-    return offline_settings(
-        corpus_store,
-        llm_base_url=local.base_url,
-        llm_model="phi-local",
-        llm_fallback_base_url=cloud.base_url,
-        llm_fallback_model="gpt-cloud",
-        **overrides,
+def _both(root: Path, local: FakeOpenAI, cloud: FakeOpenAI, **overrides: object) -> Settings:
+    return with_fallback(
+        root, local.base_url, cloud.base_url, "gpt-cloud", llm_model="phi-local", **overrides
     )
 
 
