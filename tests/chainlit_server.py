@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MODELS_DIR, REPO, free_port
+from tests.conftest import MODELS_DIR, REPO, free_port, stop_process
 
 CHAINLIT = Path(sys.executable).with_name("chainlit")
 START_TIMEOUT_S = 90
@@ -78,12 +78,7 @@ def running_chainlit(workdir: Path, env: dict[str, str]) -> Iterator[RunningChai
         _wait_for_health(url, proc, log)
         yield RunningChainlit(url=url, log=log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _wait_for_health(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:

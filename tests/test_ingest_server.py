@@ -15,7 +15,7 @@ from ingest.pipeline import ingest
 from rag.embed import get_embedder
 from rag.retrieve import Retriever
 from rag.store import ChunkStore
-from tests.conftest import free_port, make_settings
+from tests.conftest import free_port, make_settings, stop_process
 from tests.documents import write_corpus
 
 pytestmark = pytest.mark.slow
@@ -58,12 +58,7 @@ def chroma_server(tmp_path: Path) -> Iterator[int]:
                 time.sleep(0.2)
         yield port
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, timeout_s=10)
         log.close()
 
 
