@@ -136,6 +136,7 @@ async def answer(
     local_down = missing_local is not None
     too_long: list[PromptTooLong] = []
     for position, route in enumerate(routes):
+        compact = route.endpoint.compact_prompt
         try:
             prompt = build_prompt(
                 question,
@@ -144,13 +145,12 @@ async def answer(
                 history=history,
                 context_tokens=route.endpoint.context_tokens,
                 counter=counter,
-                style=COMPACT if route.endpoint.compact_prompt else FULL,
+                style=COMPACT if compact else FULL,
             )
         except PromptTooLong as exc:
             # A route with a larger window (a cloud fallback) may still take it.
             too_long.append(exc)
             continue
-        compact = route.endpoint.compact_prompt
         stream = stream_chat(
             route.endpoint,
             prompt.messages,
@@ -167,15 +167,10 @@ async def answer(
             first: str | None = await anext(stream)
         except StopAsyncIteration:
             first = None  # the model answered with nothing at all
-        except EndpointUnavailable as exc:
-            down.append(exc)
-            if route.endpoint.base_url == local.base_url:
-                local_down = True
-                forget_endpoint(local)
-            continue
-        except StreamInterrupted as exc:
-            # Broken before any text: as good as down, so the next route may still answer.
-            if exc.partial or position == len(routes) - 1:
+        except (EndpointUnavailable, StreamInterrupted) as exc:
+            # Broken before any text is as good as down: the next route may still answer.
+            last = position == len(routes) - 1
+            if isinstance(exc, StreamInterrupted) and (exc.partial or last):
                 raise
             down.append(exc)
             if route.endpoint.base_url == local.base_url:
