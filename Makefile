@@ -43,7 +43,7 @@ install-dev: $(VENV)/.installed-dev
 # Export the embedder to ONNX and build the embedded LLM; both skip work whose checksum matches.
 models: install
 	$(PY) -m rag.export_embedder
-	$(PY) -m rag.engine build
+	$(PY) -m rag.embedded_llm build
 
 ingest: install
 	$(PY) -m ingest

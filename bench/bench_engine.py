@@ -4,7 +4,7 @@ Both sides answer the same ~300-token RAG prompt (system rule, five numbered
 context passages, a question) greedily, generating exactly ``--tokens`` tokens
 (EOS ignored) so decode rates compare like for like:
 
-- the embedded engine as the app uses it: ``rag.engine serve`` in a child process,
+- the embedded engine as the app uses it: ``rag.embedded_llm serve`` in a child process,
   streamed through the openai SDK (TTFT includes HTTP and the chat template);
 - onnxruntime-genai in this process (the runtime alone, no HTTP);
 - transformers+torch on the packaged GGUF, dequantized to float32 (what the build starts from).
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import openai
 
-from rag.engine import EngineProcess, engine_available
-from rag.engine.build import packaged_gguf
+from rag.embedded_llm import EngineProcess, engine_available
+from rag.embedded_llm.build import packaged_gguf
 from rag.settings import get_settings
 
 PASSAGES = [
@@ -100,7 +100,7 @@ def bench_genai(model_dir: Path, tokens: int, reps: int) -> tuple[float, float, 
     """
     import onnxruntime_genai as og
 
-    from rag.engine.generation import Engine
+    from rag.embedded_llm.generation import Engine
 
     def load_with(threads: int) -> tuple[Engine, float]:
         t0 = time.perf_counter()
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> str:
     s_ttft, s_rate, prompt_tokens, startup = bench_server(tokens, reps, g_threads)
     t_ttft, t_rate, t_load, t_threads = bench_transformers(tokens, reps)
 
-    served = f"embedded engine, `rag.engine serve` over HTTP (int4, {g_threads} thread(s))"
+    served = f"embedded engine, `rag.embedded_llm serve` over HTTP (int4, {g_threads} thread(s))"
     in_process = f"onnxruntime-genai in-process (int4, {g_threads} thread(s))"
     torch_path = f"transformers+torch on the GGUF (dequantized fp32, {t_threads} thread(s))"
     rows = [

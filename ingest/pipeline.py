@@ -47,7 +47,7 @@ from ingest.report import Failure, IngestReport
 from ingest.scan import SourceFile, scan_docs
 from ingest.state import IngestState, SourceState
 from rag.errors import RagError
-from rag.lexical import rebuild_lexical_index
+from rag.bm25 import rebuild_bm25_index
 from rag.settings import Settings
 from rag.store import Chunk, ChunkStore, bump_generation
 
@@ -323,7 +323,7 @@ class _IngestRun:
     def _publish(self) -> None:
         """Tell readers the store changed: new generation, fresh BM25 index."""
         bump_generation(self.settings)
-        rebuild_lexical_index(self.settings, self.store)
+        rebuild_bm25_index(self.settings, self.store)
         self.state.set_meta("dirty", None)
 
     # --- helpers bound to this run -------------------------------------------

@@ -10,7 +10,7 @@ The order is the one a user expects:
    ``foundry service status`` names it (or the ``foundry-local-sdk`` package, when
    installed, reports it). Foundry only accepts model *ids*, so the configured alias
    (``FOUNDRY_MODEL``, e.g. ``phi-4-mini``) is resolved against ``/v1/models``.
-3. The embedded ONNX Runtime GenAI engine (:mod:`rag.engine`), when its model is built.
+3. The embedded ONNX Runtime GenAI engine (:mod:`rag.embedded_llm`), when its model is built.
 
 Otherwise :class:`~rag.errors.EndpointUnavailable` says what to start.
 
@@ -306,7 +306,7 @@ async def embedded_endpoint(
         why_not.append("the embedded engine is switched off (RAG_ENGINE=off)")
         return None
     try:
-        from rag.engine.process import engine_available, shared_engine
+        from rag.embedded_llm.process import engine_available, shared_engine
     except ImportError as exc:
         why_not.append(f"the embedded engine cannot be loaded ({exc})")
         return None

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rag.errors import NoDocuments
-from rag.lexical import LexicalIndex, load_lexical_index
+from rag.bm25 import Bm25Index, load_bm25_index
 from rag.settings import Settings, get_settings
 from rag.store import Chunk, ChunkStore, forget_cached_clients, read_generation
 
@@ -52,7 +52,7 @@ class Hit:
     text: str
     score: float
     dense_rank: int | None = None
-    lexical_rank: int | None = None
+    bm25_rank: int | None = None
 
 
 def fuse(
@@ -69,8 +69,8 @@ def fuse(
     scores: dict[str, float] = {}
     chunks: dict[str, Chunk] = {}
     dense_rank: dict[str, int] = {}
-    lexical_rank: dict[str, int] = {}
-    for ranks, ranked in ((dense_rank, dense), (lexical_rank, lexical)):
+    bm25_rank: dict[str, int] = {}
+    for ranks, ranked in ((dense_rank, dense), (bm25_rank, lexical)):
         for rank, (chunk, _score) in enumerate(ranked, start=1):
             if chunk.id in ranks:  # a method listing a chunk twice counts once
                 continue
@@ -79,12 +79,12 @@ def fuse(
             scores[chunk.id] = scores.get(chunk.id, 0.0) + 1.0 / (rrf_k + rank)
     order = sorted(scores, key=lambda cid: -scores[cid])  # sorted() is stable
     return [
-        _hit(chunks[cid], scores[cid], dense_rank.get(cid), lexical_rank.get(cid))
+        _hit(chunks[cid], scores[cid], dense_rank.get(cid), bm25_rank.get(cid))
         for cid in order[:k]
     ]
 
 
-def _hit(chunk: Chunk, score: float, dense_rank: int | None, lexical_rank: int | None) -> Hit:
+def _hit(chunk: Chunk, score: float, dense_rank: int | None, bm25_rank: int | None) -> Hit:
     return Hit(
         chunk_id=chunk.id,
         source=chunk.source,
@@ -93,7 +93,7 @@ def _hit(chunk: Chunk, score: float, dense_rank: int | None, lexical_rank: int |
         text=chunk.text,
         score=score,
         dense_rank=dense_rank,
-        lexical_rank=lexical_rank,
+        bm25_rank=bm25_rank,
     )
 
 
@@ -103,7 +103,7 @@ class _Loaded:
 
     generation: str
     store: ChunkStore
-    lexical: LexicalIndex
+    lexical: Bm25Index
     count: int
 
 
@@ -174,7 +174,7 @@ class Retriever:
         count = store.count()
         if count == 0:
             raise NoDocuments(docs)
-        return _Loaded(generation, store, load_lexical_index(s, store), count)
+        return _Loaded(generation, store, load_bm25_index(s, store), count)
 
 
 _retrievers: dict[tuple[object, ...], Retriever] = {}

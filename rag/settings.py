@@ -36,7 +36,12 @@ class Settings(BaseSettings):
     """Paths, store, embedding, retrieval, LLM endpoint and routing settings."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        # Frozen, so hashable: per-settings caches are plain functools.cache.
+        frozen=True,
     )
 
     # --- paths -----------------------------------------------------------

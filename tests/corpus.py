@@ -232,7 +232,7 @@ def index_folder(
     from ingest.chunker import Chunker
     from ingest.loaders import load_document
     from rag.embed import get_embedder
-    from rag.lexical import rebuild_lexical_index
+    from rag.bm25 import rebuild_bm25_index
     from rag.store import ChunkStore, bump_generation
 
     folder = folder or settings.docs_dir
@@ -249,7 +249,7 @@ def index_folder(
             total += len(chunks)
     bump_generation(settings)
     if rebuild_bm25:
-        rebuild_lexical_index(settings, store)
+        rebuild_bm25_index(settings, store)
     return total
 
 

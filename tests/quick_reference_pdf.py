@@ -32,7 +32,7 @@ PAGES: list[tuple[str, list[str]]] = [
             "and MRR of the search on questions with known sources.",
             "python -m rag.compare QUESTION --models A B [--json] - ask two models the same "
             "question with the same passages and compare speed and answers.",
-            "python -m rag.engine serve [--port N] - run the built-in offline model as an "
+            "python -m rag.embedded_llm serve [--port N] - run the built-in offline model as an "
             "OpenAI-compatible server on 127.0.0.1.",
         ],
     ),

@@ -486,7 +486,7 @@ async def test_compare_without_two_models_explains_its_usage(
 async def test_with_no_server_configured_the_embedded_model_answers_and_says_it_is_small(
     corpus_store: Path, app_env: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rag.engine.process import EMBEDDED_NOTICE, shared_engine
+    from rag.embedded_llm.process import EMBEDDED_NOTICE, shared_engine
 
     app_env(corpus_store, "", RAG_ANSWER_TOKENS=40)
     monkeypatch.delenv("LLM_BASE_URL")

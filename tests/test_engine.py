@@ -1,6 +1,6 @@
 """The embedded engine: a real converted model served over HTTP, driven by the real openai SDK.
 
-One `rag.engine serve` child (started through EngineProcess, as the app does) serves the
+One `rag.embedded_llm serve` child (started through EngineProcess, as the app does) serves the
 whole module; process-lifecycle tests start their own.
 """
 
@@ -20,8 +20,8 @@ import httpx
 import openai
 import pytest
 
-from rag.engine import EngineProcess, engine_available
-from rag.engine.generation import StopMatcher, ends_in_loop
+from rag.embedded_llm import EngineProcess, engine_available
+from rag.embedded_llm.generation import StopMatcher, ends_in_loop
 from rag.errors import ModelMissing
 from rag.llm import Endpoint
 from tests.conftest import REPO, make_settings
@@ -256,7 +256,7 @@ def test_engine_dies_when_its_parent_is_killed(tmp_path: Path, started_from: str
     )
     parent_code = (
         "import sys, threading, time\n"
-        "from rag.engine import EngineProcess\n"
+        "from rag.embedded_llm import EngineProcess\n"
         "from tests.conftest import make_settings\n"
         "from pathlib import Path\n"
         f"p = EngineProcess(make_settings(Path({str(tmp_path)!r})))\n"
@@ -282,7 +282,7 @@ def test_engine_dies_when_its_parent_is_killed(tmp_path: Path, started_from: str
 def test_shared_engine_is_stopped_when_the_app_exits(tmp_path: Path) -> None:
     app_code = (
         "from pathlib import Path\n"
-        "from rag.engine import shared_engine\n"
+        "from rag.embedded_llm import shared_engine\n"
         "from tests.conftest import make_settings\n"
         f"settings = make_settings(Path({str(tmp_path)!r}))\n"
         "engine = shared_engine(settings)\n"
@@ -299,17 +299,17 @@ def test_shared_engine_is_stopped_when_the_app_exits(tmp_path: Path) -> None:
 def test_engine_process_without_a_model_says_how_to_build(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, engine_model_dir_override=tmp_path / "none")
     assert not engine_available(settings)
-    with pytest.raises(ModelMissing, match="rag.engine build"):
+    with pytest.raises(ModelMissing, match="rag.embedded_llm build"):
         EngineProcess(settings).start()
 
 
 def test_serve_without_a_model_exits_1_with_a_sentence(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "rag.engine", "serve", "--port", "0", "--model-dir", str(tmp_path)],
+        [sys.executable, "-m", "rag.embedded_llm", "serve", "--port", "0", "--model-dir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 1
-    assert "python -m rag.engine build" in done.stderr and "make models" in done.stderr
+    assert "python -m rag.embedded_llm build" in done.stderr and "make models" in done.stderr
 
 
 # --- pure logic ---------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.engine.build import MANIFEST, build, is_up_to_date, packaged_gguf, sha256_file
-from rag.engine.model import ModelInfo, model_id
+from rag.embedded_llm.build import MANIFEST, build, is_up_to_date, packaged_gguf, sha256_file
+from rag.embedded_llm.model import ModelInfo, model_id
 from rag.settings import get_settings
 from tests.conftest import MODELS_DIR, REPO, make_settings
 
@@ -33,7 +33,7 @@ def test_packaged_gguf_is_found_without_importing_its_package() -> None:
 def test_up_to_date_build_exits_fast_without_torch(built: Path) -> None:
     code = (
         "import sys\n"
-        "from rag.engine.__main__ import main\n"
+        "from rag.embedded_llm.__main__ import main\n"
         "code = main(['build'])\n"
         "heavy = [m for m in ('torch', 'transformers', 'onnxruntime_genai') if m in sys.modules]\n"
         "print('heavy:', heavy)\n"
@@ -105,7 +105,7 @@ def test_model_id_is_a_clean_folder_name(tmp_path: Path) -> None:
 def test_build_from_a_missing_source_explains_what_to_give(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rag.engine.__main__ import main
+    from rag.embedded_llm.__main__ import main
 
     monkeypatch.setenv("RAG_MODELS_DIR", str(tmp_path))
     get_settings.cache_clear()  # the CLI reads the process-wide settings

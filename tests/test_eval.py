@@ -12,7 +12,7 @@ import pytest
 import rag.eval
 from rag.errors import RagError
 from rag.eval import QA, load_qa
-from rag.lexical import rebuild_lexical_index
+from rag.bm25 import rebuild_bm25_index
 from rag.retrieve import Hit
 from rag.settings import Settings
 from rag.store import Chunk, ChunkStore, bump_generation
@@ -48,7 +48,7 @@ def fruit(settings: Settings, tmp_path: Path) -> tuple[Settings, Path]:
     store = ChunkStore(settings)
     store.add(FRUIT, vectors)
     bump_generation(settings)
-    rebuild_lexical_index(settings, store)
+    rebuild_bm25_index(settings, store)
     qa = tmp_path / "fruit.jsonl"
     qa.write_text("".join(json.dumps(item) + "\n" for item in FRUIT_QA))
     return settings, qa

@@ -155,10 +155,10 @@ def test_store_changed_behind_the_states_back_is_rebuilt(settings, corpus) -> No
 
 
 def test_ingest_rebuilds_the_bm25_index_for_the_new_generation(settings, corpus) -> None:  # type: ignore[no-untyped-def]
-    from rag.lexical import LexicalIndex
+    from rag.bm25 import Bm25Index
 
     report = ingest(settings)
-    index = LexicalIndex.load(settings)
+    index = Bm25Index.load(settings)
     assert index is not None
     assert index.generation == read_generation(settings) != ""
     assert len(index.chunks) == report.chunks

@@ -79,7 +79,7 @@ def test_ingest_writes_to_a_chroma_server_and_it_is_searchable(
     # Hybrid search reads the same server (dense) and the BM25 index ingest saved.
     hits = Retriever(settings).search("when are spring tides?", 3)
     assert hits[0].source == "sea/tides guide.pdf" and hits[0].page == 1
-    assert hits[0].dense_rank is not None and hits[0].lexical_rank is not None
+    assert hits[0].dense_rank is not None and hits[0].bm25_rank is not None
 
     (settings.docs_dir / "volcanoes.md").unlink()
     again = ingest(settings)

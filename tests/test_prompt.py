@@ -30,7 +30,7 @@ def hit(n: int, source: str = "guide.pdf", page: int | None = 3, words: int = 60
         text=text,
         score=1.0 / (60 + n),
         dense_rank=n,
-        lexical_rank=None,
+        bm25_rank=None,
     )
 
 

@@ -33,9 +33,9 @@ def test_rrf_adds_reciprocal_ranks_of_both_lists() -> None:
     hits = fuse(dense, lexical, k=3, rrf_k=60)
     assert [h.chunk_id for h in hits] == ["b#0", "a#0", "c#0"]
     assert hits[0].score == pytest.approx(1 / 62 + 1 / 61)
-    assert (hits[0].dense_rank, hits[0].lexical_rank) == (2, 1)
-    assert (hits[1].dense_rank, hits[1].lexical_rank) == (1, None)
-    assert (hits[2].dense_rank, hits[2].lexical_rank) == (None, 2)
+    assert (hits[0].dense_rank, hits[0].bm25_rank) == (2, 1)
+    assert (hits[1].dense_rank, hits[1].bm25_rank) == (1, None)
+    assert (hits[2].dense_rank, hits[2].bm25_rank) == (None, 2)
 
 
 def test_rrf_ties_keep_dense_order_first() -> None:
@@ -96,7 +96,7 @@ def test_formats_without_pages_have_page_none(corpus_settings: Settings) -> None
 def test_exact_email_address_is_found_by_the_keyword_half(corpus_settings: Settings) -> None:
     hits = Retriever(corpus_settings).search("privacy@brightwater.example", 3)
     assert hits[0].source == "policies/security.html"
-    assert hits[0].lexical_rank == 1
+    assert hits[0].bm25_rank == 1
 
 
 def test_hits_are_typed_and_ranked_best_first(corpus_settings: Settings) -> None:
@@ -151,7 +151,7 @@ def test_long_lived_retriever_sees_a_new_ingest(tmp_path: Path, rebuild_bm25: bo
     hits = retriever.search("zeppelin hangar opening time", 3)
     assert hits[0].source == "hangar.md"
     assert hits[0].dense_rank == 1  # Chroma reopened: the new vector is visible
-    assert hits[0].lexical_rank == 1  # BM25 reloaded (or rebuilt when the writer did not)
+    assert hits[0].bm25_rank == 1  # BM25 reloaded (or rebuilt when the writer did not)
 
 
 def test_missing_store_raises_no_documents_without_creating_it(settings: Settings) -> None:

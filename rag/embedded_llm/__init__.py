@@ -3,16 +3,16 @@
 The app uses it when no model server is configured or discovered, so it still
 answers on a machine without Foundry Local, Ollama or a network.
 
-- ``python -m rag.engine build``: convert the packaged SmolLM2-135M GGUF (or another
+- ``python -m rag.embedded_llm build``: convert the packaged SmolLM2-135M GGUF (or another
   GGUF / Hugging Face folder) to an int4 ONNX Runtime GenAI model, checked by sha256;
-- ``python -m rag.engine serve``: serve it on 127.0.0.1 (``/v1/models``, ``/v1/chat/completions``);
+- ``python -m rag.embedded_llm serve``: serve it on 127.0.0.1 (``/v1/models``, ``/v1/chat/completions``);
 - :func:`shared_engine` / :class:`EngineProcess`: run the server as a child of the app
   and get a :class:`rag.llm.Endpoint` for it; :func:`engine_available` says if the model is built.
 
 Importing this package loads neither torch nor onnxruntime_genai.
 """
 
-from rag.engine.model import ModelInfo
-from rag.engine.process import EMBEDDED_NOTICE, EngineProcess, engine_available, shared_engine
+from rag.embedded_llm.model import ModelInfo
+from rag.embedded_llm.process import EMBEDDED_NOTICE, EngineProcess, engine_available, shared_engine
 
 __all__ = ["EMBEDDED_NOTICE", "EngineProcess", "ModelInfo", "engine_available", "shared_engine"]

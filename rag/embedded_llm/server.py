@@ -11,9 +11,9 @@ Routes:
 
 Every error is OpenAI-shaped JSON ``{"error": {"message", "type", "param", "code"}}``.
 A generation that repeats one phrase three times in a row ends with ``finish_reason``
-"stop" (tiny models loop; see :func:`rag.engine.generation.ends_in_loop`).
+"stop" (tiny models loop; see :func:`rag.embedded_llm.generation.ends_in_loop`).
 
-    python -m rag.engine serve --port 8099
+    python -m rag.embedded_llm serve --port 8099
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from rag.engine.generation import Delta, Engine, Failed, Finished, Sampling
-from rag.engine.model import BUILD_HINT, GENAI_CONFIG
+from rag.embedded_llm.generation import Delta, Engine, Failed, Finished, Sampling
+from rag.embedded_llm.model import BUILD_HINT, GENAI_CONFIG
 from rag.settings import Settings
 
-log = logging.getLogger("rag.engine")
+log = logging.getLogger("rag.embedded_llm")
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
 MAX_STOPS = 4  # OpenAI's limit

@@ -1,6 +1,6 @@
 """Run the embedded engine as a child process of the app, and never leave it behind.
 
-:class:`EngineProcess` starts ``python -m rag.engine serve`` on a loopback
+:class:`EngineProcess` starts ``python -m rag.embedded_llm serve`` on a loopback
 socket it opened itself (so the port is known before the child starts and no
 other program can take it), waits until ``GET /v1/models`` answers, and returns
 a :class:`rag.llm.Endpoint` for it. The child cannot outlive the app:
@@ -34,7 +34,7 @@ import urllib.request
 import weakref
 from pathlib import Path
 
-from rag.engine.model import BUILD_HINT, GENAI_CONFIG, ModelInfo
+from rag.embedded_llm.model import BUILD_HINT, GENAI_CONFIG, ModelInfo
 from rag.errors import EndpointUnavailable, ModelMissing
 from rag.llm import Endpoint
 from rag.settings import Settings
@@ -46,7 +46,7 @@ EMBEDDED_NOTICE = (
     "such as Ollama."
 )
 START_HINT = (
-    "the embedded engine did not start; see its log, rebuild it with `python -m rag.engine build "
+    "the embedded engine did not start; see its log, rebuild it with `python -m rag.embedded_llm build "
     "--force`, or start Foundry Local (`foundry model run phi-4-mini`) or set LLM_BASE_URL"
 )
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
@@ -68,14 +68,14 @@ def _die_with_parent() -> None:
 
 
 def _pythonpath() -> str:
-    # The child runs `-m rag.engine` and must find this very package, whatever the app's cwd.
+    # The child runs `-m rag.embedded_llm` and must find this very package, whatever the app's cwd.
     root = str(Path(__file__).resolve().parents[2])
     rest = os.environ.get("PYTHONPATH")
     return f"{root}{os.pathsep}{rest}" if rest else root
 
 
 class EngineProcess:
-    """One ``rag.engine serve`` child process; :meth:`start` is idempotent and thread-safe."""
+    """One ``rag.embedded_llm serve`` child process; :meth:`start` is idempotent and thread-safe."""
 
     def __init__(self, settings: Settings, *, start_timeout_s: float = 60.0) -> None:
         self.settings = settings
@@ -108,7 +108,7 @@ class EngineProcess:
             port = sock.getsockname()[1]
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             cmd = [
-                sys.executable, "-m", "rag.engine", "serve", "--model-dir", str(self.model_dir),
+                sys.executable, "-m", "rag.embedded_llm", "serve", "--model-dir", str(self.model_dir),
                 "--fd", str(sock.fileno()), "--exit-with-parent",
                 "--threads", str(self.settings.threads),
             ]  # fmt: skip

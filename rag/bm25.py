@@ -9,12 +9,12 @@ The index is persisted under ``DATA_DIR/bm25`` with the store generation it was
 built from, plus each chunk's id, source, page, heading and text, so a BM25 hit
 becomes a :class:`~rag.store.Chunk` without another Chroma round-trip.
 
-Writers call :func:`rebuild_lexical_index` after a changing ingest; readers call
-:func:`load_lexical_index`, which rebuilds only when the saved stamp does not
+Writers call :func:`rebuild_bm25_index` after a changing ingest; readers call
+:func:`load_bm25_index`, which rebuilds only when the saved stamp does not
 match the store (a crashed or older ingest).
 
->>> n = rebuild_lexical_index(settings)                          # doctest: +SKIP
->>> index = load_lexical_index(settings)                         # doctest: +SKIP
+>>> n = rebuild_bm25_index(settings)                          # doctest: +SKIP
+>>> index = load_bm25_index(settings)                         # doctest: +SKIP
 >>> [(c.source, round(s, 2)) for c, s in index.search("RAG_DOCS_DIR", 3)]  # doctest: +SKIP
 [('configuration.md', 7.41), ...]
 """
@@ -57,7 +57,7 @@ def index_dir(settings: Settings) -> Path:
     return settings.data_dir / "bm25"
 
 
-class LexicalIndex:
+class Bm25Index:
     """BM25 over a fixed list of chunks, stamped with the store generation it was built from."""
 
     def __init__(
@@ -127,7 +127,7 @@ class LexicalIndex:
         return folder
 
     @classmethod
-    def load(cls, settings: Settings) -> LexicalIndex | None:
+    def load(cls, settings: Settings) -> Bm25Index | None:
         """The saved current index, or None when there is none or it is unreadable."""
         folder = _current_folder(index_dir(settings))
         if folder is None:
@@ -152,7 +152,7 @@ class LexicalIndex:
         return cls(chunks, str(meta.get("generation", "")), bm25)
 
 
-def rebuild_lexical_index(settings: Settings, store: ChunkStore | None = None) -> int:
+def rebuild_bm25_index(settings: Settings, store: ChunkStore | None = None) -> int:
     """Rebuild the BM25 index from every chunk in the store and save it; returns the chunk count.
 
     Called by ingest once at the end of a run that changed the store (after
@@ -161,20 +161,20 @@ def rebuild_lexical_index(settings: Settings, store: ChunkStore | None = None) -
     return len(_build_and_save(settings, store))
 
 
-def _build_and_save(settings: Settings, store: ChunkStore | None) -> LexicalIndex:
+def _build_and_save(settings: Settings, store: ChunkStore | None) -> Bm25Index:
     # Read the generation *before* the chunks: if a writer commits meanwhile, the
     # stamp is older than the content and the next reader rebuilds, never the reverse.
     generation = read_generation(settings)
     store = store or ChunkStore(settings)
-    index = LexicalIndex(list(store.iter_chunks()), generation)
+    index = Bm25Index(list(store.iter_chunks()), generation)
     index.save(settings)
     return index
 
 
-def load_lexical_index(settings: Settings, store: ChunkStore | None = None) -> LexicalIndex:
+def load_bm25_index(settings: Settings, store: ChunkStore | None = None) -> Bm25Index:
     """The saved index when it matches the store generation, else a fresh rebuild (saved too)."""
     generation = read_generation(settings)
-    index = LexicalIndex.load(settings)
+    index = Bm25Index.load(settings)
     if index is not None and index.generation == generation:
         return index
     return _build_and_save(settings, store)

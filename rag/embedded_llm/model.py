@@ -1,7 +1,7 @@
 """What an ONNX Runtime GenAI model folder is: its id and its context size.
 
 A model folder is anything with a ``genai_config.json`` next to its ONNX files:
-the one ``python -m rag.engine build`` makes, or one Foundry Local cached. This
+the one ``python -m rag.embedded_llm build`` makes, or one Foundry Local cached. This
 module only reads JSON, so the app can ask about the model without loading it.
 
 >>> info = ModelInfo.read(Path(".data/models/smollm2-135m-instruct-int4"))  # doctest: +SKIP
@@ -19,7 +19,7 @@ from pathlib import Path
 from rag.errors import ModelMissing
 
 GENAI_CONFIG = "genai_config.json"
-BUILD_HINT = "run `make models` (or `python -m rag.engine build`)"
+BUILD_HINT = "run `make models` (or `python -m rag.embedded_llm build`)"
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime_genai as og
 
-from rag.engine.model import ModelInfo
+from rag.embedded_llm.model import ModelInfo
 
-log = logging.getLogger("rag.engine")
+log = logging.getLogger("rag.embedded_llm")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Command line of the embedded engine.
 
-python -m rag.engine build [--source GGUF_OR_FOLDER] [--out DIR] [--force]
-python -m rag.engine serve [--host 127.0.0.1] [--port N] [--model-dir DIR]
+python -m rag.embedded_llm build [--source GGUF_OR_FOLDER] [--out DIR] [--force]
+python -m rag.embedded_llm serve [--host 127.0.0.1] [--port N] [--model-dir DIR]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rag.settings import get_settings
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m rag.engine", description=__doc__.split("\n")[1]
+        prog="python -m rag.embedded_llm", description=__doc__.split("\n")[1]
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     try:
         if args.command == "build":
-            from rag.engine.build import build
+            from rag.embedded_llm.build import build
 
             result = build(settings, source=args.source, out=args.out, force=args.force)
             if result.status == "up to date":
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                     "nothing to build"
                 )
             return 0
-        from rag.engine.server import serve
+        from rag.embedded_llm.server import serve
 
         return serve(
             settings,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from rag.engine.model import GENAI_CONFIG
+from rag.embedded_llm.model import GENAI_CONFIG
 from rag.errors import ModelMissing, RagError
 from rag.settings import Settings
 
