@@ -2,8 +2,9 @@
 
 The handlers below read like the conversation: greet and offer the models, take
 dropped files into the knowledge base, answer with sources. The work lives in
-``rag/`` (discovery, retrieval, prompt, answer pipeline, uploads) and ``ingest/``;
-this file only turns its events and error sentences into chat messages.
+``rag/`` (the model catalog, retrieval, the answer pipeline), ``rag/web/`` (the
+chat's wording, the compare board, the HTTP API) and ``ingest/``; this file only
+turns their events and error sentences into chat messages.
 """
 
 from __future__ import annotations
@@ -21,23 +22,18 @@ from chainlit.input_widget import Select
 from chainlit.server import app as chainlit_server
 
 from ingest.pipeline import IngestReport, ingest
-from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer, choose_model
-from rag.chat_text import footer, hits_table, upload_summary, welcome
-from rag.compare import (
-    CompareBoard,
-    ModelDelta,
-    compare_stream,
-    parse_compare_command,
-)
-from rag.discovery import forget_endpoint, local_endpoint
-from rag.errors import EndpointUnavailable, NoDocuments, RagError, StreamInterrupted
-from rag.llm import Endpoint, Message, list_models
-from rag.openai_api import mount_openai_api
+from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer
+from rag.catalog import Offer, model_catalog
+from rag.compare import ModelDelta, compare_stream
+from rag.errors import NoDocuments, RagError, StreamInterrupted
+from rag.llm import Message
 from rag.prompt import source_label
 from rag.retrieve import Hit, retrieve
-from rag.routing import routed_models
 from rag.settings import Settings, get_settings
 from rag.uploads import SavedUpload, save_upload
+from rag.web.chat_text import footer, hits_table, interrupted, opening, switched, upload_summary
+from rag.web.compare_board import CompareBoard, parse_compare_command
+from rag.web.http_api import mount_openai_api
 
 log = logging.getLogger("local_rag_chat")
 PANEL_REFRESH_S = 0.1
@@ -56,37 +52,22 @@ COMPARE_COMMAND = {
 
 @cl.on_chat_start
 async def on_chat_start() -> None:
-    """Find the model server, offer its models in the settings, and say what to do."""
+    """Offer the models in the settings, and say what to do."""
     settings = get_settings()
     cl.user_session.set("history", [])
-    try:
-        endpoint = await local_endpoint(settings)
-        models = await list_models(endpoint, settings)
-    except RagError as exc:
-        note = f"**No local model server yet.** {exc}"
-        if fallback := routed_models(settings):
-            # Routing may still answer through the configured fallback.
-            await offer_models(None, fallback, settings)
-            await cl.context.emitter.set_commands([COMPARE_COMMAND])
-            note += f"\n\nUntil one runs, answers come from `{fallback[0]}`."
-        await cl.Message(content=f"{welcome(settings)}\n\n{note}").send()
-        return
-    model = await offer_models(endpoint, models, settings)
+    offer = await model_catalog(settings).offer()
+    await offer_models(offer)
     await cl.context.emitter.set_commands([COMPARE_COMMAND])
-    await cl.Message(content=welcome(settings, endpoint, model)).send()
+    await cl.Message(content=opening(settings, offer)).send()
 
 
 @cl.on_settings_update
 async def on_settings_update(values: dict[str, object]) -> None:
     """Switch the model for this chat; the history stays and the next answer uses it."""
     model = values.get("model")
-    offered = cl.user_session.get("models") or []
-    if model in offered and model != cl.user_session.get("model"):
+    if model in (cl.user_session.get("models") or []) and model != cl.user_session.get("model"):
         cl.user_session.set("model", model)
-        await cl.Message(
-            content=f"Switched to `{model}`. It answers from your next message; "
-            "the conversation so far is kept."
-        ).send()
+        await cl.Message(content=switched(str(model))).send()
 
 
 @cl.on_message
@@ -107,10 +88,6 @@ async def on_message(message: cl.Message) -> None:
             await reply(text, settings)
     except NoDocuments as exc:
         await cl.Message(content=f"**The knowledge base is empty.** {exc}").send()
-    except EndpointUnavailable as exc:
-        # Discover again next time: Foundry Local comes back on a new port after a restart.
-        cl.user_session.set("endpoint", None)
-        await cl.Message(content=str(exc)).send()
     except RagError as exc:
         await cl.Message(content=str(exc)).send()
     except Exception:  # noqa: BLE001 - the chat shows a sentence, the log keeps the traceback
@@ -126,42 +103,28 @@ async def on_message(message: cl.Message) -> None:
 
 async def reply(question: str, settings: Settings) -> None:
     """Search, then stream the answer with its sources; a broken stream keeps its partial text."""
+    await refresh_models(settings)
     history: list[Message] = cl.user_session.get("history") or []
-    endpoint = await session_endpoint(settings)
     hits = await search_step(question, settings)
     msg = cl.Message(content="")
     start: AnswerStart | None = None
     done: AnswerDone | None = None
+    model = cl.user_session.get("model") or None
     try:
-        async for event in answer(
-            question,
-            history=history,
-            model=cl.user_session.get("model") or None,
-            local=endpoint,
-            hits=hits,
-            settings=settings,
-        ):
+        async for event in answer(question, settings, model=model, history=history, hits=hits):
             if isinstance(event, AnswerStart):
                 start = event
             elif isinstance(event, AnswerDelta):
                 await msg.stream_token(event.text)
-            elif isinstance(event, AnswerDone):
+            else:
                 done = event
     except StreamInterrupted as exc:
-        msg.content = (
-            f"{exc.partial}\n\n---\n*{exc} The answer above is incomplete; ask again to retry.*"
-        )
+        msg.content = interrupted(exc.partial, str(exc))
         await msg.send()
-        if start is not None:
-            await show_sources(start.hits, msg.id)
+        await show_sources(start.hits if start else [], msg.id)
         remember_turn(history, question, exc.partial)
         return
-
     assert start is not None and done is not None
-    if done.local_down:
-        # Another route answered because the local server was down: discover again
-        # next time (Foundry Local comes back on a new port after a restart).
-        cl.user_session.set("endpoint", None)
     msg.content = (done.text or "_The model returned an empty answer._") + footer(start, done)
     await msg.send()
     await show_sources(start.hits, msg.id)
@@ -170,26 +133,19 @@ async def reply(question: str, settings: Settings) -> None:
 
 async def compare_models(models: list[str], question: str, settings: Settings) -> None:
     """``/compare A B question``: the models answer from the same passages in columns side by
-    side (public/elements/Compare.jsx), streaming at the same time (remote servers) or one
-    after the other (the same CPU), each with its timings."""
-    endpoint = await session_endpoint(settings)
+    side (public/elements/Compare.jsx), each with its timings."""
     hits = await search_step(question, settings)
     board = CompareBoard(models)
     panel = cl.CustomElement(name="Compare", props=board.props(), display="inline")
-    msg = cl.Message(
-        content=f"Comparing {' and '.join(f'`{m}`' for m in models)} on the same passages.",
-        elements=[panel],
-    )
+    names = " and ".join(f"`{m}`" for m in models)
+    msg = cl.Message(content=f"Comparing {names} on the same passages.", elements=[panel])
     await msg.send()
     shown = 0.0
-    async for event in compare_stream(
-        question, models, history=cl.user_session.get("history") or [], hits=hits,
-        local=endpoint, settings=settings,
-    ):  # fmt: skip
-        if board.apply(event) is None:
-            continue
+    history = cl.user_session.get("history") or []
+    async for event in compare_stream(question, models, settings, history=history, hits=hits):
         # Ten repaints a second look live; one per token would flood the websocket.
-        if not isinstance(event, ModelDelta) or time.monotonic() - shown > PANEL_REFRESH_S:
+        changed = board.apply(event) is not None
+        if changed and (not isinstance(event, ModelDelta) or time.monotonic() - shown > PANEL_REFRESH_S):
             panel.props = board.props()
             await panel.update()
             shown = time.monotonic()
@@ -235,16 +191,14 @@ async def show_sources(hits: Sequence[Hit], answer_id: str) -> None:
 
 async def add_uploads(elements: Sequence[cl.File], settings: Settings) -> None:
     """Save dropped files into the docs folder, ingest them, and report in one message."""
-    names = ", ".join(el.name for el in elements)
-    progress = cl.Message(content=f"Adding {names} to the knowledge base…")
+    progress = cl.Message(content=f"Adding {', '.join(el.name for el in elements)} to the knowledge base…")
     await progress.send()
     saved: list[SavedUpload] = []
     problems: list[str] = []
     for el in elements:
         try:
             # Hashing and copying a 20 MB file would stall every chat on the event loop.
-            path = Path(str(el.path))
-            saved.append(await asyncio.to_thread(save_upload, path, el.name, settings))
+            saved.append(await asyncio.to_thread(save_upload, Path(str(el.path)), el.name, settings))
         except RagError as exc:
             problems.append(str(exc))
     report: IngestReport | None = None
@@ -260,51 +214,26 @@ async def add_uploads(elements: Sequence[cl.File], settings: Settings) -> None:
 # --- session state -----------------------------------------------------------------------
 
 
-async def offer_models(endpoint: Endpoint | None, models: list[str], settings: Settings) -> str:
-    """Remember the endpoint and show the model picker; returns the preselected model.
-
-    ``endpoint`` is None when no local server answers and only routed models are offered.
-    A model the user already picked stays picked when it is still offered (rediscovery).
-    """
-    # Models on other endpoints (fallback, routing file) can be picked as endpoint:model.
-    offered = models + [m for m in routed_models(settings, endpoint) if m not in models]
+async def offer_models(offer: Offer) -> None:
+    """Show the model picker; a model the user already picked stays picked while offered."""
     current = cl.user_session.get("model")
-    if current and current in offered:
-        model = current
-    else:
-        model = choose_model(models, settings.llm_model or (endpoint and endpoint.model))
-    cl.user_session.set("endpoint", endpoint)
-    cl.user_session.set("models", offered)
+    model = current if current in offer.models else offer.default
+    cl.user_session.set("models", offer.models)
     cl.user_session.set("model", model)
-    if offered:
-        index = offered.index(model) if model in offered else 0
+    cl.user_session.set("local_found", offer.local is not None)
+    if offer.models:
+        index = offer.models.index(model) if model in offer.models else 0
         await cl.ChatSettings(
-            [Select(id="model", label="Model", values=offered, initial_index=index)]
+            [Select(id="model", label="Model", values=offer.models, initial_index=index)]
         ).send()
-    return model
 
 
-async def session_endpoint(settings: Settings) -> Endpoint | None:
-    """This chat's endpoint; discovered again (and the picker shown) if none answered at start.
-
-    None when no local server answers but routing knows a fallback: the answer
-    pipeline then discovers again and routes around the missing local server.
-    """
-    endpoint: Endpoint | None = cl.user_session.get("endpoint")
-    if endpoint is None:
-        try:
-            endpoint = await local_endpoint(settings)
-            try:
-                models = await list_models(endpoint, settings)
-            except EndpointUnavailable:
-                forget_endpoint(endpoint)
-                raise
-            await offer_models(endpoint, models, settings)
-        except EndpointUnavailable:
-            if not routed_models(settings):
-                raise
-            return None
-    return endpoint
+async def refresh_models(settings: Settings) -> None:
+    """No local server answered when the chat began: look again, and offer its models if found."""
+    if not cl.user_session.get("local_found"):
+        offer = await model_catalog(settings).offer()
+        if offer.local is not None or not cl.user_session.get("models"):
+            await offer_models(offer)
 
 
 def remember_turn(history: list[Message], question: str, text: str) -> None:

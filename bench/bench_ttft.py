@@ -33,7 +33,6 @@ from openai import AsyncOpenAI
 
 from ingest.pipeline import ingest
 from rag.answer import AnswerDelta, answer
-from rag.llm import Endpoint
 from rag.retrieve import Hit, retrieve
 from rag.settings import Settings, get_settings
 from tests.fake_openai import FakeOpenAI
@@ -68,14 +67,12 @@ async def bare_ttft(client: AsyncOpenAI, question: str) -> float:
     return ttft
 
 
-async def app_ttft(
-    question: str, endpoint: Endpoint, settings: Settings, hits: list[Hit] | None = None
-) -> float:
+async def app_ttft(question: str, settings: Settings, hits: list[Hit] | None = None) -> float:
     """Seconds from calling the answer pipeline to its first delta (retrieval included unless
     ``hits`` are given, as the compare command and the chat's search step do)."""
     started = time.perf_counter()
     ttft = float("nan")
-    events = answer(question, model=MODEL, local=endpoint, hits=hits, settings=settings)
+    events = answer(question, settings, model=MODEL, hits=hits)
     async for event in events:
         if isinstance(event, AnswerDelta) and ttft != ttft:
             ttft = time.perf_counter() - started
@@ -95,20 +92,19 @@ def percentile(values: list[float], q: float) -> float:
 
 async def measure(runs: int, delay_s: float, settings: Settings) -> dict[str, list[float]]:
     with FakeOpenAI(models=[MODEL], reply=REPLY, first_token_delay_s=delay_s) as fake:
-        endpoint = Endpoint(name="local", base_url=fake.base_url, model=MODEL,
-                            context_tokens=settings.context_tokens)  # fmt: skip
+        settings = settings.with_overrides(llm_base_url=fake.base_url, llm_model=MODEL)
         client = AsyncOpenAI(base_url=fake.base_url, api_key="not-needed", max_retries=0)
         times: dict[str, list[float]] = {"bare": [], "app": [], "app_hits": [], "warmup_app": []}
         for n in range(WARMUP):
             question = QUESTIONS[n % len(QUESTIONS)]
             await bare_ttft(client, question)
-            times["warmup_app"].append(await app_ttft(question, endpoint, settings))
+            times["warmup_app"].append(await app_ttft(question, settings))
         hits = {q: retrieve(q, settings=settings) for q in QUESTIONS}
         for n in range(runs):
             question = QUESTIONS[n % len(QUESTIONS)]
             times["bare"].append(await bare_ttft(client, question))
-            times["app"].append(await app_ttft(question, endpoint, settings))
-            times["app_hits"].append(await app_ttft(question, endpoint, settings, hits[question]))
+            times["app"].append(await app_ttft(question, settings))
+            times["app_hits"].append(await app_ttft(question, settings, hits[question]))
         await client.close()
     return times
 

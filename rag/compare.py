@@ -33,20 +33,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import sys
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer, format_sources
-from rag.discovery import local_endpoint
-from rag.errors import EndpointUnavailable, RagError
-from rag.llm import Endpoint, Message
+from rag.catalog import model_catalog
+from rag.errors import RagError
+from rag.hosts import is_loopback_host
+from rag.llm import Message
 from rag.retrieve import Hit, retrieve
-from rag.routing import LOCAL_NAME, Route, load_routing, split_qualified
+from rag.routing import LOCAL_NAME, Kind, Route, qualified_name
 from rag.settings import Settings, get_settings
 
 
@@ -119,127 +118,62 @@ def tokens_per_second(completion_tokens: int, ttft_s: float, total_s: float) -> 
     return (completion_tokens - 1) / decode_s
 
 
-def on_this_machine(endpoint: Endpoint) -> bool:
-    """True for a loopback endpoint: it shares this machine's CPU with every other local one."""
-    host = urlsplit(endpoint.base_url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def on_this_machine(route: Route) -> bool:
+    """True for a loopback server: it shares this machine's CPU with every other local one."""
+    return is_loopback_host(urlsplit(route.endpoint.base_url).hostname)
 
 
-def _pinned(model: str, settings: Settings, local: Endpoint | None) -> tuple[str, Endpoint | None]:
-    """The ``endpoint:model`` id for ``model`` and its endpoint (None: local, not yet found)."""
-    table = load_routing(settings)
-    probe = local or Endpoint(name=LOCAL_NAME, base_url="http://127.0.0.1/v1")
-    pinned = split_qualified(model, table, probe)
-    if pinned is None:
-        return f"{LOCAL_NAME}:{model}", local
-    endpoint, name = pinned
-    if endpoint is probe:
-        return f"{LOCAL_NAME}:{name}", local
-    return f"{endpoint.name}:{name}", endpoint
+def pin_id(route: Route) -> str:
+    """The ``endpoint:model`` id that names exactly ``route`` (``local:`` for the local server)."""
+    owner = route.provider.name if route.provider.kind is Kind.DECLARED else LOCAL_NAME
+    return qualified_name(owner, route.model)
 
 
 async def compare_stream(
     question: str,
     models: Sequence[str],
+    settings: Settings,
     *,
     history: Sequence[Message] = (),
     hits: list[Hit] | None = None,
-    local: Endpoint | None = None,
-    settings: Settings | None = None,
 ) -> AsyncIterator[CompareEvent]:
     """Answer ``question`` with each of ``models`` on the same hits, yielding events as they come.
 
     Raises :class:`~rag.errors.NoDocuments` (before any event) on an empty store;
     failures of a single model are :class:`ModelFailed` events, the others go on.
     """
-    settings = settings or get_settings()
     if not models:
         raise ValueError("compare needs at least one model")
     if hits is None:
         hits = await asyncio.to_thread(retrieve, question, settings=settings)
     yield CompareContext(hits=list(hits))
-
-    plans = [(model, *_pinned(model, settings, local)) for model in models]
-    local_error: str | None = None
-    if local is None and any(endpoint is None for _, _, endpoint in plans):
-        try:
-            local = await local_endpoint(settings)
-        except EndpointUnavailable as exc:
-            local_error = str(exc)
-
     queue: asyncio.Queue[CompareEvent | None] = asyncio.Queue()
-
-    async def run_one(model: str, pinned: str, endpoint: Endpoint | None) -> None:
-        if endpoint is None and local is None:
-            await queue.put(ModelFailed(model, local_error or "No local endpoint."))
-            return
-        received: list[str] = []
-        started = time.perf_counter()
-        first: float | None = None
+    lanes: dict[str, list[tuple[str, Route]]] = {}
+    for model in models:
         try:
-            async for event in answer(
-                question,
-                history=history,
-                model=pinned,
-                # A pinned model ignores `local` in routing; it is only a required
-                # argument then, and must not trigger discovery again.
-                local=local or endpoint,
-                hits=list(hits),
-                settings=settings,
-            ):
-                if isinstance(event, AnswerStart):
-                    await queue.put(ModelStarted(model, event.route))
-                elif isinstance(event, AnswerDelta):
-                    if first is None:
-                        first = time.perf_counter()
-                    received.append(event.text)
-                    await queue.put(ModelDelta(model, event.text))
-                elif isinstance(event, AnswerDone):
-                    end = time.perf_counter()
-                    ttft = (first or end) - started
-                    total = end - started
-                    tokens = event.completion_tokens or len(received)
-                    await queue.put(
-                        ModelDone(
-                            model=model,
-                            route=event.route,
-                            text=event.text or "".join(received),
-                            ttft_s=round(ttft, 4),
-                            tokens_per_s=round(tokens_per_second(tokens, ttft, total), 2),
-                            total_s=round(total, 4),
-                            completion_tokens=tokens,
-                        )
-                    )
+            route = await model_catalog(settings).pinned(model)
         except RagError as exc:
-            partial = getattr(exc, "partial", "") or "".join(received)
-            await queue.put(ModelFailed(model, str(exc), partial))
+            queue.put_nowait(ModelFailed(model, str(exc)))
+            continue
+        lane = "this machine" if on_this_machine(route) else route.endpoint.base_url
+        lanes.setdefault(lane, []).append((model, route))
 
-    async def lane(runs: list[tuple[str, str, Endpoint | None]]) -> None:
-        for run in runs:
-            await run_one(*run)
-
-    lanes: dict[str, list[tuple[str, str, Endpoint | None]]] = {}
-    for model, pinned, endpoint in plans:
-        shared_cpu = endpoint is None or on_this_machine(endpoint)
-        key = "this machine" if shared_cpu else endpoint.base_url  # type: ignore[union-attr]
-        lanes.setdefault(key, []).append((model, pinned, endpoint))
+    async def lane(runs: list[tuple[str, Route]]) -> None:
+        for model, route in runs:
+            async for event in _run_one(question, model, route, settings, history, list(hits)):
+                await queue.put(event)
 
     tasks = [asyncio.create_task(lane(runs)) for runs in lanes.values()]
-    pending = len(tasks)
     for task in tasks:
         task.add_done_callback(lambda _t: queue.put_nowait(None))
     try:
-        while pending:
+        pending = len(tasks)
+        while pending or not queue.empty():
             event = await queue.get()
             if event is None:
                 pending -= 1
-                continue
-            yield event
+            else:
+                yield event
         for task in tasks:
             task.result()  # re-raise anything that was not a RagError
     finally:
@@ -247,128 +181,59 @@ async def compare_stream(
             task.cancel()
 
 
+async def _run_one(
+    question: str,
+    model: str,
+    route: Route,
+    settings: Settings,
+    history: Sequence[Message],
+    hits: list[Hit],
+) -> AsyncIterator[CompareEvent]:
+    """One model's events; a failure is a :class:`ModelFailed` with the text so far."""
+    received: list[str] = []
+    try:
+        events = answer(question, settings, model=pin_id(route), history=history, hits=hits)
+        async for event in events:
+            if isinstance(event, AnswerStart):
+                yield ModelStarted(model, event.route)
+            elif isinstance(event, AnswerDelta):
+                received.append(event.text)
+                yield ModelDelta(model, event.text)
+            elif isinstance(event, AnswerDone):
+                yield _done(model, event)
+    except RagError as exc:
+        yield ModelFailed(model, str(exc), getattr(exc, "partial", "") or "".join(received))
+
+
+def _done(model: str, done: AnswerDone) -> ModelDone:
+    return ModelDone(
+        model=model,
+        route=done.route,
+        text=done.text,
+        ttft_s=round(done.ttft_s, 4),
+        tokens_per_s=round(tokens_per_second(done.completion_tokens, done.ttft_s, done.total_s), 2),
+        total_s=round(done.total_s, 4),
+        completion_tokens=done.completion_tokens,
+    )
+
+
 async def compare(
     question: str,
     models: Sequence[str],
+    settings: Settings,
     *,
     history: Sequence[Message] = (),
     hits: list[Hit] | None = None,
-    local: Endpoint | None = None,
-    settings: Settings | None = None,
 ) -> Comparison:
     """Run :func:`compare_stream` to the end; results come back in the order of ``models``."""
     shared: list[Hit] = []
     results: dict[str, ModelResult] = {}
-    async for event in compare_stream(
-        question, models, history=history, hits=hits, local=local, settings=settings
-    ):
+    async for event in compare_stream(question, models, settings, history=history, hits=hits):
         if isinstance(event, CompareContext):
             shared = event.hits
         elif isinstance(event, ModelDone | ModelFailed):
             results[event.model] = event
     return Comparison(hits=shared, results=[results[m] for m in models if m in results])
-
-
-# --- what a chat UI needs ---------------------------------------------------------------
-
-COMPARE_USAGE = (
-    "Usage: `/compare MODEL_A MODEL_B your question` (or `/compare A,B,C your question`). "
-    "Models are ids on the local endpoint or `endpoint:model`, e.g. `fallback:gpt-4o-mini`."
-)
-
-
-class CompareUsage(RagError):
-    """A ``/compare`` command that does not name models and a question."""
-
-
-def parse_compare_command(text: str) -> tuple[list[str], str] | None:
-    """``(models, question)`` from ``/compare A B question`` or ``/compare A,B,C question``.
-
-    None when ``text`` is not a ``/compare`` command; :class:`CompareUsage` (with
-    the usage sentence) when it is one without two models and a question.
-
-    >>> parse_compare_command("/compare phi-4-mini fallback:gpt-4o-mini How do I add files?")
-    (['phi-4-mini', 'fallback:gpt-4o-mini'], 'How do I add files?')
-    """
-    words = text.strip().split(maxsplit=1)
-    if not words or words[0].lower() != "/compare":
-        return None
-    rest = words[1] if len(words) > 1 else ""
-    first, _, tail = rest.partition(" ")
-    if "," in first:
-        models, question = [m for m in first.split(",") if m], tail.strip()
-    else:
-        second, _, question = tail.strip().partition(" ")
-        models, question = [m for m in (first, second) if m], question.strip()
-    if len(models) < 2 or not question:
-        raise CompareUsage(COMPARE_USAGE)
-    if len(set(models)) < len(models):
-        # Columns are keyed by model name: the same model twice would merge into one.
-        raise CompareUsage(f"Name each model only once. {COMPARE_USAGE}")
-    return models, question
-
-
-@dataclass
-class Column:
-    """One model's side of a comparison as a UI shows it."""
-
-    model: str
-    endpoint: str = ""
-    text: str = ""
-    figures: str = ""  # "TTFT 0.42 s · 31.5 tokens/s · total 3.10 s" once done
-    error: str = ""
-
-
-class CompareBoard:
-    """Folds :func:`compare_stream` events into one :class:`Column` per model, for a UI.
-
-    >>> board = CompareBoard(["a", "b"])
-    >>> async for event in compare_stream(question, ["a", "b"]):   # doctest: +SKIP
-    ...     if board.apply(event) is not None:
-    ...         render(board.props())   # {"columns": [{"model", "text", "figures", ...}]}
-    """
-
-    def __init__(self, models: Sequence[str]) -> None:
-        self.columns = {m: Column(model=m) for m in models}
-        self.hits: list[Hit] = []
-
-    def apply(self, event: CompareEvent) -> Column | None:
-        """Take one event; returns the column it changed (None for the shared context)."""
-        if isinstance(event, CompareContext):
-            self.hits = event.hits
-            return None
-        column = self.columns[event.model]
-        if isinstance(event, ModelStarted):
-            column.endpoint = f"{event.route.endpoint.name} ({event.route.model})"
-        elif isinstance(event, ModelDelta):
-            column.text += event.text
-        elif isinstance(event, ModelDone):
-            column.text, column.figures = event.text, figures(event)
-        else:
-            column.error = event.error
-            column.text = event.partial or column.text
-        return column
-
-    def props(self) -> dict[str, list[dict[str, str]]]:
-        """Every column as plain data, for a UI element that shows them side by side."""
-        return {
-            "columns": [
-                {
-                    "model": c.model,
-                    "endpoint": c.endpoint,
-                    "text": c.text,
-                    "figures": c.figures,
-                    "error": c.error,
-                    "status": "done"
-                    if c.figures or c.error
-                    else "answering"
-                    if c.endpoint
-                    else "waiting",
-                }
-                for c in self.columns.values()
-            ]
-        }
-
 
 
 def result_json(result: ModelResult) -> dict[str, object]:
@@ -435,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = get_settings()
     try:
-        comparison = asyncio.run(compare(args.question, args.models, settings=settings))
+        comparison = asyncio.run(compare(args.question, args.models, settings))
     except RagError as exc:
         print(str(exc), file=sys.stderr)
         return 1

@@ -1,26 +1,19 @@
-"""Finding the local model server the app should talk to.
+"""Finding the local model server: configured, Foundry Local, or the embedded engine.
 
 The order is the one a user expects:
 
 1. ``LLM_BASE_URL`` when it is set (Ollama, llama.cpp, vLLM, a Foundry Local port
-   the user pinned, ...): taken as configured, without a network call. It counts
-   as local only when its host is this machine or the private network
-   (:func:`rag.hosts.is_local_url`); in ``local-only`` mode a remote one is refused.
+   the user pinned, ...): taken as configured, without a network call. It is on
+   the premises only when its host is this machine or the private network
+   (:func:`rag.hosts.is_local_url`).
 2. Foundry Local, whose OpenAI-compatible port is dynamic: the ``foundry`` CLI's
    ``foundry service status`` names it (or the ``foundry-local-sdk`` package, when
    installed, reports it). Foundry only accepts model *ids*, so the configured alias
    (``FOUNDRY_MODEL``, e.g. ``phi-4-mini``) is resolved against ``/v1/models``.
 3. The embedded ONNX Runtime GenAI engine (:mod:`rag.embedded_llm`), when its model is built.
 
-Otherwise :class:`~rag.errors.EndpointUnavailable` says what to start.
-
-Discovering Foundry Local costs a subprocess and a ``/v1/models`` request, so a
-found endpoint is remembered for :data:`DISCOVERY_TTL_S`; whoever finds it down
-calls :func:`forget_endpoint` so the next look finds the new port.
-
->>> endpoint = await local_endpoint(get_settings())      # doctest: +SKIP
->>> endpoint.base_url, endpoint.model
-('http://127.0.0.1:56432/v1', 'Phi-4-mini-instruct-generic-cpu')
+Otherwise :class:`~rag.errors.EndpointUnavailable` says what to start. Nothing
+here caches: :class:`rag.catalog.Catalog` remembers what was found.
 """
 
 from __future__ import annotations
@@ -29,27 +22,25 @@ import asyncio
 import logging
 import re
 import shutil
-import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from rag.errors import EndpointError, EndpointUnavailable, RagError
 from rag.hosts import is_local_url
-from rag.llm import DEFAULT_START_HINT, Endpoint, list_models
-from rag.routing import RouteRefused, load_routing
-from rag.settings import Settings, get_settings
+from rag.llm import Endpoint, list_models
+from rag.routing import Kind, Provider
+from rag.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # `foundry service status` answers in well under a second; a CLI that hangs
 # (first run, update prompt) must not block the chat from starting.
 FOUNDRY_STATUS_TIMEOUT_S = 10.0
-# Long enough that an API client's burst of requests runs discovery once, short
-# enough that a server started meanwhile is found without a restart.
-DISCOVERY_TTL_S = 30.0
-
-_DiscoveryKey = tuple[object, ...]
-_discovered: dict[_DiscoveryKey, tuple[float, Endpoint]] = {}
+EMBEDDED_START_HINT = (
+    "the embedded engine did not start; see its log, rebuild it with "
+    "`python -m rag.embedded_llm build --force`, or start Foundry Local "
+    "(`foundry model run phi-4-mini`) or set LLM_BASE_URL"
+)
 
 _URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
 # Words in Foundry model ids that name a build variant, not a different model:
@@ -60,95 +51,53 @@ _VARIANT_WORDS = frozenset(
 )
 
 
-async def local_endpoint(settings: Settings | None = None) -> Endpoint:
-    """The local OpenAI-compatible endpoint: configured, Foundry Local, or the embedded engine.
+async def discover_local(settings: Settings) -> Provider:
+    """The local server: ``LLM_BASE_URL``, else Foundry Local, else the embedded engine.
 
     Raises :class:`EndpointUnavailable` with a sentence saying what to start when
     none of them is there.
     """
-    settings = settings or get_settings()
     if settings.llm_base_url:
-        configured = configured_endpoint(settings)
-        if not configured.is_local and load_routing(settings).mode == "local-only":
-            raise RouteRefused(
-                f"RAG_ROUTING is local-only, but LLM_BASE_URL ({configured.base_url}) is not on "
-                "this machine or the local network, so it is never called. Point LLM_BASE_URL at "
-                "a local server (e.g. http://127.0.0.1:11434/v1), or change RAG_ROUTING."
-            )
-        return configured
-
-    # Keyed by what decides the answer, including which `foundry` PATH finds.
-    key = (shutil.which("foundry"), settings.foundry_model, settings.llm_model,
-           settings.llm_api_key, settings.context_tokens, settings.engine,
-           str(settings.engine_model_dir))  # fmt: skip
-    cached = _discovered.get(key)
-    if cached is not None and cached[0] > time.monotonic():
-        return cached[1]
-
+        return configured_provider(settings)
     why_not: list[str] = []
-    found = await foundry_endpoint(settings, why_not) or await embedded_endpoint(settings, why_not)
+    found = await foundry_provider(settings, why_not) or await embedded_provider(settings, why_not)
     if found is not None:
-        _discovered[key] = (time.monotonic() + DISCOVERY_TTL_S, found)
         return found
-
-    reasons = "; ".join(why_not)
     raise EndpointUnavailable(
-        f"No local model server was found ({reasons}). Start Foundry Local "
+        f"No local model server was found ({'; '.join(why_not)}). Start Foundry Local "
         f"(`foundry model run {settings.foundry_model}`) or Ollama (`ollama serve`) and set "
         "LLM_BASE_URL (e.g. http://127.0.0.1:11434/v1), or run `make models` to build the "
         "embedded offline model."
     )
 
 
-def forget_endpoint(endpoint: Endpoint) -> None:
-    """Drop a discovered endpoint that was found down, so the next look discovers again."""
-    for key, (_, found) in list(_discovered.items()):
-        if found.base_url == endpoint.base_url:
-            _discovered.pop(key, None)
-
-
-def configured_endpoint(settings: Settings) -> Endpoint:
-    """The endpoint ``LLM_BASE_URL`` names, with the configured key, model and context size.
-
-    It is local only when its host is this machine or the private network.
-    """
+def configured_provider(settings: Settings) -> Provider:
+    """The server ``LLM_BASE_URL`` names, with the configured key, model and context size."""
     assert settings.llm_base_url
-    base_url = settings.llm_base_url.rstrip("/")
-    return Endpoint(
-        name="local",
-        base_url=base_url,
-        api_key=settings.llm_api_key,
-        model=settings.llm_model,
+    endpoint = Endpoint(name="configured", base_url=settings.llm_base_url, api_key=settings.llm_api_key)
+    return Provider(
+        endpoint=endpoint,
+        kind=Kind.CONFIGURED,
+        models=(settings.llm_model,) if settings.llm_model else (),
         context_tokens=settings.context_tokens,
-        is_local=is_local_url(base_url),
-        start_hint=DEFAULT_START_HINT,
+        on_premises=is_local_url(endpoint.base_url),
     )
 
 
 # --- Foundry Local ---------------------------------------------------------------
 
 
-async def foundry_endpoint(settings: Settings, why_not: list[str] | None = None) -> Endpoint | None:
-    """Foundry Local's endpoint with the configured alias resolved to a model id, or ``None``.
+async def foundry_provider(settings: Settings, why_not: list[str]) -> Provider | None:
+    """Foundry Local with the configured alias resolved to a model id, or ``None``.
 
     ``why_not`` collects a short reason when Foundry Local is not usable, for the
     final error message.
     """
-    why_not = why_not if why_not is not None else []
     base_url = await foundry_base_url(why_not)
     if base_url is None:
         return None
-
     alias = settings.foundry_model
-    hint = f"start Foundry Local (`foundry model run {alias}`) or set LLM_BASE_URL"
-    endpoint = Endpoint(
-        name="foundry",
-        base_url=base_url,
-        api_key=settings.llm_api_key,
-        context_tokens=settings.context_tokens,
-        is_local=True,
-        start_hint=hint,
-    )
+    endpoint = Endpoint(name="foundry", base_url=base_url, api_key=settings.llm_api_key)
     try:
         ids = await list_models(endpoint, settings)
     except (EndpointUnavailable, EndpointError) as exc:
@@ -160,14 +109,12 @@ async def foundry_endpoint(settings: Settings, why_not: list[str] | None = None)
         )
         return None
     model = settings.llm_model if settings.llm_model in ids else resolve_alias(alias, ids)
-    return Endpoint(
-        name=endpoint.name,
-        base_url=endpoint.base_url,
-        api_key=endpoint.api_key,
-        model=model or ids[0],
-        context_tokens=endpoint.context_tokens,
-        is_local=True,
-        start_hint=hint,
+    return Provider(
+        endpoint=endpoint,
+        kind=Kind.FOUNDRY,
+        models=(model or ids[0],),
+        context_tokens=settings.context_tokens,
+        start_hint=f"start Foundry Local (`foundry model run {alias}`) or set LLM_BASE_URL",
     )
 
 
@@ -297,11 +244,8 @@ def _contains_in_order(words: list[str], wanted: list[str]) -> bool:
 # --- embedded engine ---------------------------------------------------------------
 
 
-async def embedded_endpoint(
-    settings: Settings, why_not: list[str] | None = None
-) -> Endpoint | None:
-    """Start (once per process) the embedded engine and return its endpoint, or ``None``."""
-    why_not = why_not if why_not is not None else []
+async def embedded_provider(settings: Settings, why_not: list[str]) -> Provider | None:
+    """Start (once per process) the embedded engine and return it as a provider, or ``None``."""
     if settings.engine == "off":
         why_not.append("the embedded engine is switched off (RAG_ENGINE=off)")
         return None
@@ -313,9 +257,19 @@ async def embedded_endpoint(
     if not engine_available(settings):
         why_not.append(f"the embedded model is not built in {settings.engine_model_dir}")
         return None
+    engine = shared_engine(settings)
     try:
         # start() blocks while the child process loads the model (about a second).
-        return await asyncio.to_thread(shared_engine(settings).start)
+        endpoint = await asyncio.to_thread(engine.start)
     except RagError as exc:
         why_not.append(f"the embedded engine did not start: {exc}")
         return None
+    assert engine.info is not None
+    return Provider(
+        endpoint=endpoint,
+        kind=Kind.EMBEDDED,
+        models=(engine.info.id,),
+        context_tokens=engine.info.context_tokens,
+        start_hint=EMBEDDED_START_HINT,
+        parameters=engine.info.parameters,
+    )

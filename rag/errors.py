@@ -27,7 +27,14 @@ class ModelMissing(RagError):
 
 
 class EndpointUnavailable(RagError):
-    """No model server answered at the configured or discovered address."""
+    """No model server answered at the configured or discovered address.
+
+    ``base_url`` names the server that did not answer (empty when none was found).
+    """
+
+    def __init__(self, message: str, base_url: str = "") -> None:
+        super().__init__(message)
+        self.base_url = base_url
 
 
 class EndpointError(RagError):

@@ -1,14 +1,16 @@
-"""Talking to OpenAI-compatible model servers through the ``openai`` SDK.
+"""Talking to OpenAI-compatible model servers through the ``openai`` SDK: transport only.
 
-An :class:`Endpoint` is one server (Foundry Local, Ollama, llama.cpp, vLLM, the
-embedded engine or a cloud service). This module lists its models and streams
+An :class:`Endpoint` is where one server is (Foundry Local, Ollama, llama.cpp,
+vLLM, the embedded engine or a cloud service) and the key it wants; what the
+app knows *about* a server (its models, context window, whether it stays on
+the premises, what to start when it is down) lives in
+:class:`rag.catalog.Provider`. This module lists a server's models and streams
 chat completions from it, and turns transport failures into
 :class:`~rag.errors.EndpointUnavailable` / :class:`~rag.errors.EndpointError` /
-:class:`~rag.errors.StreamInterrupted` with sentences a user can act on.
+:class:`~rag.errors.StreamInterrupted`.
 
->>> ep = Endpoint(name="local", base_url="http://127.0.0.1:11434/v1")
->>> async for text in stream_chat(ep, [{"role": "user", "content": "hi"}], model="phi"):  # doctest: +SKIP
-...     print(text, end="")
+>>> Endpoint(name="ollama", base_url="http://127.0.0.1:11434/v1/").base_url
+'http://127.0.0.1:11434/v1'
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -24,74 +26,61 @@ import openai
 from openai import AsyncOpenAI
 
 from rag.errors import EndpointError, EndpointUnavailable, StreamInterrupted
-from rag.settings import Settings, get_settings
+from rag.settings import Settings
 
 Message = dict[str, str]
 
-DEFAULT_START_HINT = (
-    "start a model server (for example `foundry model run phi-4-mini` or `ollama serve`) "
-    "or set LLM_BASE_URL to one that is running"
-)
+# OpenAI-compatible local servers want *some* bearer token; this one says what it is.
+NO_KEY = "not-needed"
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One OpenAI-compatible server and how to talk to it."""
+    """One OpenAI-compatible server: a name for people, its ``/v1`` URL and its key."""
 
-    name: str  # "local", "fallback", "embedded", "foundry", or a routing-file name
-    base_url: str  # including the /v1 suffix
-    api_key: str = "not-needed"
-    model: str | None = None  # default model id for this endpoint, if known
-    context_tokens: int = 2048  # prompt + answer must fit here
-    is_local: bool = True  # False for anything that leaves the machine
-    start_hint: str = DEFAULT_START_HINT  # what to start when it does not answer
-    labels: tuple[str, ...] = field(default_factory=tuple)  # e.g. ("code",) for routing
-    # A tiny model (the embedded SmolLM2) that stays grounded only with a short,
-    # tight prompt: see rag.prompt.COMPACT.
-    compact_prompt: bool = False
-    notice: str = ""  # a sentence for users about this server (the embedded model is small)
+    name: str
+    base_url: str  # including the /v1 suffix; a trailing slash is dropped
+    api_key: str = NO_KEY
 
-
-def _timeout(settings: Settings) -> httpx.Timeout:
-    return httpx.Timeout(settings.llm_timeout_s, connect=settings.llm_connect_timeout_s)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        object.__setattr__(self, "api_key", self.api_key or NO_KEY)
 
 
 # Clients hold connection pools bound to the loop that created them; keyed by the
 # loop object itself (weakly), so a new loop never inherits a closed loop's client.
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], AsyncOpenAI]]
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Endpoint, float, float], AsyncOpenAI]]
 _clients = weakref.WeakKeyDictionary()
 
 
-def client_for(endpoint: Endpoint, settings: Settings | None = None) -> AsyncOpenAI:
+def client_for(endpoint: Endpoint, settings: Settings) -> AsyncOpenAI:
     """An ``AsyncOpenAI`` client for the endpoint, reused within one event loop.
 
     Retries are off: a dead local server should be reported in a second, not
-    after the SDK's back-off; routing decides what to try next.
+    after the SDK's back-off; the catalog decides what to try next.
     """
-    settings = settings or get_settings()
     per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
-    key = (endpoint.base_url, endpoint.api_key)
+    key = (endpoint, settings.llm_timeout_s, settings.llm_connect_timeout_s)
     client = per_loop.get(key)
     if client is None:
-        client = AsyncOpenAI(
+        client = per_loop[key] = AsyncOpenAI(
             base_url=endpoint.base_url,
-            api_key=endpoint.api_key or "not-needed",
-            timeout=_timeout(settings),
+            api_key=endpoint.api_key,
+            timeout=httpx.Timeout(settings.llm_timeout_s, connect=settings.llm_connect_timeout_s),
             max_retries=0,
         )
-        per_loop[key] = client
     return client
 
 
 def unavailable(endpoint: Endpoint, detail: str = "") -> EndpointUnavailable:
-    """The error for a server that does not answer, naming its URL and what to start."""
+    """The error for a server that does not answer; the catalog adds what to start."""
     why = f" ({detail})" if detail else ""
     return EndpointUnavailable(
-        f"No model server answered at {endpoint.base_url}{why}: {endpoint.start_hint}."
+        f"No model server answered at {endpoint.base_url}{why}.", base_url=endpoint.base_url
     )
 
 
-async def list_models(endpoint: Endpoint, settings: Settings | None = None) -> list[str]:
+async def list_models(endpoint: Endpoint, settings: Settings) -> list[str]:
     """Model ids that ``GET /v1/models`` lists, in the server's order."""
     try:
         page = await client_for(endpoint, settings).models.list()
@@ -110,21 +99,21 @@ async def stream_chat(
     messages: Sequence[Message],
     *,
     model: str,
+    settings: Settings,
     max_tokens: int | None = None,
     temperature: float | None = None,
-    settings: Settings | None = None,
     extra: dict[str, Any] | None = None,
 ) -> AsyncIterator[str]:
     """Stream the answer's text deltas from ``POST /v1/chat/completions``.
 
-    Raises :class:`EndpointUnavailable` when nothing answers, :class:`EndpointError`
-    when the server rejects the request, and :class:`StreamInterrupted` (with the
-    text received so far) when the stream breaks after it started.
+    ``max_tokens`` and ``temperature`` default to ``RAG_ANSWER_TOKENS`` and
+    ``RAG_TEMPERATURE``. Raises :class:`EndpointUnavailable` when nothing answers,
+    :class:`EndpointError` when the server rejects the request, and
+    :class:`StreamInterrupted` (with the text received so far) when the stream
+    breaks after it started.
     """
-    settings = settings or get_settings()
-    client = client_for(endpoint, settings)
     try:
-        stream = await client.chat.completions.create(
+        stream = await client_for(endpoint, settings).chat.completions.create(
             model=model,
             messages=list(messages),  # type: ignore[arg-type]
             stream=True,
@@ -144,9 +133,7 @@ async def stream_chat(
     try:
         async with stream:
             async for chunk in stream:
-                if not chunk.choices:
-                    continue
-                text = chunk.choices[0].delta.content
+                text = chunk.choices[0].delta.content if chunk.choices else None
                 if text:
                     received.append(text)
                     yield text

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import math
 import re
-import threading
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from rag.errors import ModelMissing, RagError
 from rag.llm import Message
+from rag.routing import Provider
 from rag.settings import Settings
 
 if TYPE_CHECKING:
@@ -66,6 +67,10 @@ class PromptStyle:
     passage_tokens: int | None = None  # cut each passage to this many tokens
     history_turns: int | None = None  # None: settings.history_turns
     context_in_system: bool = False  # else in the user message, ahead of the question
+    # A tiny model's first sentences are its best, and greedy decoding keeps it on the
+    # passages; None: RAG_ANSWER_TOKENS and RAG_TEMPERATURE.
+    answer_tokens: int | None = None
+    temperature: float | None = None
 
 
 FULL = PromptStyle()
@@ -73,7 +78,16 @@ FULL = PromptStyle()
 # with lists of "[1] [2] ..." or invented installers; with one or two short passages in
 # the system message and the bare question as the user message, its first sentence was
 # right ("... put it into the docs/ folder", "Ollama uses port 11434").
-COMPACT = PromptStyle(max_passages=2, passage_tokens=120, history_turns=1, context_in_system=True)
+COMPACT = PromptStyle(
+    max_passages=2,
+    passage_tokens=120,
+    history_turns=1,
+    context_in_system=True,
+    answer_tokens=160,
+    temperature=0.0,
+)
+# SmolLM2-135M needs COMPACT; Qwen2.5 0.5B and larger answer best with the full context.
+SMALL_MODEL_PARAMETERS = 300_000_000
 
 # Token counting. The chat model's own tokenizer is unknown here (Phi, Qwen, Llama,
 # SmolLM2 and cloud models all differ), so the count is an upper estimate, the larger of:
@@ -132,25 +146,26 @@ class TokenCounter:
         return sum(self.count(m["content"]) + TOKENS_PER_MESSAGE for m in messages)
 
 
-_counters: dict[str, TokenCounter] = {}
-_counters_lock = threading.Lock()
-
-
+@functools.cache
 def token_counter(settings: Settings) -> TokenCounter:
     """The process-wide counter: WordPiece plus characters, or characters alone when the
     embedding model is not exported yet."""
-    key = str(settings.embedder_dir)
-    with _counters_lock:
-        counter = _counters.get(key)
-        if counter is None:
-            from rag.embed import load_tokenizer
+    from rag.embed import load_tokenizer
 
-            try:
-                tokenizer: Tokenizer | None = load_tokenizer(settings)
-            except ModelMissing:
-                tokenizer = None
-            counter = _counters[key] = TokenCounter(tokenizer)
-        return counter
+    try:
+        return TokenCounter(load_tokenizer(settings))
+    except ModelMissing:
+        return TokenCounter(None)
+
+
+def style_for(provider: Provider) -> PromptStyle:
+    """The one small-model rule: below :data:`SMALL_MODEL_PARAMETERS`, the compact prompt.
+
+    Only the embedded engine reports its size; every server whose size is unknown
+    (Foundry Local, Ollama, a cloud model) is taken to be capable.
+    """
+    small = provider.parameters is not None and provider.parameters < SMALL_MODEL_PARAMETERS
+    return COMPACT if small else FULL
 
 
 @dataclass(frozen=True)

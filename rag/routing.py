@@ -1,8 +1,13 @@
-"""Which endpoint and model answer a question, in the order to try them.
+"""The vocabulary of routing and the pure rule that orders the routes for a question.
 
-The answer pipeline asks :func:`plan_routes` for an ordered list of
-:class:`Route` and tries them in turn: a route whose endpoint is down is
-skipped for the next one (before the first token only).
+A :class:`Provider` is a model server the app knows (its endpoint, models,
+context window, whether it stays on the premises); a :class:`Route` is one
+provider and model to try, with a :class:`Reason` (a value, rendered for people
+at the edges). :func:`plan_routes` orders the routes for a question; it does no
+I/O, so it is tested on plain values. The one place that discovers the local
+server, caches it and applies the ``local-only`` guard is :mod:`rag.catalog`;
+the answer pipeline tries its routes in turn, skipping one whose server is down
+before its first token.
 
 Three things decide the order:
 
@@ -56,28 +61,36 @@ raises :class:`RouteRefused` when nothing is left.
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from rag.errors import RagError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rag.errors import EndpointUnavailable, RagError
 from rag.llm import Endpoint
 from rag.settings import Settings
 
 Mode = Literal["local-first", "cloud-first", "local-only"]
 MODES: tuple[Mode, ...] = ("local-first", "cloud-first", "local-only")
 
-LOCAL_NAME = "local"  # the qualifier that always means the discovered local endpoint
-FALLBACK_NAME = "fallback"  # the endpoint built from LLM_FALLBACK_* settings
-LOCAL_REASON = "local endpoint"  # the reason of the route to the user's pick on the local endpoint
+LOCAL_NAME = "local"  # the qualifier that always means the discovered local server
+FALLBACK_NAME = "fallback"  # the provider built from the LLM_FALLBACK_* settings
+# Qualifiers that pin a model to the local server, whichever kind it turned out to be.
+LOCAL_ALIASES = frozenset({LOCAL_NAME, "configured", "foundry", "embedded"})
 # Cloud models have far larger windows than local ones; 16k is a floor that
 # every current hosted chat model meets. The routing file can say more.
 FALLBACK_CONTEXT_TOKENS = 16384
 
+DEFAULT_START_HINT = (
+    "start a model server (for example `foundry model run phi-4-mini` or `ollama serve`) "
+    "or set LLM_BASE_URL to one that is running"
+)
 FALLBACK_HINT = (
     "check LLM_FALLBACK_BASE_URL / LLM_FALLBACK_API_KEY, or the endpoint in the routing file"
 )
@@ -91,29 +104,79 @@ class RoutingFileError(RagError):
     """The routing file cannot be read or says something impossible."""
 
 
+class Kind(Enum):
+    """Where the app learned of a provider."""
+
+    CONFIGURED = "LLM_BASE_URL"
+    FOUNDRY = "Foundry Local"
+    EMBEDDED = "embedded engine"
+    DECLARED = "routing file or LLM_FALLBACK_*"
+
+
 @dataclass(frozen=True)
-class Route:
-    """One endpoint and model to try, and why it was chosen (shown to the user)."""
+class Provider:
+    """A model server the app knows: its endpoint and the facts routing and prompts need."""
 
     endpoint: Endpoint
-    model: str
-    reason: str = LOCAL_REASON
+    kind: Kind
+    models: tuple[str, ...] = ()  # known model ids, the default first (may be unknown: empty)
+    context_tokens: int = 2048  # prompt + answer must fit here
+    on_premises: bool = True  # this machine or the private network: local-only allows it
+    start_hint: str = DEFAULT_START_HINT  # what to start when it does not answer
+    labels: frozenset[str] = field(default_factory=frozenset)  # "code", "fallback"
+    parameters: int | None = None  # the model's size when known (the embedded engine)
+
+    @property
+    def name(self) -> str:
+        """The endpoint's name: ``local``, ``foundry``, ``embedded``, ``fallback``, ..."""
+        return self.endpoint.name
+
+    @property
+    def default_model(self) -> str:
+        """The model to ask for when nobody picked one (empty when unknown)."""
+        return self.models[0] if self.models else ""
+
+    def explain(self, exc: EndpointUnavailable) -> EndpointUnavailable:
+        """``exc`` with what to start appended: the sentence a person acts on."""
+        return EndpointUnavailable(f"{str(exc).rstrip('.')}: {self.start_hint}.", exc.base_url)
+
+
+class Reason(Enum):
+    """Why a route was chosen; :mod:`rag.web.chat_text` words it for people."""
+
+    PICKED = "picked"  # the model the user picked on the local server
+    PINNED = "pinned"  # an ``endpoint:model`` id names exactly this route
+    CODE = "code"  # a code question goes to LLM_CODE_MODEL
+    TOO_LARGE = "too-large"  # the prompt does not fit the local window
+    LOCAL_DOWN = "local-down"  # the local server failed; a fallback answers
+    CLOUD_FIRST = "cloud-first"  # RAG_ROUTING=cloud-first
+    CLOUD_DOWN = "cloud-down"  # cloud-first, and the cloud failed: the local server answers
 
 
 @dataclass(frozen=True)
-class RoutingTable:
-    """Everything routing knows besides the discovered local endpoint."""
+class Route:
+    """One provider and model to try, and why."""
 
-    mode: Mode
-    endpoints: tuple[Endpoint, ...]  # routing-file endpoints, then the LLM_FALLBACK_* one
-    fallbacks: tuple[str, ...]  # endpoint names, in the order to fall back to
-    code_model: str | None
-    code_endpoint: str | None  # None: the local endpoint
-    local_context_tokens: int | None  # overrides what discovery reported, if set
+    provider: Provider
+    model: str
+    reason: Reason = Reason.PICKED
+    detail: str = ""  # what made the reason apply: the code signal, the token counts
 
-    def endpoint(self, name: str) -> Endpoint | None:
-        """The endpoint called ``name`` (not the local one), or None."""
-        return next((e for e in self.endpoints if e.name == name), None)
+    @property
+    def endpoint(self) -> Endpoint:
+        """The server this route dials."""
+        return self.provider.endpoint
+
+    @property
+    def answered_elsewhere(self) -> bool:
+        """True when the answer does not come from the local model the user picked.
+
+        That is, when it leaves the premises, or routing sent it elsewhere (code
+        model, fallback, prompt too large): the one rule for when the chat and
+        the API say who answered. A model the user pinned on a local server is theirs.
+        """
+        rerouted = self.reason not in (Reason.PICKED, Reason.PINNED)
+        return rerouted or not self.provider.on_premises
 
 
 # --- code questions ----------------------------------------------------------
@@ -188,169 +251,210 @@ def code_signal(question: str) -> str | None:
     return None
 
 
+
 # --- the routing table ---------------------------------------------------------
 
-_file_cache: dict[Path, tuple[float, dict[str, Any]]] = {}
+
+class _FileEndpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    base_url: str = Field(min_length=1)
+    api_key: str | None = None
+    api_key_env: str | None = None
+    models: list[str] = []
+    context_tokens: int = Field(FALLBACK_CONTEXT_TOKENS, ge=256)
+    local: bool = False  # remote unless the file says otherwise: a forgotten flag must not leak
+    labels: list[str] = []
 
 
-def _read_routing_file(path: Path) -> dict[str, Any]:
-    # Re-read when the file changes, so editing it needs no restart.
+class _FileLocal(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    context_tokens: int | None = Field(None, ge=256)
+
+
+class _FileRules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code_model: str | None = None
+    code_endpoint: str | None = None
+    fallback: list[str] | None = None
+
+
+class RoutingFile(BaseModel):
+    """The TOML routing file (format in the module docstring), validated."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Mode | None = None
+    local: _FileLocal = _FileLocal()
+    endpoints: list[_FileEndpoint] = []
+    rules: _FileRules = _FileRules()
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """Everything routing knows besides the discovered local server."""
+
+    mode: Mode
+    providers: tuple[Provider, ...]  # routing-file endpoints, then the LLM_FALLBACK_* one
+    fallbacks: tuple[str, ...]  # provider names, in the order to fall back to
+    code_model: str | None
+    code_provider: str | None  # None: the local server
+    local_context_tokens: int | None  # overrides what discovery reported, if set
+
+    def provider(self, name: str) -> Provider | None:
+        """The declared provider called ``name`` (not the local one), or None."""
+        return next((p for p in self.providers if p.name == name), None)
+
+
+def load_routing(settings: Settings) -> RoutingTable:
+    """The routing table from the settings and, when set, the routing file.
+
+    The file is re-read when it changes, so editing it needs no restart.
+    """
+    path = settings.routing_file
+    if path is None:
+        return _table(settings, RoutingFile(), None)
     try:
-        mtime = path.stat().st_mtime
+        mtime = Path(path).stat().st_mtime
     except OSError as exc:
         raise RoutingFileError(
             f"The routing file {path} (RAG_ROUTING_FILE) cannot be read: {exc.strerror}."
         ) from exc
-    cached = _file_cache.get(path)
-    if cached and cached[0] == mtime:
-        return cached[1]
+    return _table(settings, _read_routing_file(Path(path), mtime), Path(path))
+
+
+@lru_cache(maxsize=8)
+def _read_routing_file(path: Path, mtime: float) -> RoutingFile:
+    # mtime is part of the key: a changed file is parsed again.
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RoutingFileError(f"The routing file {path} is not valid TOML: {exc}.") from exc
-    _file_cache[path] = (mtime, data)
-    return data
+    try:
+        return RoutingFile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+        )
+        raise RoutingFileError(f"The routing file {path} is not valid: {problems}.") from None
 
 
-def _file_endpoint(raw: dict[str, Any], path: Path) -> Endpoint:
-    name = raw.get("name")
-    base_url = raw.get("base_url")
-    if not isinstance(name, str) or not isinstance(base_url, str) or not name or not base_url:
-        raise RoutingFileError(f"Every [[endpoints]] entry in {path} needs a name and a base_url.")
-    if name == LOCAL_NAME:
+def _table(settings: Settings, file: RoutingFile, path: Path | None) -> RoutingTable:
+    providers = [_declared(raw, settings, path) for raw in file.endpoints]
+    names = [p.name for p in providers]
+    if len(set(names)) != len(names):
+        raise RoutingFileError(f"Endpoint names in {path} must be unique: {names}.")
+    if LOCAL_NAME in names:
         raise RoutingFileError(
             f"The endpoint name '{LOCAL_NAME}' in {path} is reserved for the discovered local "
             "endpoint; describe it under [local] instead."
         )
-    api_key = raw.get("api_key")
-    if api_key is None and (env := raw.get("api_key_env")):
-        # The file names the variable so the secret itself stays out of the file;
-        # the settings object cannot know these names in advance.
-        api_key = os.environ.get(str(env))
-    models = [str(m) for m in raw.get("models", [])]
-    return Endpoint(
-        name=name,
-        base_url=base_url.rstrip("/"),
-        api_key=str(api_key or "not-needed"),
-        model=models[0] if models else None,
-        context_tokens=int(raw.get("context_tokens", FALLBACK_CONTEXT_TOKENS)),
-        # Remote unless the file says otherwise: a forgotten flag must not leak.
-        is_local=raw.get("local", False) is True,
-        start_hint=f"start the server of endpoint '{name}' or fix its base_url in {path}",
-        labels=tuple(str(label) for label in raw.get("labels", [])),
-    )
-
-
-def load_routing(settings: Settings) -> RoutingTable:
-    """The routing table from the settings and, when set, the routing file."""
-    data: dict[str, Any] = {}
-    path = settings.routing_file
-    if path is not None:
-        data = _read_routing_file(Path(path))
-
-    endpoints = (
-        [_file_endpoint(raw, Path(path)) for raw in data.get("endpoints", [])] if path else []
-    )
-    names = [e.name for e in endpoints]
-    if len(set(names)) != len(names):
-        raise RoutingFileError(f"Endpoint names in {path} must be unique: {names}.")
     if settings.llm_fallback_base_url and FALLBACK_NAME not in names:
-        endpoints.append(
-            Endpoint(
-                name=FALLBACK_NAME,
-                base_url=settings.llm_fallback_base_url.rstrip("/"),
-                api_key=settings.llm_fallback_api_key or "not-needed",
-                model=settings.llm_fallback_model,
-                context_tokens=FALLBACK_CONTEXT_TOKENS,
-                is_local=False,
-                start_hint=FALLBACK_HINT,
-            )
-        )
-
-    file_mode = data.get("mode")
-    if file_mode is not None and file_mode not in MODES:
-        raise RoutingFileError(
-            f"mode in {path} must be one of {', '.join(MODES)}, not {file_mode!r}."
-        )
-    # The stricter mode wins, so no file can quietly undo RAG_ROUTING=local-only.
-    mode: Mode = settings.routing
-    if file_mode == "local-only" or (file_mode and settings.routing != "local-only"):
-        mode = file_mode
-
-    rules = data.get("rules", {})
-    known = {e.name for e in endpoints}
-    fallbacks = rules.get("fallback")
+        providers.append(_fallback_provider(settings))
+    known = {p.name for p in providers}
+    fallbacks = file.rules.fallback
     if fallbacks is None:
-        fallbacks = [e.name for e in endpoints if "fallback" in e.labels]
+        fallbacks = [p.name for p in providers if "fallback" in p.labels]
         if FALLBACK_NAME in known and FALLBACK_NAME not in fallbacks:
             fallbacks.append(FALLBACK_NAME)
-    code_endpoint = rules.get("code_endpoint")
-    if code_endpoint is None:
-        code_endpoint = next((e.name for e in endpoints if "code" in e.labels), None)
-    for name in [*fallbacks, *([code_endpoint] if code_endpoint else [])]:
+    code_provider = file.rules.code_endpoint or next(
+        (p.name for p in providers if "code" in p.labels), None
+    )
+    for name in [*fallbacks, *([code_provider] if code_provider else [])]:
         if name != LOCAL_NAME and name not in known:
-            raise RoutingFileError(
-                f"The routing file {path} refers to an unknown endpoint '{name}'."
-            )
-    local_ctx = data.get("local", {}).get("context_tokens")
+            raise RoutingFileError(f"The routing file {path} refers to an unknown endpoint '{name}'.")
     return RoutingTable(
-        mode=mode,
-        endpoints=tuple(endpoints),
+        mode=_stricter_mode(settings.routing, file.mode),
+        providers=tuple(providers),
         fallbacks=tuple(n for n in fallbacks if n != LOCAL_NAME),
-        code_model=rules.get("code_model") or settings.llm_code_model,
-        code_endpoint=None if code_endpoint == LOCAL_NAME else code_endpoint,
-        local_context_tokens=int(local_ctx) if local_ctx else None,
+        code_model=file.rules.code_model or settings.llm_code_model,
+        code_provider=None if code_provider == LOCAL_NAME else code_provider,
+        local_context_tokens=file.local.context_tokens,
+    )
+
+
+def _stricter_mode(setting: Mode, file_mode: Mode | None) -> Mode:
+    # No file can quietly undo RAG_ROUTING=local-only.
+    if file_mode is None or setting == "local-only":
+        return setting
+    return file_mode
+
+
+def _declared(raw: _FileEndpoint, settings: Settings, path: Path | None) -> Provider:
+    # The file names the variable so the secret itself stays out of the file.
+    api_key = raw.api_key or (settings.secret(raw.api_key_env) if raw.api_key_env else None)
+    return Provider(
+        endpoint=Endpoint(name=raw.name, base_url=raw.base_url, api_key=api_key or ""),
+        kind=Kind.DECLARED,
+        models=tuple(raw.models),
+        context_tokens=raw.context_tokens,
+        on_premises=raw.local,
+        start_hint=f"start the server of endpoint '{raw.name}' or fix its base_url in {path}",
+        labels=frozenset(raw.labels),
+    )
+
+
+def _fallback_provider(settings: Settings) -> Provider:
+    assert settings.llm_fallback_base_url
+    return Provider(
+        endpoint=Endpoint(
+            name=FALLBACK_NAME,
+            base_url=settings.llm_fallback_base_url,
+            api_key=settings.llm_fallback_api_key or "",
+        ),
+        kind=Kind.DECLARED,
+        models=(settings.llm_fallback_model,) if settings.llm_fallback_model else (),
+        context_tokens=FALLBACK_CONTEXT_TOKENS,
+        on_premises=False,
+        start_hint=FALLBACK_HINT,
     )
 
 
 # --- pinned models ---------------------------------------------------------------
 
 
-def split_qualified(
-    model: str, table: RoutingTable, local: Endpoint
-) -> tuple[Endpoint, str] | None:
-    """``(endpoint, model)`` when ``model`` is ``endpoint:model`` with a known endpoint name.
+def split_qualified(model: str, table: RoutingTable) -> tuple[str, str] | None:
+    """``(provider name, model)`` when ``model`` is ``endpoint:model`` with a known endpoint.
 
-    ``local`` (and the local endpoint's own name, e.g. ``embedded``) mean the
-    discovered local endpoint. Anything else is a plain model id.
+    ``local`` and the local server's kinds (``configured``, ``foundry``,
+    ``embedded``) come back as :data:`LOCAL_NAME`. Anything else is a plain model
+    id (Ollama's ``llama3.2:1b``).
+
+    >>> table = load_routing(Settings(_env_file=None))
+    >>> split_qualified("embedded:smollm2", table), split_qualified("llama3.2:1b", table)
+    (('local', 'smollm2'), None)
     """
     prefix, sep, rest = model.partition(":")
     if not sep or not rest:
         return None
-    if prefix in (LOCAL_NAME, local.name) and table.endpoint(prefix) is None:
-        return local, rest
-    endpoint = table.endpoint(prefix)
-    return (endpoint, rest) if endpoint is not None else None
+    if table.provider(prefix) is not None:
+        return prefix, rest
+    if prefix in LOCAL_ALIASES:
+        return LOCAL_NAME, rest
+    return None
 
 
-def qualified_name(endpoint: Endpoint, model: str, *, local: bool = False) -> str:
-    """The ``endpoint:model`` id that pins ``model`` to ``endpoint``."""
-    return f"{LOCAL_NAME if local else endpoint.name}:{model}"
+def qualified_name(provider_name: str, model: str) -> str:
+    """The ``endpoint:model`` id that pins ``model`` to a provider."""
+    return f"{provider_name}:{model}"
 
 
-def routed_models(settings: Settings, local: Endpoint | None = None) -> list[str]:
-    """Pinned ids of the models routing knows besides the local endpoint's own.
+def declared_models(table: RoutingTable, *, has_local: bool) -> list[str]:
+    """Pinned ids of the models routing knows besides the local server's own.
 
-    In ``local-only`` mode remote endpoints are left out, so nobody is offered
-    a model they could not use. Ids are ``endpoint:model``.
+    In ``local-only`` mode remote providers are left out, so nobody is offered
+    a model they could not use.
     """
-    table = load_routing(settings)
     ids: list[str] = []
-    for endpoint in table.endpoints:
-        if table.mode == "local-only" and not endpoint.is_local:
+    for provider in table.providers:
+        if table.mode == "local-only" and not provider.on_premises:
             continue
-        models = list(_declared_models(endpoint, table))
-        ids.extend(qualified_name(endpoint, m) for m in models)
-    if table.code_model and table.code_endpoint is None and local is not None:
-        ids.append(qualified_name(local, table.code_model, local=True))
+        models = list(provider.models[:1])
+        if table.code_provider == provider.name and table.code_model:
+            models.append(table.code_model)
+        ids.extend(qualified_name(provider.name, m) for m in models)
+    if table.code_model and table.code_provider is None and has_local:
+        ids.append(qualified_name(LOCAL_NAME, table.code_model))
     return list(dict.fromkeys(ids))
-
-
-def _declared_models(endpoint: Endpoint, table: RoutingTable) -> list[str]:
-    models = [endpoint.model] if endpoint.model else []
-    if table.code_endpoint == endpoint.name and table.code_model:
-        models.append(table.code_model)
-    return models
 
 
 # --- planning ----------------------------------------------------------------------
@@ -358,86 +462,46 @@ def _declared_models(endpoint: Endpoint, table: RoutingTable) -> list[str]:
 
 def plan_routes(
     question: str,
-    settings: Settings,
+    table: RoutingTable,
     *,
-    local: Endpoint,
+    local: Provider | None,
     model: str,
-    prompt_tokens: int = 0,
+    prompt_tokens: int,
+    answer_tokens: int,
 ) -> list[Route]:
-    """Routes to try for ``question``, best first.
+    """Routes to try for ``question`` with the user's ``model`` on ``local``, best first.
 
-    ``local`` is the discovered local endpoint and ``model`` the model the user
-    picked on it (or an ``endpoint:model`` id that pins the answer to one
-    endpoint); ``prompt_tokens`` is the size of the untrimmed prompt, so a
-    prompt too large for the local model can go elsewhere.
-
-    Raises :class:`RouteRefused` when ``local-only`` leaves nothing to try and
-    :class:`RoutingFileError` for a broken routing file.
+    ``local`` is None when no local server was found: then only declared
+    providers remain. ``prompt_tokens`` is the size of the untrimmed prompt, so
+    a prompt too large for the local window can go elsewhere (``local-first``).
+    Pinned ids and the local-only guard are the catalog's business.
     """
-    table = load_routing(settings)
-    if table.local_context_tokens:
-        local = replace(local, context_tokens=table.local_context_tokens)
-
-    pinned = split_qualified(model, table, local)
-    if pinned is not None:
-        endpoint, pinned_model = pinned
-        return _guard(
-            [Route(endpoint, pinned_model, f"pinned to '{endpoint.name}'")], table.mode, model
-        )
-
-    routes: list[Route] = []
-    local_route = Route(local, model, LOCAL_REASON)
-
-    code_route: Route | None = None
-    signal = code_signal(question) if table.code_model else None
-    if signal and table.code_model:
-        where = table.endpoint(table.code_endpoint) if table.code_endpoint else None
-        code_route = Route(
-            where or local,
-            table.code_model,
-            f"code question ({signal}) -> LLM_CODE_MODEL on '{(where or local).name}'",
-        )
-
     fallbacks = [
-        Route(
-            ep,
-            ep.model or model,  # without LLM_FALLBACK_MODEL, ask for the same model id
-            f"{local.name} endpoint down -> cloud fallback '{ep.name}'"
-            if not ep.is_local
-            else f"{local.name} endpoint down -> '{ep.name}'",
-        )
+        Route(p, p.default_model or model, Reason.LOCAL_DOWN)
         for name in table.fallbacks
-        if (ep := table.endpoint(name)) is not None
+        if (p := table.provider(name)) is not None
     ]
-    budget = local.context_tokens - settings.answer_tokens
-    too_big = prompt_tokens > budget
-
+    code = _code_route(question, table, local)
+    picked = [Route(local, model, Reason.PICKED)] if local is not None else []
     if table.mode == "cloud-first":
-        routes += [replace(r, reason=f"cloud-first: '{r.endpoint.name}'") for r in fallbacks]
-        if code_route is not None:
-            routes.insert(0, code_route)
-        routes.append(
-            replace(local_route, reason="cloud-first: cloud endpoint down -> local endpoint")
-            if fallbacks
-            else local_route
-        )
-    else:
-        if too_big and fallbacks and table.mode == "local-first":
-            routes += [
-                replace(
-                    r,
-                    reason=f"prompt too large for the local model ({prompt_tokens} tokens > "
-                    f"budget {budget}) -> cloud fallback '{r.endpoint.name}'",
-                )
-                for r in fallbacks
-            ]
-        if code_route is not None:
-            routes.append(code_route)
-        # A code model on the local endpoint replaces the picked model there.
-        if code_route is None or code_route.endpoint.base_url != local.base_url:
-            routes.append(local_route)
-        routes += fallbacks
-    return _guard(_dedupe(routes), table.mode, model)
+        local_last = [replace(r, reason=Reason.CLOUD_DOWN) for r in picked] if fallbacks else picked
+        routes = [replace(r, reason=Reason.CLOUD_FIRST) for r in fallbacks]
+        return _dedupe([*([code] if code else []), *routes, *local_last])
+    budget = (local.context_tokens if local else 0) - answer_tokens
+    too_big: list[Route] = []
+    if local is not None and prompt_tokens > budget and table.mode == "local-first":
+        detail = f"{prompt_tokens} tokens > budget {budget}"
+        too_big = [replace(r, reason=Reason.TOO_LARGE, detail=detail) for r in fallbacks]
+    if code is not None and local is not None and code.endpoint == local.endpoint:
+        picked = []  # a code model on the local server replaces the picked model there
+    return _dedupe([*too_big, *([code] if code else []), *picked, *fallbacks])
+
+
+def _code_route(question: str, table: RoutingTable, local: Provider | None) -> Route | None:
+    if not table.code_model or (signal := code_signal(question)) is None:
+        return None
+    where = table.provider(table.code_provider) if table.code_provider else local
+    return Route(where, table.code_model, Reason.CODE, signal) if where is not None else None
 
 
 def _dedupe(routes: Sequence[Route]) -> list[Route]:
@@ -449,20 +513,3 @@ def _dedupe(routes: Sequence[Route]) -> list[Route]:
             seen.add(key)
             kept.append(route)
     return kept
-
-
-def _guard(routes: list[Route], mode: Mode, model: str) -> list[Route]:
-    """The one exit of this module: in local-only mode, only local endpoints remain."""
-    if mode == "local-only":
-        dropped = [r for r in routes if not r.endpoint.is_local]
-        routes = [r for r in routes if r.endpoint.is_local]
-        if not routes:
-            names = ", ".join(sorted({r.endpoint.name for r in dropped})) or "none"
-            raise RouteRefused(
-                f"RAG_ROUTING is local-only, so '{model}' cannot be answered: it would go to a "
-                f"remote endpoint ({names}). Pick a model on the local endpoint, or change "
-                "RAG_ROUTING."
-            )
-    if not routes:
-        raise RouteRefused(f"No endpoint is configured to answer with '{model}'.")
-    return routes

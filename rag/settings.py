@@ -12,6 +12,7 @@ calls :func:`get_settings`) instead of reading ``os.environ``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -146,6 +147,14 @@ class Settings(BaseSettings):
     def chroma_dir(self) -> Path:
         """The persistent Chroma store (unused when ``CHROMA_HOST`` is set)."""
         return self.data_dir / "chroma"
+
+    def secret(self, variable: str) -> str | None:
+        """The value of an environment variable a routing file names for an API key.
+
+        The routing file names the variable, so the secret stays out of the file;
+        this object cannot know those names in advance, so it reads them on demand.
+        """
+        return os.environ.get(variable) or None
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with the given fields replaced (``None`` leaves a field as it is).

@@ -13,6 +13,6 @@ Importing this package loads neither torch nor onnxruntime_genai.
 """
 
 from rag.embedded_llm.model import ModelInfo
-from rag.embedded_llm.process import EMBEDDED_NOTICE, EngineProcess, engine_available, shared_engine
+from rag.embedded_llm.process import EngineProcess, engine_available, shared_engine
 
-__all__ = ["EMBEDDED_NOTICE", "EngineProcess", "ModelInfo", "engine_available", "shared_engine"]
+__all__ = ["EngineProcess", "ModelInfo", "engine_available", "shared_engine"]

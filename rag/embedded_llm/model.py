@@ -29,6 +29,7 @@ class ModelInfo:
     path: Path
     id: str
     context_tokens: int
+    parameters: int | None = None  # approximate model size, from the config's dimensions
 
     @classmethod
     def read(cls, path: Path) -> ModelInfo:
@@ -39,7 +40,12 @@ class ModelInfo:
                 f"The embedded model is not built ({config_file} is missing): {BUILD_HINT}."
             )
         config = json.loads(config_file.read_text(encoding="utf-8"))
-        return cls(path=path, id=model_id(path), context_tokens=context_tokens(config))
+        return cls(
+            path=path,
+            id=model_id(path),
+            context_tokens=context_tokens(config),
+            parameters=approximate_parameters(config),
+        )
 
 
 def model_id(path: Path) -> str:
@@ -55,3 +61,21 @@ def context_tokens(config: dict) -> int:
     limits = [v for v in (search.get("max_length"), model.get("context_length")) if v]
     # max_length is what the generator enforces; a smaller context_length is the model's real limit.
     return int(min(limits)) if limits else 2048
+
+
+def approximate_parameters(config: dict) -> int | None:
+    """About how many weights the model has: 12·layers·hidden² plus the embedding table.
+
+    Exact enough to tell a 135M model from a 1.5B one (the prompt style depends
+    on it, :func:`rag.prompt.style_for`); None when the config lacks the sizes.
+    """
+    model = config.get("model", {})
+    decoder = model.get("decoder", {})
+    hidden, layers, vocab = (
+        decoder.get("hidden_size"),
+        decoder.get("num_hidden_layers"),
+        model.get("vocab_size"),
+    )
+    if not (hidden and layers and vocab):
+        return None
+    return int(12 * layers * hidden * hidden + vocab * hidden)

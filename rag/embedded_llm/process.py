@@ -3,7 +3,7 @@
 :class:`EngineProcess` starts ``python -m rag.embedded_llm serve`` on a loopback
 socket it opened itself (so the port is known before the child starts and no
 other program can take it), waits until ``GET /v1/models`` answers, and returns
-a :class:`rag.llm.Endpoint` for it. The child cannot outlive the app:
+a :class:`rag.llm.Endpoint` for it (:attr:`EngineProcess.info` describes the model). The child cannot outlive the app:
 
 - :meth:`EngineProcess.stop` (also ``with`` and an ``atexit`` hook) terminates and reaps it;
 - the child watches its stdin, a pipe only the parent holds, and exits at EOF,
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -39,12 +40,6 @@ from rag.errors import EndpointUnavailable, ModelMissing
 from rag.llm import Endpoint
 from rag.settings import Settings
 
-EMBEDDED_NOTICE = (
-    "Answers come from a small offline model (SmolLM2-135M, built into this app), so expect short "
-    "and sometimes wrong answers. For better answers start Foundry Local "
-    "(`foundry model run phi-4-mini`) or set LLM_BASE_URL to another OpenAI-compatible server "
-    "such as Ollama."
-)
 START_HINT = (
     "the embedded engine did not start; see its log, rebuild it with `python -m rag.embedded_llm build "
     "--force`, or start Foundry Local (`foundry model run phi-4-mini`) or set LLM_BASE_URL"
@@ -84,6 +79,7 @@ class EngineProcess:
         self.log_path = settings.data_dir / "logs" / "engine.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.endpoint: Endpoint | None = None
+        self.info: ModelInfo | None = None  # the served model, once started
         self._lock = threading.Lock()
 
     @property
@@ -133,16 +129,8 @@ class EngineProcess:
             except BaseException:
                 self._stop_locked()
                 raise
-            self.endpoint = Endpoint(
-                name="embedded",
-                base_url=base_url,
-                model=info.id,
-                context_tokens=info.context_tokens,
-                is_local=True,
-                start_hint=START_HINT,
-                compact_prompt=True,
-                notice=EMBEDDED_NOTICE,
-            )
+            self.info = info
+            self.endpoint = Endpoint(name="embedded", base_url=base_url)
             return self.endpoint
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -211,18 +199,10 @@ class EngineProcess:
         _running.discard(self)
 
 
-_shared: dict[Path, EngineProcess] = {}
-_shared_lock = threading.Lock()
-
-
+@functools.cache
 def shared_engine(settings: Settings) -> EngineProcess:
-    """The one :class:`EngineProcess` of this app process for the settings' model folder."""
-    key = settings.engine_model_dir.expanduser().resolve()
-    with _shared_lock:
-        engine = _shared.get(key)
-        if engine is None:
-            engine = _shared[key] = EngineProcess(settings)
-        return engine
+    """The one :class:`EngineProcess` of this app process for these settings."""
+    return EngineProcess(settings)
 
 
 @atexit.register

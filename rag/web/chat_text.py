@@ -12,17 +12,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ingest.pipeline import IngestReport
-from rag.answer import AnswerDone, AnswerStart, answered_elsewhere
-from rag.llm import Endpoint
-from rag.prompt import source_label
+from rag.answer import AnswerDone, AnswerStart
+from rag.catalog import Offer
+from rag.prompt import COMPACT, source_label, style_for
 from rag.retrieve import Hit
+from rag.routing import Kind, Provider, Reason, Route
 from rag.settings import Settings
 from rag.uploads import SavedUpload
 
 UPLOAD_KINDS = "PDF, Word (.docx), Markdown, HTML or text"
+BETTER_MODELS = (
+    "For better answers start Foundry Local (`foundry model run phi-4-mini`) or set "
+    "LLM_BASE_URL to another OpenAI-compatible server such as Ollama."
+)
+SMALL_MODEL_NOTICE = (
+    "Answers come from a small offline model built into this app, so expect short and "
+    "sometimes wrong answers. " + BETTER_MODELS
+)
+EMBEDDED_NOTICE = "Answers come from the offline model built into this app. " + BETTER_MODELS
 
 
-def welcome(settings: Settings, endpoint: Endpoint | None = None, model: str = "") -> str:
+def welcome(settings: Settings, local: Provider | None = None, model: str = "") -> str:
     """The first message: what this is, what to do, where documents live, which model answers."""
     text = (
         "**Local RAG Chat** answers questions from your own documents. Each answer lists its "
@@ -35,11 +45,56 @@ def welcome(settings: Settings, endpoint: Endpoint | None = None, model: str = "
         "is kept.\n"
         "- **Compare two models** on the same passages: `/compare MODEL_A MODEL_B your question`."
     )
-    if endpoint is not None:
-        text += f"\n\nAnswering with `{model}` at {endpoint.base_url}."
-        if endpoint.notice:
-            text += f"\n\n{endpoint.notice}"
+    if local is not None:
+        text += f"\n\nAnswering with `{model}` at {local.endpoint.base_url}."
+        if local.kind is Kind.EMBEDDED:
+            small = style_for(local) is COMPACT
+            text += f"\n\n{SMALL_MODEL_NOTICE if small else EMBEDDED_NOTICE}"
     return text
+
+
+def opening(settings: Settings, offer: Offer) -> str:
+    """The first message of a chat: the welcome, and what answers (or why nothing does yet)."""
+    if offer.local is not None:
+        return welcome(settings, offer.local, offer.default)
+    note = f"**No local model server yet.** {offer.problem}"
+    if offer.declared:
+        note += f"\n\nUntil one runs, answers come from `{offer.default}`."
+    return f"{welcome(settings)}\n\n{note}"
+
+
+def switched(model: str) -> str:
+    """The reply to a model picked in the settings."""
+    return (
+        f"Switched to `{model}`. It answers from your next message; "
+        "the conversation so far is kept."
+    )
+
+
+def interrupted(partial: str, why: str) -> str:
+    """A half-written answer, kept, with what went wrong under it."""
+    return f"{partial}\n\n---\n*{why} The answer above is incomplete; ask again to retry.*"
+
+
+def route_note(route: Route) -> str:
+    """Why ``route`` answered, in words: ``code question (stack trace) -> LLM_CODE_MODEL on 'coder'``."""
+    name = route.provider.name
+    where = f"cloud fallback '{name}'" if not route.provider.on_premises else f"'{name}'"
+    match route.reason:
+        case Reason.PICKED:
+            return "the picked model"
+        case Reason.PINNED:
+            return f"pinned to '{name}'"
+        case Reason.CODE:
+            return f"code question ({route.detail}) -> LLM_CODE_MODEL on '{name}'"
+        case Reason.TOO_LARGE:
+            return f"prompt too large for the local model ({route.detail}) -> {where}"
+        case Reason.LOCAL_DOWN:
+            return f"local endpoint down -> {where}"
+        case Reason.CLOUD_FIRST:
+            return f"cloud-first: '{name}'"
+        case Reason.CLOUD_DOWN:
+            return "cloud-first: cloud endpoint down -> local endpoint"
 
 
 def footer(start: AnswerStart, done: AnswerDone) -> str:
@@ -50,8 +105,8 @@ def footer(start: AnswerStart, done: AnswerDone) -> str:
         labels = (f"[{n}] {source_label(h)}" for n, h in enumerate(start.hits, start=1))
         lines.append("**Sources:** " + " · ".join(labels))
     route = done.route
-    if answered_elsewhere(route):
-        lines.append(f"*Answered by `{route.model}` at {route.endpoint.name} ({route.reason}).*")
+    if route.answered_elsewhere:
+        lines.append(f"*Answered by `{route.model}` at {route.provider.name} ({route_note(route)}).*")
     if start.dropped_hits or start.dropped_history:
         lines.append(
             f"*To fit the model's context window, {start.dropped_hits} passage(s) and "

@@ -48,16 +48,8 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from rag.answer import (
-    AnswerDelta,
-    AnswerDone,
-    AnswerEvent,
-    AnswerStart,
-    answer,
-    answered_elsewhere,
-    format_sources,
-)
-from rag.discovery import forget_endpoint, local_endpoint
+from rag.answer import AnswerDelta, AnswerDone, AnswerEvent, AnswerStart, answer, format_sources
+from rag.catalog import Offer, model_catalog
 from rag.errors import (
     EndpointError,
     EndpointUnavailable,
@@ -66,11 +58,12 @@ from rag.errors import (
     StreamInterrupted,
 )
 from rag.hosts import host_of, is_loopback_host
-from rag.llm import Endpoint, Message, list_models
+from rag.llm import Message
 from rag.prompt import PromptTooLong
 from rag.retrieve import Hit
-from rag.routing import Route, RouteRefused, load_routing, routed_models, split_qualified
-from rag.settings import Settings, get_settings
+from rag.routing import Route, RouteRefused, split_qualified
+from rag.settings import Settings
+from rag.web.chat_text import route_note
 
 log = logging.getLogger(__name__)
 
@@ -174,26 +167,12 @@ def parse_chat_request(body: Any) -> tuple[str, str, list[Message], bool]:
 # --- models -----------------------------------------------------------------------
 
 
-async def local_models(settings: Settings) -> tuple[Endpoint | None, list[str] | None]:
-    """The local endpoint and the model ids it lists; ``(…, None)`` when it does not answer."""
-    try:
-        local = await local_endpoint(settings)
-    except EndpointUnavailable:
-        return None, None
-    try:
-        return local, await list_models(local, settings)
-    except (EndpointUnavailable, EndpointError):
-        forget_endpoint(local)
-        return local, None
-
-
-async def available_models(settings: Settings) -> list[tuple[str, str]]:
-    """``(id, owner endpoint)`` for every model a client may ask for, local ones first."""
-    local, ids = await local_models(settings)
-    listed = [(m, local.name if local else "local") for m in ids or []]
-    for model in routed_models(settings, local):
-        listed.append((model, model.split(":", 1)[0]))
-    return list(dict.fromkeys(listed))
+def model_cards(offer: Offer) -> list[dict[str, Any]]:
+    """``GET /v1/models`` entries: every model a client may ask for, local ones first."""
+    return [
+        {"id": m, "object": "model", "created": 0, "owned_by": f"{OWNER}:{offer.owner(m)}"}
+        for m in offer.models
+    ]
 
 
 # --- the answer ------------------------------------------------------------------
@@ -202,8 +181,8 @@ async def available_models(settings: Settings) -> list[tuple[str, str]]:
 def sources_trailer(hits: list[Hit], route: Route) -> str:
     """The text appended to every answer: which sources, and where routing sent it if not local."""
     parts: list[str] = []
-    if answered_elsewhere(route):
-        parts.append(f"\n\n_Answered by '{route.endpoint.name}' ({route.model}): {route.reason}._")
+    if route.answered_elsewhere:
+        parts.append(f"\n\n_Answered by '{route.provider.name}' ({route.model}): {route_note(route)}._")
     if hits:
         parts.append(SOURCES_MARKER + format_sources(hits))
     return "".join(parts)
@@ -212,10 +191,10 @@ def sources_trailer(hits: list[Hit], route: Route) -> str:
 def rag_field(route: Route, hits: list[Hit]) -> dict[str, Any]:
     """The extra ``rag`` field: who answered and the sources, for clients that look."""
     return {
-        "endpoint": route.endpoint.name,
+        "endpoint": route.provider.name,
         "model": route.model,
-        "local": route.endpoint.is_local,
-        "reason": route.reason,
+        "local": route.provider.on_premises,
+        "reason": route.reason.value,
         "sources": [
             {"n": n, "source": h.source, "page": h.page} for n, h in enumerate(hits, start=1)
         ],
@@ -227,9 +206,9 @@ def _headers(route: Route) -> dict[str, str]:
         return value.encode("latin-1", "replace").decode("latin-1")
 
     return {
-        "X-RAG-Endpoint": latin1(route.endpoint.name),
+        "X-RAG-Endpoint": latin1(route.provider.name),
         "X-RAG-Model": latin1(route.model),
-        "X-RAG-Route": latin1(route.reason),
+        "X-RAG-Route": latin1(route_note(route)),
     }
 
 
@@ -280,6 +259,25 @@ async def _sse(
     yield "data: [DONE]\n\n"
 
 
+async def _check_model(model: str, settings: Settings) -> None:
+    """A 404 for a plain model id the local server does not list.
+
+    When the local server is down its list is unknown: routing decides (a
+    fallback in local-first, the server-down sentence in local-only). Pinned
+    ``endpoint:model`` ids are routing's to judge.
+    """
+    catalog = model_catalog(settings)
+    if split_qualified(model, catalog.table()) is not None:
+        return
+    offer = await catalog.offer()
+    if offer.local is not None and model not in offer.listed:
+        raise ApiError(
+            404,
+            f"The model '{model}' does not exist here; GET /v1/models lists the available ones.",
+            "model_not_found",
+        )
+
+
 async def chat_completions(request: Request, settings: Settings) -> Response:
     """``POST /v1/chat/completions``: the handler behind the route (see the module docstring)."""
     try:
@@ -288,25 +286,8 @@ async def chat_completions(request: Request, settings: Settings) -> Response:
         raise ApiError(400, "The request body is not valid JSON.", "bad_json") from None
     model, question, history, stream = parse_chat_request(body)
 
-    table = load_routing(settings)
-    local, ids = await local_models(settings)
-    pinned = split_qualified(model, table, local or Endpoint(name="local", base_url=""))
-    if pinned is None:
-        # When the local server is down its list is unknown: let routing decide
-        # (fallback in local-first, the endpoint-down sentence in local-only).
-        if ids is not None and model not in ids:
-            raise ApiError(
-                404,
-                f"The model '{model}' does not exist here; "
-                "GET /v1/models lists the available ones.",
-                "model_not_found",
-            )
-    elif local is None:
-        # A pinned model does not need the local endpoint; routing only wants one to
-        # hand. "local:x" with the local server gone: discovery raises its sentence.
-        local = pinned[0] if pinned[0].base_url else await local_endpoint(settings)
-
-    events = answer(question, history=history, model=model, local=local, settings=settings)
+    await _check_model(model, settings)
+    events = answer(question, settings, model=model, history=history)
     try:
         start = await anext(events)
     except StopAsyncIteration:
@@ -397,15 +378,12 @@ def _foreign_caller(request: Request, settings: Settings) -> str | None:
 Handler = Callable[[Request, Settings], Awaitable[Response]]
 
 
-def create_router(settings: Settings | None = None) -> APIRouter:
+def create_router(settings: Settings) -> APIRouter:
     """The ``/v1`` routes as a FastAPI router (mount with :func:`mount_openai_api`)."""
     router = APIRouter()
 
-    def current() -> Settings:
-        return settings or get_settings()
-
     async def guarded(request: Request, handler: Handler) -> Response:
-        s = current()
+        s = settings
         if (refused := _foreign_caller(request, s)) is not None:
             return ApiError(403, refused, "forbidden_origin").response()
         if not _authorized(request, s):
@@ -430,18 +408,10 @@ def create_router(settings: Settings | None = None) -> APIRouter:
             ).response()
 
     async def models_handler(request: Request, s: Settings) -> Response:
-        models = await available_models(s)
-        if not models:
-            raise api_error(await _why_no_models(s))
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [
-                    {"id": m, "object": "model", "created": 0, "owned_by": f"{OWNER}:{owner}"}
-                    for m, owner in models
-                ],
-            }
-        )
+        offer = await model_catalog(s).offer()
+        if not offer.models:
+            raise api_error(offer.problem or EndpointError("No model is available."))
+        return JSONResponse({"object": "list", "data": model_cards(offer)})
 
     @router.get("/v1/models")
     async def list_models_route(request: Request) -> Response:
@@ -454,16 +424,7 @@ def create_router(settings: Settings | None = None) -> APIRouter:
     return router
 
 
-async def _why_no_models(settings: Settings) -> RagError:
-    try:
-        local = await local_endpoint(settings)
-        await list_models(local, settings)
-    except RagError as exc:
-        return exc
-    return EndpointError("No model is available on the local endpoint.")
-
-
-def mount_openai_api(app: FastAPI, settings: Settings | None = None) -> None:
+def mount_openai_api(app: FastAPI, settings: Settings) -> None:
     """Add ``GET /v1/models`` and ``POST /v1/chat/completions`` to ``app`` (Chainlit's server app).
 
     The routes go to the *front* of the route list: Chainlit serves its web app
