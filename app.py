@@ -22,7 +22,7 @@ from chainlit.input_widget import Select
 from chainlit.server import app as chainlit_server
 
 from ingest.pipeline import IngestReport, ingest
-from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer
+from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer, search_query
 from rag.catalog import Offer, model_catalog
 from rag.compare import ModelDelta, compare_stream
 from rag.errors import NoDocuments, RagError, StreamInterrupted
@@ -31,12 +31,21 @@ from rag.prompt import source_label
 from rag.retrieve import Hit, retrieve
 from rag.settings import Settings, get_settings
 from rag.uploads import SavedUpload, save_upload
-from rag.web.chat_text import footer, hits_table, interrupted, opening, switched, upload_summary
+from rag.web.chat_text import (
+    answer_text,
+    highlighted,
+    hits_table,
+    interrupted,
+    opening,
+    switched,
+    upload_summary,
+)
 from rag.web.compare_board import CompareBoard, parse_compare_command
 from rag.web.http_api import mount_openai_api
 
 log = logging.getLogger("local_rag_chat")
 PANEL_REFRESH_S = 0.1
+SOURCES_TITLE = "Sources of the last answer"
 
 COMPARE_COMMAND = {
     "id": "compare",
@@ -105,7 +114,7 @@ async def reply(question: str, settings: Settings) -> None:
     """Search, then stream the answer with its sources; a broken stream keeps its partial text."""
     await refresh_models(settings)
     history: list[Message] = cl.user_session.get("history") or []
-    hits = await search_step(question, settings)
+    hits = await search_step(search_query(question, history), settings)
     msg = cl.Message(content="")
     start: AnswerStart | None = None
     done: AnswerDone | None = None
@@ -121,13 +130,13 @@ async def reply(question: str, settings: Settings) -> None:
     except StreamInterrupted as exc:
         msg.content = interrupted(exc.partial, str(exc))
         await msg.send()
-        await show_sources(start.hits if start else [], msg.id)
+        await show_sources(passage_elements(start.hits if start else []), SOURCES_TITLE, msg.id)
         remember_turn(history, question, exc.partial)
         return
     assert start is not None and done is not None
-    msg.content = (done.text or "_The model returned an empty answer._") + footer(start, done)
+    msg.content = answer_text(start, done)
     await msg.send()
-    await show_sources(start.hits, msg.id)
+    await show_sources(*source_elements(start, done, settings), msg.id)
     remember_turn(history, question, done.text)
 
 
@@ -155,7 +164,7 @@ async def compare_models(models: list[str], question: str, settings: Settings) -
         f"[{n}] {source_label(h)}" for n, h in enumerate(hits, start=1)
     )
     await msg.update()
-    await show_sources(hits, msg.id)
+    await show_sources(passage_elements(hits), SOURCES_TITLE, msg.id)
 
 
 async def search_step(question: str, settings: Settings) -> list[Hit]:
@@ -169,21 +178,43 @@ async def search_step(question: str, settings: Settings) -> list[Hit]:
     return hits
 
 
-async def show_sources(hits: Sequence[Hit], answer_id: str) -> None:
-    """Show the answer's passages (file, page, full text) in the sidebar beside the chat.
+def source_elements(
+    start: AnswerStart, done: AnswerDone, settings: Settings
+) -> tuple[list[cl.Element], str]:
+    """The sidebar for an answer: its cited passages with the supporting sentences in bold,
+    and a PDF opened at the cited page; or the closest matches when nothing was covered."""
+    if done.refused:
+        return passage_elements(start.hits), "Closest matches (not sources)"
+    elements: list[cl.Element] = []
+    for citation in done.sources:
+        hit, label = citation.hit, f"[{citation.number}] {source_label(citation.hit)}"
+        body = highlighted(hit.text, done.text, settings.support_min)
+        elements.append(cl.Text(name=label, content=f"**{label}**\n\n{body}"))
+        pdf = settings.docs_dir / hit.source
+        if hit.page is not None and pdf.suffix.lower() == ".pdf" and pdf.is_file():
+            elements.append(cl.Pdf(name=f"{label} (PDF)", path=str(pdf), page=hit.page))
+    return elements, SOURCES_TITLE
+
+
+def passage_elements(hits: Sequence[Hit]) -> list[cl.Element]:
+    """Retrieved passages as sidebar texts, numbered as in the prompt."""
+    return [
+        cl.Text(name=f"[{n}] {source_label(h)}", content=f"**[{n}] {source_label(h)}**\n\n{h.text}")
+        for n, h in enumerate(hits, start=1)
+    ]
+
+
+async def show_sources(elements: list[cl.Element], title: str, answer_id: str) -> None:
+    """Show an answer's passages in the sidebar beside the chat.
 
     The sidebar's elements are *replaced* per answer (keyed by its id): side elements
     attached to messages pile up duplicates across turns, and inline ones print every
     full passage into the conversation. The answer itself keeps the file/page line.
     """
-    elements = [
-        cl.Text(name=f"[{n}] {source_label(h)}", content=f"**[{n}] {source_label(h)}**\n\n{h.text}")
-        for n, h in enumerate(hits, start=1)
-    ]
     await cl.ElementSidebar.set_elements(elements, key=answer_id)
     if elements:
         # After the elements: a title set first is dropped when the new elements arrive.
-        await cl.ElementSidebar.set_title("Sources of the last answer")
+        await cl.ElementSidebar.set_title(title)
 
 
 # --- uploads ----------------------------------------------------------------------------

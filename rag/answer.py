@@ -7,7 +7,13 @@ so all of them answer the same way. :func:`answer` is an async generator of even
   arrived): which provider and model answer, the passages in the prompt, and
   what was trimmed to fit the context window;
 - :class:`AnswerDelta` per streamed piece of text;
-- :class:`AnswerDone` at the end, with the full text and timings.
+- :class:`AnswerDone` at the end, with the full text, the passages it cites,
+  whether it declined, the sentences its sources do not back, and timings.
+
+When the relevance gate (:func:`rag.grounding.judge`) finds that the documents
+do not cover the question, no model is asked: the events carry ``route=None``,
+the text :data:`~rag.grounding.NOT_COVERED` and the closest passages as ``hits``.
+Retrieval for a follow-up sees the previous question too (:func:`search_query`).
 
 Errors are :class:`~rag.errors.RagError` sentences: ``NoDocuments`` (nothing
 ingested), ``EndpointUnavailable`` (every route was down before its first token;
@@ -20,10 +26,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rag.catalog import model_catalog
 from rag.errors import EndpointUnavailable, RagError, StreamInterrupted
+from rag.grounding import (
+    NOT_COVERED,
+    Citation,
+    citations,
+    is_refusal,
+    judge,
+    keep_close,
+    sentences,
+    support,
+)
 from rag.llm import Message, stream_chat
 from rag.prompt import (
     Prompt,
@@ -41,9 +57,13 @@ from rag.settings import Settings
 
 @dataclass(frozen=True)
 class AnswerStart:
-    """A route accepted the request; the passages numbered [1].. are ``hits``."""
+    """A route accepted the request; the passages numbered [1].. are ``hits``.
 
-    route: Route
+    ``route`` is None when the documents do not cover the question: then ``hits``
+    are the closest matches, not sources.
+    """
+
+    route: Route | None
     hits: list[Hit]
     prompt_tokens: int
     dropped_history: int
@@ -61,11 +81,14 @@ class AnswerDelta:
 class AnswerDone:
     """The answer is complete."""
 
-    route: Route
+    route: Route | None  # None: the gate found the documents do not cover it
     text: str
     ttft_s: float  # from the call to the first token
     total_s: float  # from the call to the last token
     completion_tokens: int  # streamed deltas: one token each on OpenAI-style servers
+    sources: list[Citation[Hit]] = field(default_factory=list)  # cited passages, as cited
+    refused: bool = False  # the answer says the documents do not cover the question
+    unsupported: list[str] = field(default_factory=list)  # sentences its sources do not back
 
 
 AnswerEvent = AnswerStart | AnswerDelta | AnswerDone
@@ -87,9 +110,15 @@ async def answer(
     """
     started = time.perf_counter()
     catalog = model_catalog(settings)
+    query = search_query(question, history)
     if hits is None:
         # Embedding and Chroma block for a few ms; keep the event loop free for other chats.
-        hits = await asyncio.to_thread(retrieve, question, settings=settings)
+        hits = await asyncio.to_thread(retrieve, query, settings=settings)
+    if not judge(query, hits, settings).covered:
+        async for event in _not_covered(hits, started):
+            yield event
+        return
+    hits = keep_close(hits, settings)
     counter = token_counter(settings)
     size = estimate_tokens(question, hits, settings=settings, history=history, counter=counter)
     routes = await catalog.routes(question, model, size)
@@ -112,7 +141,7 @@ async def answer(
             catalog.report_down(route.provider)
             down.append(route.provider.explain(exc) if isinstance(exc, EndpointUnavailable) else exc)
             continue
-        async for event in _relay(route, prompt, stream, first, started):
+        async for event in _relay(route, prompt, stream, first, started, settings):
             yield event
         return
     if too_long and not down:
@@ -155,7 +184,12 @@ async def _first_piece(stream: AsyncIterator[str]) -> str | None:
 
 
 async def _relay(
-    route: Route, prompt: Prompt, stream: AsyncIterator[str], first: str | None, started: float
+    route: Route,
+    prompt: Prompt,
+    stream: AsyncIterator[str],
+    first: str | None,
+    started: float,
+    settings: Settings,
 ) -> AsyncGenerator[AnswerEvent, None]:
     """The events of one accepted route: start, the text as it streams, done."""
     ttft = time.perf_counter() - started
@@ -178,13 +212,47 @@ async def _relay(
         # A caller that stops listening (user pressed stop, API client left) must
         # close the HTTP stream now, so the server stops generating.
         await stream.aclose()  # type: ignore[attr-defined]
+    text = "".join(parts)
+    cited = citations(text, prompt.hits)
+    refused = not cited and is_refusal(text)
     yield AnswerDone(
         route=route,
-        text="".join(parts),
+        text=text,
         ttft_s=ttft,
         total_s=time.perf_counter() - started,
         completion_tokens=len(parts),
+        sources=[] if refused else cited,
+        refused=refused,
+        unsupported=[] if refused else unsupported(text, cited, settings),
     )
+
+
+async def _not_covered(hits: list[Hit], started: float) -> AsyncGenerator[AnswerEvent, None]:
+    """The gate's answer: no model asked, the closest passages shown as such."""
+    closest = hits[:3]
+    yield AnswerStart(route=None, hits=closest, prompt_tokens=0, dropped_history=0, dropped_hits=0)
+    yield AnswerDelta(NOT_COVERED)
+    elapsed = time.perf_counter() - started
+    yield AnswerDone(None, NOT_COVERED, elapsed, elapsed, 0, refused=True)
+
+
+def search_query(question: str, history: Sequence[Message]) -> str:
+    """What retrieval searches for: the question, after the previous one when it follows up.
+
+    A follow-up ("And who chose it?") names its subject only through the turn
+    before, so the previous user question is put in front of it. A question that
+    stands on its own loses little: the fused ranking still favours its own words.
+    """
+    previous = next((m["content"] for m in reversed(history) if m["role"] == "user"), None)
+    return f"{previous}\n{question}" if previous else question
+
+
+def unsupported(text: str, cited: Sequence[Citation[Hit]], settings: Settings) -> list[str]:
+    """The answer's sentences that its cited passages do not back (see :func:`support`)."""
+    if not cited:
+        return []
+    passages = [c.hit.text for c in cited]
+    return [s for s in sentences(text) if support(s, passages) < settings.support_min]
 
 
 def format_sources(hits: list[Hit]) -> str:

@@ -195,20 +195,21 @@ async def _run_one(
         events = answer(question, settings, model=pin_id(route), history=history, hits=hits)
         async for event in events:
             if isinstance(event, AnswerStart):
-                yield ModelStarted(model, event.route)
+                # The gate's refusal has no route: it stands for the model asked.
+                yield ModelStarted(model, event.route or route)
             elif isinstance(event, AnswerDelta):
                 received.append(event.text)
                 yield ModelDelta(model, event.text)
             elif isinstance(event, AnswerDone):
-                yield _done(model, event)
+                yield _done(model, event, route)
     except RagError as exc:
         yield ModelFailed(model, str(exc), getattr(exc, "partial", "") or "".join(received))
 
 
-def _done(model: str, done: AnswerDone) -> ModelDone:
+def _done(model: str, done: AnswerDone, asked: Route) -> ModelDone:
     return ModelDone(
         model=model,
-        route=done.route,
+        route=done.route or asked,
         text=done.text,
         ttft_s=round(done.ttft_s, 4),
         tokens_per_s=round(tokens_per_second(done.completion_tokens, done.ttft_s, done.total_s), 2),

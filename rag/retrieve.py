@@ -53,6 +53,9 @@ class Hit:
     score: float
     dense_rank: int | None = None
     bm25_rank: int | None = None
+    # Cosine similarity to the question when the dense half returned this chunk: the
+    # relevance gate's signal (RRF scores only say how chunks rank against each other).
+    similarity: float | None = None
 
 
 def fuse(
@@ -70,6 +73,7 @@ def fuse(
     chunks: dict[str, Chunk] = {}
     dense_rank: dict[str, int] = {}
     bm25_rank: dict[str, int] = {}
+    similarity = {chunk.id: score for chunk, score in dense}
     for ranks, ranked in ((dense_rank, dense), (bm25_rank, lexical)):
         for rank, (chunk, _score) in enumerate(ranked, start=1):
             if chunk.id in ranks:  # a method listing a chunk twice counts once
@@ -79,12 +83,18 @@ def fuse(
             scores[chunk.id] = scores.get(chunk.id, 0.0) + 1.0 / (rrf_k + rank)
     order = sorted(scores, key=lambda cid: -scores[cid])  # sorted() is stable
     return [
-        _hit(chunks[cid], scores[cid], dense_rank.get(cid), bm25_rank.get(cid))
+        _hit(chunks[cid], scores[cid], dense_rank.get(cid), bm25_rank.get(cid), similarity.get(cid))
         for cid in order[:k]
     ]
 
 
-def _hit(chunk: Chunk, score: float, dense_rank: int | None, bm25_rank: int | None) -> Hit:
+def _hit(
+    chunk: Chunk,
+    score: float,
+    dense_rank: int | None,
+    bm25_rank: int | None,
+    similarity: float | None = None,
+) -> Hit:
     return Hit(
         chunk_id=chunk.id,
         source=chunk.source,
@@ -94,6 +104,7 @@ def _hit(chunk: Chunk, score: float, dense_rank: int | None, bm25_rank: int | No
         score=score,
         dense_rank=dense_rank,
         bm25_rank=bm25_rank,
+        similarity=similarity,
     )
 
 
@@ -138,7 +149,7 @@ class Retriever:
         if mode != "dense":
             lexical = loaded.lexical.search(question, candidates)
         if mode == "dense":
-            return [_hit(c, s, r, None) for r, (c, s) in enumerate(dense[:k], start=1)]
+            return [_hit(c, s, r, None, s) for r, (c, s) in enumerate(dense[:k], start=1)]
         if mode == "bm25":
             return [_hit(c, s, None, r) for r, (c, s) in enumerate(lexical[:k], start=1)]
         return fuse(dense, lexical, k, self.settings.rrf_k)

@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     candidates: int = Field(30, ge=1, validation_alias=_env("RAG_CANDIDATES"))
     rrf_k: int = Field(60, ge=1, validation_alias=_env("RAG_RRF_K"))
 
+    # --- grounding (rag.grounding) ------------------------------------------
+    gate: bool = Field(True, validation_alias=_env("RAG_GATE"))  # off: always ask the model
+    # Calibrated on tests/qa (see rag/grounding.py): below both, the documents do not cover it.
+    gate_min_similarity: float = Field(0.26, ge=-1, le=1, validation_alias=_env("RAG_GATE_MIN_SIMILARITY"))
+    gate_min_coverage: float = Field(0.5, ge=0, le=1, validation_alias=_env("RAG_GATE_MIN_COVERAGE"))
+    # Passages this far below the best one's similarity (and not found by BM25) are left out.
+    passage_margin: float = Field(0.25, ge=0, le=2, validation_alias=_env("RAG_PASSAGE_MARGIN"))
+    # An answer sentence whose cited passages hold less than this share of its words is marked.
+    support_min: float = Field(0.5, ge=0, le=1, validation_alias=_env("RAG_SUPPORT_MIN"))
+
     # --- local LLM endpoint --------------------------------------------------
     llm_base_url: str | None = Field(None, validation_alias=_env("LLM_BASE_URL"))
     llm_api_key: str = Field("not-needed", validation_alias=_env("LLM_API_KEY"))

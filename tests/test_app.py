@@ -18,14 +18,14 @@ import pytest
 
 import app
 from ingest.pipeline import ingest
-from rag.prompt import build_prompt, estimate_tokens, token_counter
+from rag.prompt import CONTEXT_HEAD, FULL_PASSAGES, build_prompt, estimate_tokens, token_counter
 from rag.retrieve import retrieve
 from rag.settings import Settings, get_settings
 from tests.chat_session import ChatSession
 from tests.conftest import MODELS_DIR, REPO, make_settings
 from tests.corpus import build_corpus
 from tests.fake_openai import FakeOpenAI
-from tests.test_discovery import install_fake_foundry
+from tests.foundry_fake import install_fake_foundry
 
 MODELS = ["phi-4-mini-fake", "qwen-2.5-fake"]
 HOLIDAYS = "How many days of paid holiday do employees get?"
@@ -115,9 +115,9 @@ async def test_answer_is_grounded_with_the_context_ahead_of_the_question_and_sho
         (request,) = fake.requests
         assert request["model"] == "phi-4-mini-fake" and request["stream"] is True
         system, user = request["messages"]
-        assert system["role"] == "system" and "only the numbered context" in system["content"]
+        assert system["role"] == "system" and "only from the numbered context" in system["content"]
         content = user["content"]
-        assert content.startswith("Context:\n[1] (")
+        assert content.startswith(f"{CONTEXT_HEAD}\n[1] (")
         assert content.endswith(f"\n\nQuestion: {HOLIDAYS}")
         assert content.index("28 days of paid holiday") < content.index("Question:")
 
@@ -134,10 +134,12 @@ async def test_answer_is_grounded_with_the_context_ahead_of_the_question_and_sho
         (sidebar,) = sidebars(chat)
         assert sidebar["key"] == answer.id
         names = [e["name"] for e in sidebar["elements"]]
-        assert names[0].startswith("[1] handbook.md") and names[1].startswith("[2] ")
-        texts = [chat.element_text(e) for e in sidebar["elements"]]
-        assert texts[0].startswith("**[1] handbook.md**")
-        assert any("28 days of paid holiday" in t for t in texts)
+        assert names == ["[1] handbook.md"]  # the answer cites only [1]: the others stay out
+        (text,) = [chat.element_text(e) for e in sidebar["elements"]]
+        assert text.startswith("**[1] handbook.md**")
+        # The cited passage is the prompt's [1], its full text with supporting sentences bold.
+        cited = re.search(r"^\[1\] \(handbook\.md\) (.+)$", content, flags=re.MULTILINE)
+        assert cited is not None and cited.group(1)[:60] in text.replace("**", "")
 
 
 async def test_pdf_sources_name_the_page(
@@ -169,12 +171,12 @@ async def test_switching_the_model_applies_to_the_next_message_and_keeps_the_his
         answers = [a for a in chat.answers() if a.output.startswith(REPLY)]
         first, second = sidebars(chat)
         assert [first["key"], second["key"]] == [a.id for a in answers]
-        assert len(second["elements"]) == passages_in(fake.requests[1])
+        assert len(second["elements"]) == 1  # REPLY cites [1] only
         assert not {e["id"] for e in first["elements"]} & {e["id"] for e in second["elements"]}
         assert all(not a.elements for a in chat.answers())  # none attached to messages
 
 
-async def test_a_small_window_drops_history_before_passages_and_never_exceeds_the_budget(
+async def test_a_small_window_drops_weak_passages_then_history_and_never_exceeds_the_budget(
     corpus_store: Path, app_env: Callable[..., Settings]
 ) -> None:
     long_reply = "Holidays are explained in the handbook [1]. " + "More detail follows here. " * 40
@@ -185,7 +187,7 @@ async def test_a_small_window_drops_history_before_passages_and_never_exceeds_th
         no_history = estimate_tokens(HOLIDAYS, hits, settings=settings)
         turn = [{"role": "user", "content": HOLIDAYS}, {"role": "assistant", "content": long_reply}]
         one_turn = counter.count_messages(turn)
-        # Room for every passage plus one earlier turn, not two.
+        # Room for the best three passages plus one earlier turn, not two.
         window = no_history + one_turn + one_turn // 2 + settings.answer_tokens
         settings = app_env(corpus_store, server.base_url, RAG_CONTEXT_TOKENS=window)
 
@@ -196,11 +198,12 @@ async def test_a_small_window_drops_history_before_passages_and_never_exceeds_th
 
         first, second, third = server.requests
         assert [len(history_of(r)) for r in (first, second, third)] == [0, 2, 2]
-        assert [passages_in(r) for r in (first, second, third)] == [len(hits)] * 3
+        # Weak passages went before the conversation; the best three stayed.
+        assert passages_in(first) >= FULL_PASSAGES
+        assert [passages_in(r) for r in (second, third)] == [FULL_PASSAGES] * 2
         for request in server.requests:
             assert counter.count_messages(request["messages"]) <= window - settings.answer_tokens
             assert request["max_tokens"] == settings.answer_tokens
-        assert "1 earlier message" not in chat.last_answer().output
         assert "2 earlier message(s) were left out" in chat.last_answer().output
 
 
@@ -486,7 +489,10 @@ async def test_compare_without_two_models_explains_its_usage(
 async def test_with_no_server_configured_the_embedded_model_answers_and_says_it_is_small(
     corpus_store: Path, app_env: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rag.embedded_llm.process import EMBEDDED_NOTICE, shared_engine
+    from rag.catalog import model_catalog
+    from rag.embedded_llm.process import shared_engine
+    from rag.prompt import COMPACT, style_for
+    from rag.web.chat_text import SMALL_MODEL_NOTICE
 
     app_env(corpus_store, "", RAG_ANSWER_TOKENS=40)
     monkeypatch.delenv("LLM_BASE_URL")
@@ -495,20 +501,23 @@ async def test_with_no_server_configured_the_embedded_model_answers_and_says_it_
     async with ChatSession() as chat:
         await app.on_chat_start()
         welcome = chat.last_answer().output
-        assert EMBEDDED_NOTICE in welcome and "foundry model run phi-4-mini" in welcome
-        engine = shared_engine(get_settings()).endpoint
-        assert engine is not None and engine.model and engine.compact_prompt
+        assert SMALL_MODEL_NOTICE in welcome and "foundry model run phi-4-mini" in welcome
+        engine = shared_engine(get_settings())
+        assert engine.endpoint is not None and engine.info is not None
+        model = engine.info.id
         (picker,) = chat.chat_settings()
-        assert picker["initial"] == engine.model  # the embedded model's own id is picked
-        assert engine.model in [item["value"] for item in picker["items"]]
-        assert f"Answering with `{engine.model}`" in welcome
+        assert picker["initial"] == model  # the embedded model's own id is picked
+        assert model in [item["value"] for item in picker["items"]]
+        assert f"Answering with `{model}`" in welcome
 
         await chat.send(app.on_message, HOLIDAYS)
         answer = chat.last_answer()
         assert len(chat.streamed_tokens(answer.id)) > 1  # the real model streamed something
-        assert "**Sources:**" in answer.output
-        # The answer went to the engine, whose endpoint asks for the compact prompt.
-        assert cl.user_session.get("endpoint") == engine
+        # Sources are what it cites; a tiny model often cites nothing, and then says so.
+        assert "**Sources:**" in answer.output or "cites no passage" in answer.output
+        # The answer went to the engine, a small model that gets the compact prompt.
+        local = await model_catalog(get_settings()).local()
+        assert local.endpoint == engine.endpoint and style_for(local) is COMPACT
 
 
 async def test_after_foundry_restarts_on_a_new_port_the_next_message_finds_it_again(
@@ -578,7 +587,7 @@ async def test_after_the_fallback_answered_for_a_stopped_foundry_the_next_messag
                 assert chat.last_answer().output.startswith(REPLY)
                 assert "Answered by" not in chat.last_answer().output
                 assert second.models_called == [ids[1]]  # the pick survived rediscovery
-                assert chat.chat_settings()[0]["initial"] == ids[1]
+                assert cl.user_session.get("model") == ids[1]
         assert cloud.models_called == ["cloud-model"]
 
 

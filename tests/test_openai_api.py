@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from rag.openai_api import mount_openai_api
+from rag.web.http_api import mount_openai_api
 from rag.settings import Settings
 from tests.conftest import offline_settings, with_fallback
 from tests.fake_openai import FakeOpenAI
@@ -104,7 +104,7 @@ def test_non_streamed_answer_ends_with_sources_and_names_the_endpoint(
     assert text.startswith(REPLY)
     sources = text.split("\n\nSources:\n")[1].splitlines()
     assert sources[0].startswith("[1] ") and "handbook.md" in text
-    assert raw.headers["x-rag-endpoint"] == "local"
+    assert raw.headers["x-rag-endpoint"] == "configured"
     assert raw.headers["x-rag-model"] == "qwen-local"
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage and completion.usage.completion_tokens == len(REPLY.split(" "))
@@ -131,7 +131,7 @@ def test_streamed_answer_arrives_in_chunks_and_ends_with_sources(
             },
         ) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
-            assert response.headers["x-rag-endpoint"] == "local"
+            assert response.headers["x-rag-endpoint"] == "configured"
             body = response.read().decode()
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.startswith(REPLY) and "\n\nSources:\n[1] " in text

@@ -27,7 +27,6 @@ import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,36 +41,29 @@ from starlette.routing import Route
 
 from rag.embedded_llm.generation import Delta, Engine, Failed, Finished, Sampling
 from rag.embedded_llm.model import BUILD_HINT, GENAI_CONFIG
+from rag.openai_wire import (
+    SSE_DONE,
+    WireError,
+    chunk,
+    completion,
+    message_text,
+    model_card,
+    now,
+    number,
+    sse,
+    stops,
+    usage,
+)
+from rag.openai_wire import completion_id as new_completion_id
 from rag.settings import Settings
 
 log = logging.getLogger("rag.embedded_llm")
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
-MAX_STOPS = 4  # OpenAI's limit
 
 
-class EngineRequestError(Exception):
-    """A request the API refuses, turned into OpenAI's error JSON with ``status``."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-
-    def response(self) -> JSONResponse:
-        body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status)
+# Kept as a name of this module: the engine's tests and callers refuse requests with it.
+EngineRequestError = WireError
 
 
 @dataclass(frozen=True)
@@ -110,11 +102,11 @@ def parse_engine_request(body: Any, model_id: str, default_max_tokens: int) -> C
         raise EngineRequestError(400, "Only n=1 is supported.", param="n")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     given = max_tokens is not None
-    max_tokens = _number(max_tokens, "max_tokens", int, 1, None) if given else default_max_tokens
-    temperature = _number(body.get("temperature"), "temperature", float, 0.0, 2.0)
-    top_p = _number(body.get("top_p"), "top_p", float, 0.0, 1.0)
-    seed = _number(body.get("seed"), "seed", int, None, None)
-    min_tokens = _number(body.get("min_tokens"), "min_tokens", int, 0, None) or 0
+    max_tokens = number(max_tokens, "max_tokens", int, 1, None) if given else default_max_tokens
+    temperature = number(body.get("temperature"), "temperature", float, 0.0, 2.0)
+    top_p = number(body.get("top_p"), "top_p", float, 0.0, 1.0)
+    seed = number(body.get("seed"), "seed", int, None, None)
+    min_tokens = number(body.get("min_tokens"), "min_tokens", int, 0, None) or 0
     if body.get("ignore_eos") is True:
         min_tokens = max_tokens
     stream = body.get("stream") or False
@@ -132,7 +124,7 @@ def parse_engine_request(body: Any, model_id: str, default_max_tokens: int) -> C
             max_tokens=max_tokens,
             temperature=1.0 if temperature is None else temperature,
             top_p=1.0 if top_p is None else top_p,
-            stop=_stops(body.get("stop")),
+            stop=stops(body.get("stop")),
             seed=seed,
             min_tokens=min_tokens,
         ),
@@ -146,50 +138,9 @@ def _message(message: Any, index: int) -> dict[str, str]:
         raise EngineRequestError(
             400, f"{param} must be an object with a role ({', '.join(sorted(ROLES))}).", param=param
         )
-    content = message.get("content")
-    if content is None:
-        content = ""
-    elif isinstance(content, list):
-        # OpenAI's content parts: this is a text model, so keep the text parts.
-        if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-            raise EngineRequestError(
-                400, f"{param}: only text content parts are supported.", param=param
-            )
-        content = "".join(str(p.get("text", "")) for p in content)
-    elif not isinstance(content, str):
-        raise EngineRequestError(
-            400, f"{param}.content must be a string.", param=f"{param}.content"
-        )
+    content = message_text(message.get("content"), param)
     role = "system" if message["role"] == "developer" else message["role"]
     return {"role": role, "content": content}
-
-
-def _number(value: Any, name: str, kind: type, low: float | None, high: float | None) -> Any:
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or (kind is int and value != int(value))
-    ):
-        raise EngineRequestError(
-            400, f"'{name}' must be a{'n integer' if kind is int else ' number'}.", param=name
-        )
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise EngineRequestError(400, f"'{name}' must be {bounds} (got {value}).", param=name)
-    return kind(value)
-
-
-def _stops(stop: Any) -> tuple[str, ...]:
-    if stop is None:
-        return ()
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise EngineRequestError(400, "'stop' must be a string or a list of strings.", param="stop")
-    if len(stops) > MAX_STOPS:
-        raise EngineRequestError(400, f"'stop' takes at most {MAX_STOPS} sequences.", param="stop")
-    return tuple(s for s in stops if s)
 
 
 class EngineApp:
@@ -249,7 +200,7 @@ class EngineApp:
             sampling = self._fit(chat, len(prompt_ids))
         except EngineRequestError as exc:
             return exc.response()
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        completion_id = new_completion_id()
         if chat.stream:
             return StreamingResponse(
                 self._sse(chat, sampling, prompt_ids, completion_id),
@@ -261,13 +212,7 @@ class EngineApp:
     # --- helpers ----------------------------------------------------------------
     def _model_card(self) -> dict[str, Any]:
         info = self.engine.info
-        return {
-            "id": info.id,
-            "object": "model",
-            "created": self.created,
-            "owned_by": "local",
-            "context_length": info.context_tokens,
-        }
+        return model_card(info.id, "local", self.created, context_length=info.context_tokens)
 
     def _fit(self, chat: ChatRequest, prompt_tokens: int) -> Sampling:
         """Check the prompt fits the context; shrink max_tokens to the room that is left."""
@@ -296,48 +241,32 @@ class EngineApp:
             )
         return replace(s, max_tokens=room, min_tokens=min(s.min_tokens, room))
 
-    def _chunk(self, completion_id: str, delta: dict, finish: str | None) -> dict[str, Any]:
-        return {
-            "id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": self.engine.info.id,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }  # fmt: skip
+    def _chunk(self, cid: str, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        return chunk(cid, now(), self.engine.info.id, delta, finish)
 
     async def _sse(
         self, chat: ChatRequest, sampling: Sampling, prompt_ids: np.ndarray, completion_id: str
     ) -> AsyncGenerator[str, None]:
         """OpenAI's SSE stream: role chunk, text chunks, finish chunk, usage chunk, ``[DONE]``."""
 
-        def data(obj: dict[str, Any]) -> str:
-            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-        yield data(self._chunk(completion_id, {"role": "assistant", "content": ""}, None))
+        yield sse(self._chunk(completion_id, {"role": "assistant", "content": ""}, None))
         async for event in self.engine.generate(prompt_ids, sampling):
             if isinstance(event, Delta):
-                yield data(self._chunk(completion_id, {"content": event.text}, None))
+                yield sse(self._chunk(completion_id, {"content": event.text}, None))
             elif isinstance(event, Failed):
                 # Headers are sent already; an error event is how OpenAI reports this mid-stream.
-                yield data(
-                    {
-                        "error": {
-                            "message": event.message,
-                            "type": "server_error",
-                            "param": None,
-                            "code": None,
-                        }
-                    }
-                )
+                yield sse(WireError(500, event.message, type="server_error").body())
                 break
             elif isinstance(event, Finished):
                 last = self._chunk(completion_id, {}, event.reason)
-                usage = _usage(len(prompt_ids), event.completion_tokens)
-                last["usage"] = usage
-                yield data(last)
+                counts = usage(len(prompt_ids), event.completion_tokens)
+                last["usage"] = counts
+                yield sse(last)
                 if chat.include_usage:
-                    yield data(
-                        {**self._chunk(completion_id, {}, None), "choices": [], "usage": usage}
+                    yield sse(
+                        {**self._chunk(completion_id, {}, None), "choices": [], "usage": counts}
                     )
-        yield "data: [DONE]\n\n"
+        yield SSE_DONE
 
     async def _complete(
         self,
@@ -372,13 +301,10 @@ class EngineApp:
         text, end = work.result()
         if isinstance(end, Failed):
             return EngineRequestError(500, end.message, type="server_error").response()
-        return JSONResponse({
-            "id": completion_id, "object": "chat.completion", "created": int(time.time()),
-            "model": self.engine.info.id,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": end.reason}],
-            "usage": _usage(len(prompt_ids), end.completion_tokens),
-        })  # fmt: skip
+        counts = usage(len(prompt_ids), end.completion_tokens)
+        return JSONResponse(
+            completion(completion_id, now(), self.engine.info.id, text, end.reason, counts)
+        )
 
     async def _http_error(self, request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
@@ -390,14 +316,6 @@ class EngineApp:
     async def _crash(self, request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
         return EngineRequestError(500, f"The engine failed: {exc}", type="server_error").response()
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
 
 
 def _exit_when_parent_dies() -> None:

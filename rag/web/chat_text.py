@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from ingest.pipeline import IngestReport
 from rag.answer import AnswerDone, AnswerStart
 from rag.catalog import Offer
+from rag.grounding import content_words, sentences
 from rag.prompt import COMPACT, source_label, style_for
 from rag.retrieve import Hit
 from rag.routing import Kind, Provider, Reason, Route
@@ -97,22 +98,65 @@ def route_note(route: Route) -> str:
             return "cloud-first: cloud endpoint down -> local endpoint"
 
 
+UNSUPPORTED_MARK = " ⚠"
+
+
+def answer_text(start: AnswerStart, done: AnswerDone) -> str:
+    """The finished answer as the chat shows it: unsupported sentences marked, then the footer."""
+    text = done.text or "_The model returned an empty answer._"
+    for sentence in done.unsupported:
+        text = text.replace(sentence, sentence + UNSUPPORTED_MARK, 1)
+    return text + footer(start, done)
+
+
 def footer(start: AnswerStart, done: AnswerDone) -> str:
-    """Lines under the answer: sources, who answered when it was not the picked local model,
-    and what was left out to fit the context window."""
-    lines = []
-    if start.hits:
-        labels = (f"[{n}] {source_label(h)}" for n, h in enumerate(start.hits, start=1))
-        lines.append("**Sources:** " + " · ".join(labels))
+    """Lines under the answer: its cited sources (or the closest matches when the documents do
+    not cover it), who answered when it was not the picked local model, and what was left out
+    to fit the context window."""
+    lines = [_sources_line(start, done)]
+    if done.unsupported:
+        lines.append(
+            f"*{UNSUPPORTED_MARK.strip()} marks {len(done.unsupported)} sentence(s) that the cited "
+            "passages do not back; check them against the sources.*"
+        )
     route = done.route
-    if route.answered_elsewhere:
+    if route is not None and route.answered_elsewhere:
         lines.append(f"*Answered by `{route.model}` at {route.provider.name} ({route_note(route)}).*")
     if start.dropped_hits or start.dropped_history:
         lines.append(
             f"*To fit the model's context window, {start.dropped_hits} passage(s) and "
             f"{start.dropped_history} earlier message(s) were left out.*"
         )
-    return "\n\n" + "\n\n".join(lines) if lines else ""
+    return "\n\n" + "\n\n".join(line for line in lines if line)
+
+
+def _sources_line(start: AnswerStart, done: AnswerDone) -> str:
+    if done.refused:
+        if not start.hits:
+            return ""
+        labels = (f"[{n}] {source_label(h)}" for n, h in enumerate(start.hits, start=1))
+        return "**Closest matches (not sources):** " + " · ".join(labels)
+    if done.sources:
+        return "**Sources:** " + " · ".join(
+            f"[{c.number}] {source_label(c.hit)}" for c in done.sources
+        )
+    return (
+        "*This answer cites no passage, so it lists no sources; the passages searched are in "
+        "the document search step above.*"
+    )
+
+
+def highlighted(passage: str, answer: str, threshold: float) -> str:
+    """``passage`` as Markdown with the sentences that back ``answer`` in bold."""
+    said = set(content_words(answer))
+    marked = []
+    for sentence in sentences(passage):
+        words = content_words(sentence)
+        shared = sum(w in said for w in words)
+        # Two shared words at least: a heading such as "Sick days" backs nothing by itself.
+        backs = shared >= 2 and shared / len(words) >= threshold
+        marked.append(f"**{sentence}**" if backs else sentence)
+    return " ".join(marked)
 
 
 def hits_table(hits: Sequence[Hit]) -> str:

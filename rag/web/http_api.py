@@ -41,14 +41,13 @@ import json
 import logging
 import secrets
 import time
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from rag.answer import AnswerDelta, AnswerDone, AnswerEvent, AnswerStart, answer, format_sources
+from rag.answer import AnswerDelta, AnswerDone, AnswerEvent, AnswerStart, answer
 from rag.catalog import Offer, model_catalog
 from rag.errors import (
     EndpointError,
@@ -59,73 +58,52 @@ from rag.errors import (
 )
 from rag.hosts import host_of, is_loopback_host
 from rag.llm import Message
-from rag.prompt import PromptTooLong
+from rag.prompt import PromptTooLong, source_label
 from rag.retrieve import Hit
 from rag.routing import Route, RouteRefused, split_qualified
+from rag.openai_wire import (
+    SSE_DONE,
+    WireError,
+    chunk,
+    completion,
+    completion_id,
+    message_text,
+    now,
+    sse,
+    usage,
+)
 from rag.settings import Settings
 from rag.web.chat_text import route_note
 
 log = logging.getLogger(__name__)
 
 SOURCES_MARKER = "\n\nSources:\n"
+CLOSEST_MARKER = "\n\nClosest matches (not sources):\n"
 OWNER = "local-rag-chat"
 
 
-class ApiError(Exception):
-    """An OpenAI-style error response: HTTP status, sentence, type and code."""
-
-    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.code, self.kind = status, message, code, kind
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(
-            {
-                "error": {
-                    "message": self.message,
-                    "type": self.kind,
-                    "param": None,
-                    "code": self.code,
-                }
-            },
-            status_code=self.status,
-        )
+def api_refusal(status: int, message: str, code: str, kind: str = "invalid_request_error") -> WireError:
+    """An OpenAI-style error of this API: HTTP status, sentence, code and type."""
+    return WireError(status, message, type=kind, code=code)
 
 
-def api_error(exc: RagError) -> ApiError:
+def api_error(exc: RagError) -> WireError:
     """The HTTP status and code for a library error; the message stays the library's sentence."""
     if isinstance(exc, NoDocuments):
-        return ApiError(409, str(exc), "no_documents")
+        return api_refusal(409, str(exc), "no_documents")
     if isinstance(exc, PromptTooLong):
         # OpenAI's own code for this, which clients already know how to show.
-        return ApiError(400, str(exc), "context_length_exceeded")
+        return api_refusal(400, str(exc), "context_length_exceeded")
     if isinstance(exc, RouteRefused):
-        return ApiError(403, str(exc), "local_only")
+        return api_refusal(403, str(exc), "local_only")
     if isinstance(exc, EndpointUnavailable):
-        return ApiError(503, str(exc), "endpoint_unavailable", "server_error")
+        return api_refusal(503, str(exc), "endpoint_unavailable", "server_error")
     if isinstance(exc, EndpointError | StreamInterrupted):
-        return ApiError(502, str(exc), "endpoint_error", "server_error")
-    return ApiError(500, str(exc), "rag_error", "server_error")
+        return api_refusal(502, str(exc), "endpoint_error", "server_error")
+    return api_refusal(500, str(exc), "rag_error", "server_error")
 
 
 # --- request parsing ------------------------------------------------------------
-
-
-def _text(content: Any) -> str:
-    """A message's text: a string, or the text parts of a list of content parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            str(part.get("text", ""))
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        )
-    if content is None:
-        return ""
-    raise ApiError(
-        400, "Each message's content must be a string or a list of text parts.", "bad_content"
-    )
 
 
 def parse_chat_request(body: Any) -> tuple[str, str, list[Message], bool]:
@@ -138,29 +116,30 @@ def parse_chat_request(body: Any) -> tuple[str, str, list[Message], bool]:
     so it does not eat the history budget.
     """
     if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.", "bad_body")
+        raise api_refusal(400, "The request body must be a JSON object.", "bad_body")
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise ApiError(400, "The request needs a 'model' (see GET /v1/models).", "missing_model")
+        raise api_refusal(400, "The request needs a 'model' (see GET /v1/models).", "missing_model")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "The request needs a non-empty 'messages' list.", "missing_messages")
+        raise api_refusal(400, "The request needs a non-empty 'messages' list.", "missing_messages")
     if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
-        raise ApiError(400, "Each message needs a 'role' and 'content'.", "bad_message")
+        raise api_refusal(400, "Each message needs a 'role' and 'content'.", "bad_message")
     last = messages[-1]
-    question = _text(last.get("content")).strip()
+    question = message_text(last.get("content"), "messages[-1]").strip()
     if last["role"] != "user" or not question:
-        raise ApiError(400, "The last message must be a non-empty user message.", "no_question")
+        raise api_refusal(400, "The last message must be a non-empty user message.", "no_question")
     history: list[Message] = []
     for message in messages[:-1]:
         if message["role"] not in ("user", "assistant"):
             continue
-        text = _text(message.get("content")).split(SOURCES_MARKER)[0].strip()
+        text = message_text(message.get("content"), "messages").split(SOURCES_MARKER)[0]
+        text = text.split(CLOSEST_MARKER)[0].strip()
         if text:
             history.append({"role": message["role"], "content": text})
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise ApiError(400, "'stream' must be true or false.", "bad_stream")
+        raise api_refusal(400, "'stream' must be true or false.", "bad_stream")
     return model.strip(), question, history, stream
 
 
@@ -178,33 +157,52 @@ def model_cards(offer: Offer) -> list[dict[str, Any]]:
 # --- the answer ------------------------------------------------------------------
 
 
-def sources_trailer(hits: list[Hit], route: Route) -> str:
-    """The text appended to every answer: which sources, and where routing sent it if not local."""
+def cited(start: AnswerStart, done: AnswerDone | None) -> list[tuple[int, Hit]]:
+    """The answer's sources as ``(number, passage)``: the ones it cites, or every passage of
+    the prompt when the stream broke before the end."""
+    if done is None:
+        return list(enumerate(start.hits, start=1))
+    return [(c.number, c.hit) for c in done.sources]
+
+
+def sources_trailer(start: AnswerStart, done: AnswerDone | None) -> str:
+    """The text appended to every answer: its sources (or the closest matches when the
+    documents do not cover it), and where routing sent it if not to the local model."""
+    route = done.route if done else start.route
     parts: list[str] = []
-    if route.answered_elsewhere:
+    if route is not None and route.answered_elsewhere:
         parts.append(f"\n\n_Answered by '{route.provider.name}' ({route.model}): {route_note(route)}._")
-    if hits:
-        parts.append(SOURCES_MARKER + format_sources(hits))
+    if done is not None and done.refused:
+        if start.hits:
+            parts.append(CLOSEST_MARKER + _numbered(list(enumerate(start.hits, start=1))))
+    elif sources := cited(start, done):
+        parts.append(SOURCES_MARKER + _numbered(sources))
     return "".join(parts)
 
 
-def rag_field(route: Route, hits: list[Hit]) -> dict[str, Any]:
+def _numbered(sources: list[tuple[int, Hit]]) -> str:
+    return "\n".join(f"[{n}] {source_label(h)}" for n, h in sources)
+
+
+def rag_field(start: AnswerStart, done: AnswerDone | None) -> dict[str, Any]:
     """The extra ``rag`` field: who answered and the sources, for clients that look."""
+    route = done.route if done else start.route
     return {
-        "endpoint": route.provider.name,
-        "model": route.model,
-        "local": route.provider.on_premises,
-        "reason": route.reason.value,
-        "sources": [
-            {"n": n, "source": h.source, "page": h.page} for n, h in enumerate(hits, start=1)
-        ],
+        "endpoint": route.provider.name if route else None,
+        "model": route.model if route else None,
+        "local": route.provider.on_premises if route else True,
+        "reason": route.reason.value if route else "not-covered",
+        "covered": not (done and done.refused),
+        "sources": [{"n": n, "source": h.source, "page": h.page} for n, h in cited(start, done)],
     }
 
 
-def _headers(route: Route) -> dict[str, str]:
+def _headers(route: Route | None) -> dict[str, str]:
     def latin1(value: str) -> str:
         return value.encode("latin-1", "replace").decode("latin-1")
 
+    if route is None:
+        return {"X-RAG-Endpoint": "none", "X-RAG-Route": "not covered by the documents"}
     return {
         "X-RAG-Endpoint": latin1(route.provider.name),
         "X-RAG-Model": latin1(route.model),
@@ -213,37 +211,23 @@ def _headers(route: Route) -> dict[str, str]:
 
 
 def _chunk(
-    cid: str,
-    created: int,
-    model: str,
-    delta: dict[str, Any],
-    finish: str | None = None,
-    **extra: Any,
+    cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any
 ) -> str:
-    body = {
-        "id": cid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        **extra,
-    }
-    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+    return sse(chunk(cid, created, model, delta, finish, **extra))
 
 
 async def _sse(
     events: AsyncGenerator[AnswerEvent, None], start: AnswerStart, model: str
 ) -> AsyncGenerator[str, None]:
-    cid = f"chatcmpl-rag-{uuid.uuid4().hex[:24]}"
-    created = int(time.time())
-    route = start.route
+    cid, created = completion_id("chatcmpl-rag"), now()
+    done: AnswerDone | None = None
     yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
     try:
         async for event in events:
             if isinstance(event, AnswerDelta):
                 yield _chunk(cid, created, model, {"content": event.text})
             elif isinstance(event, AnswerDone):
-                route = event.route
+                done = event
     except RagError as exc:
         # Headers are gone already: the break is told in the text, then the stream ends cleanly.
         yield _chunk(cid, created, model, {"content": f"\n\n[The answer stopped early: {exc}]"})
@@ -254,9 +238,9 @@ async def _sse(
         )
     finally:
         await events.aclose()
-    yield _chunk(cid, created, model, {"content": sources_trailer(start.hits, route)})
-    yield _chunk(cid, created, model, {}, "stop", rag=rag_field(route, start.hits))
-    yield "data: [DONE]\n\n"
+    yield _chunk(cid, created, model, {"content": sources_trailer(start, done)})
+    yield _chunk(cid, created, model, {}, "stop", rag=rag_field(start, done))
+    yield SSE_DONE
 
 
 async def _check_model(model: str, settings: Settings) -> None:
@@ -271,7 +255,7 @@ async def _check_model(model: str, settings: Settings) -> None:
         return
     offer = await catalog.offer()
     if offer.local is not None and model not in offer.listed:
-        raise ApiError(
+        raise api_refusal(
             404,
             f"The model '{model}' does not exist here; GET /v1/models lists the available ones.",
             "model_not_found",
@@ -283,7 +267,7 @@ async def chat_completions(request: Request, settings: Settings) -> Response:
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "The request body is not valid JSON.", "bad_json") from None
+        raise api_refusal(400, "The request body is not valid JSON.", "bad_json") from None
     model, question, history, stream = parse_chat_request(body)
 
     await _check_model(model, settings)
@@ -291,7 +275,7 @@ async def chat_completions(request: Request, settings: Settings) -> Response:
     try:
         start = await anext(events)
     except StopAsyncIteration:
-        raise ApiError(
+        raise api_refusal(
             502, "The model server ended the answer before it began.", "empty", "server_error"
         ) from None
     except RagError as exc:
@@ -316,29 +300,14 @@ async def chat_completions(request: Request, settings: Settings) -> Response:
     except RagError as exc:
         raise api_error(exc) from exc
     route = done.route if done else start.route
-    text = "".join(parts) + sources_trailer(start.hits, route)
+    text = "".join(parts) + sources_trailer(start, done)
     completion_tokens = done.completion_tokens if done else len(parts)
+    counts = usage(start.prompt_tokens, completion_tokens)
+    body = completion(
+        completion_id("chatcmpl-rag"), now(), model, text, "stop", counts, rag=rag_field(start, done)
+    )
     return JSONResponse(
-        {
-            "id": f"chatcmpl-rag-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": start.prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": start.prompt_tokens + completion_tokens,
-            },
-            "rag": rag_field(route, start.hits),
-        },
+        body,
         headers=_headers(route),
     )
 
@@ -385,22 +354,22 @@ def create_router(settings: Settings) -> APIRouter:
     async def guarded(request: Request, handler: Handler) -> Response:
         s = settings
         if (refused := _foreign_caller(request, s)) is not None:
-            return ApiError(403, refused, "forbidden_origin").response()
+            return api_refusal(403, refused, "forbidden_origin").response()
         if not _authorized(request, s):
-            return ApiError(
+            return api_refusal(
                 401,
                 "Missing or wrong API key: send 'Authorization: Bearer <RAG_API_KEY>'.",
                 "invalid_api_key",
             ).response()
         try:
             return await handler(request, s)
-        except ApiError as exc:
+        except WireError as exc:
             return exc.response()
         except RagError as exc:
             return api_error(exc).response()
         except Exception:  # noqa: BLE001 - clients get JSON, the log gets the traceback
             log.exception("OpenAI-compatible API request failed")
-            return ApiError(
+            return api_refusal(
                 500,
                 "The RAG server failed on this request; its log has the details.",
                 "internal_error",
