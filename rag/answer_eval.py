@@ -473,30 +473,27 @@ async def ask(qa: AnswerQA, model: str | None, settings: Settings) -> Attempt:
     """
     passages: tuple[str, ...] = ()
     done: AnswerDone | None = None
-    async for event in answer(qa.q, history=list(qa.history), model=model, settings=settings):
+    async for event in answer(qa.q, settings, history=list(qa.history), model=model):
         if isinstance(event, AnswerStart):
             passages = tuple(hit.source for hit in event.hits)
         elif isinstance(event, AnswerDone):
             done = event
     if done is None:
         raise RagError("The answer pipeline ended without an answer; report this as a bug.")
-    # `sources` (the cited passages only) and `refused` (the relevance gate) are newer
-    # fields of AnswerDone; without them the markers in the text decide.
-    cited = getattr(done, "sources", None)
     return Attempt(
         text=done.text,
         passages=passages,
-        cited=None if cited is None else tuple(getattr(c, "source", c) for c in cited),
-        refused=bool(getattr(done, "refused", False)),
+        cited=tuple(c.hit.source for c in done.sources),
+        refused=done.refused,
         ttft_s=done.ttft_s,
         total_s=done.total_s,
-        answered_by=_answered_by(getattr(done, "route", None)),
+        answered_by=_answered_by(done.route),
     )
 
 
 def _answered_by(route: Route | None) -> str:
     # A reply the pipeline gives without asking a model (the relevance gate) may carry no route.
-    return f"{route.endpoint.name}:{route.model}" if route is not None else ""
+    return f"{route.provider.name}:{route.model}" if route is not None else ""
 
 
 Progress = Callable[[int, int, str, Scored], None]
@@ -619,9 +616,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report.as_dict(), ensure_ascii=False))
     else:
         print(format_table(args.qa, reports))
-    silent = [r for r in reports if r.count(Outcome.ERROR) == len(r.scored)]
+    # The gate answers without a model; a model none of whose requests got through is silent.
+    silent = [r for r in reports if not any(s.attempt.answered_by for s in r.scored)]
     for report in silent:
-        print(f"{report.model} answered no question: {report.scored[0].attempt.error}",
+        error = next((s.attempt.error for s in report.scored if s.attempt.error), "no request")
+        print(f"{report.model} answered no question: {error}",
               file=sys.stderr)  # fmt: skip
     return 1 if silent else 0
 

@@ -133,6 +133,9 @@ class Catalog:
         nothing else is configured.
         """
         table = self.table()
+        pinned_default = self.settings.llm_model
+        if not model and pinned_default and split_qualified(pinned_default, table) is not None:
+            model = pinned_default  # LLM_MODEL may itself pin a provider: fallback:gpt-4o-mini
         if model and split_qualified(model, table) is not None:
             return [await self.pinned(model)]
         try:
@@ -151,8 +154,9 @@ class Catalog:
             prompt_tokens=prompt_tokens,
             answer_tokens=self.settings.answer_tokens,
         )
-        if not routes and missing is not None:
-            raise missing
+        allowed = [r for r in routes if r.provider.on_premises or table.mode != "local-only"]
+        if not allowed and missing is not None:
+            raise missing  # what to start says more than "the cloud is not allowed"
         return _guarded(routes, table, model)
 
     async def pinned(self, model: str) -> Route:

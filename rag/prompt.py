@@ -40,11 +40,12 @@ Question: How do I add files?
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rag.errors import ModelMissing, RagError
@@ -164,10 +165,16 @@ class TokenCounter:
         return sum(self.count(m["content"]) + TOKENS_PER_MESSAGE for m in messages)
 
 
-@functools.cache
 def token_counter(settings: Settings) -> TokenCounter:
     """The process-wide counter: WordPiece plus characters, or characters alone when the
     embedding model is not exported yet."""
+    return _counter_for(settings.embedder_dir.resolve(), settings)
+
+
+@functools.lru_cache(maxsize=4)
+def _counter_for(embedder_dir: Path, settings: Settings) -> TokenCounter:
+    # Keyed by the folder first: settings that differ elsewhere share one tokenizer
+    # load (~90 ms), which would otherwise land inside the first answer's TTFT.
     from rag.embed import load_tokenizer
 
     try:

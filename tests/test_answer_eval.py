@@ -36,7 +36,8 @@ from rag.answer_eval import (
 )
 from rag.llm import Endpoint
 from rag.retrieve import Hit
-from rag.routing import Route
+from rag.grounding import NOT_COVERED, Citation
+from rag.routing import Kind, Provider, Route
 from rag.settings import Settings
 from tests.conftest import MODELS_DIR, REPO, free_port, offline_settings, with_fallback
 from tests.corpus import QA_DIR, SAMPLE_DOCS, build_corpus
@@ -193,14 +194,6 @@ def test_a_failed_request_is_an_error_not_a_wrong_answer() -> None:
     assert score(HOLIDAY, Attempt(error="No model server answered.")).outcome is Outcome.ERROR
 
 
-@dataclass(frozen=True)
-class GatedDone(AnswerDone):
-    """AnswerDone with the fields the pipeline is gaining: cited passages, gate verdict."""
-
-    sources: tuple[Hit, ...] = ()
-    refused: bool = False
-
-
 def _hit(source: str) -> Hit:
     return Hit(chunk_id=f"{source}#0", source=source, page=None, heading=None, text="", score=1.0)
 
@@ -208,15 +201,16 @@ def _hit(source: str) -> Hit:
 async def test_ask_uses_the_pipelines_cited_sources_and_refusal_when_it_gives_them(
     monkeypatch: pytest.MonkeyPatch, settings: Settings
 ) -> None:
-    # Those fields do not exist yet: a stand-in pipeline gives them, so ask() is ready.
-    route = Route(Endpoint(name="local", base_url="http://127.0.0.1:1/v1"), "m")
+    # A stand-in pipeline whose cited passages disagree with the text's [n] markers.
+    provider = Provider(Endpoint(name="local", base_url="http://127.0.0.1:1/v1"), Kind.CONFIGURED)
+    route = Route(provider, "m")
     given = [_hit("policies/expenses.txt"), _hit("handbook.md")]
     replies = {
-        "cited": GatedDone(route, "28 days [1].", 0.1, 0.2, 3, sources=(given[1],)),
-        "gated": GatedDone(route, "Closest matches: [1]", 0.0, 0.1, 0, refused=True),
+        "cited": AnswerDone(route, "28 days [1].", 0.1, 0.2, 3, sources=[Citation(2, given[1])]),
+        "gated": AnswerDone(None, NOT_COVERED, 0.0, 0.1, 0, refused=True),
     }
 
-    async def pipeline(question: str, **_: object) -> AsyncIterator[AnswerEvent]:
+    async def pipeline(question: str, settings: Settings, **_: object) -> AsyncIterator[AnswerEvent]:
         yield AnswerStart(route=route, hits=given, prompt_tokens=1, dropped_history=0,
                           dropped_hits=0)  # fmt: skip
         yield replies[question]
@@ -300,7 +294,12 @@ SCRIPT: dict[str, tuple[dict[str, Any], str]] = {
         {"refuse": True},
         "The documents do not mention who the CEO is.",
     ),
-    "What is the capital of France?": ({"refuse": True}, "Paris is the capital of France [1]."),
+    # A near miss the relevance gate lets through (the corpus is about Brightwater): the
+    # model must decline it, and this one does not.
+    "How much parking allowance do I get at the airport?": (
+        {"refuse": True},
+        "You get 20 EUR a day for airport parking [1].",
+    ),
 }
 # What the script scores as, for each model: two right, two wrong, one false refusal;
 # one refused right, one not refused.
@@ -370,7 +369,7 @@ def test_cli_reports_scripted_outcomes_per_model(
     assert status == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert [(x["model"], x["endpoint"]) for x in lines] == [
-        ("small", "local:small"),
+        ("small", "configured:small"),
         ("fallback:big", "fallback:big"),
     ]
     for line in lines:
@@ -421,7 +420,7 @@ def test_cli_prints_a_table_and_exits_0_the_way_a_user_runs_it(
     table = out.stdout.splitlines()
     assert "7 questions (5 answerable, 2 not covered by the documents)" in table[0]
     assert table[1].split()[:3] == ["model", "right", "refused"]
-    assert table[2].startswith("default (local:small)")
+    assert table[2].startswith("default (configured:small)")
     assert table[2].split()[2:8] == ["2/5", "1/2", "1/5", "2/5", "1/2", "0"]
     assert "[7/7] default: not refused" in out.stderr
     # --k 3: three passages in every prompt.

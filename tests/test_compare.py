@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 
 from rag.compare import (
-    CompareBoard,
     CompareContext,
-    CompareUsage,
     ModelDelta,
     ModelDone,
     ModelFailed,
@@ -23,13 +21,16 @@ from rag.compare import (
     compare_stream,
     main,
     on_this_machine,
-    parse_compare_command,
+    pin_id,
     tokens_per_second,
 )
 from rag.llm import Endpoint
+from rag.routing import Kind, Provider, Reason, Route
 from rag.settings import Settings
-from tests.conftest import MODELS_DIR, REPO, with_fallback
+from rag.web.compare_board import CompareBoard, CompareUsage, parse_compare_command
+from tests.conftest import MODELS_DIR, REPO, offline_settings, with_fallback
 from tests.fake_openai import FakeOpenAI
+from tests.foundry_fake import no_foundry
 
 QUESTION = "How many days of paid holiday does everyone get?"
 REPLY = "Everyone gets 28 days of paid holiday a year [1] plus public holidays."
@@ -71,8 +72,9 @@ async def test_both_models_get_identical_context_and_plausible_figures(
 
     fast, slow = result.results
     assert isinstance(fast, ModelDone) and isinstance(slow, ModelDone)
-    assert (fast.route.endpoint.name, fast.route.model) == ("local", "small")
+    assert (fast.route.endpoint.name, fast.route.model) == ("configured", "small")
     assert (slow.route.endpoint.name, slow.route.model) == ("fallback", "big")
+    assert fast.route.reason is slow.route.reason is Reason.PINNED
     assert fast.text == slow.text == REPLY
 
     assert slow.ttft_s >= SLOW_DELAY_S
@@ -158,16 +160,45 @@ async def test_local_only_refuses_a_cloud_model_in_a_comparison(
     assert big.requests == []
 
 
+async def test_a_model_without_a_server_fails_before_it_starts_and_the_others_answer(
+    corpus_store: Path, big: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_foundry(tmp_path / "bin", monkeypatch)  # and no LLM_BASE_URL, engine off: no local server
+    settings = offline_settings(
+        corpus_store, llm_fallback_base_url=big.base_url, llm_fallback_model="big"
+    )
+    events = [e async for e in compare_stream(QUESTION, ["small", "fallback:big"], settings)]
+    failed = [e for e in events if isinstance(e, ModelFailed)]
+    assert [(e.model, "No local model server was found" in e.error) for e in failed] == [
+        ("small", True)
+    ]
+    assert not any(isinstance(e, ModelStarted) and e.model == "small" for e in events)
+    (done,) = [e for e in events if isinstance(e, ModelDone)]
+    assert done.model == "fallback:big" and done.text == REPLY
+
+
 def test_tokens_per_second_counts_decode_time_only() -> None:
     assert tokens_per_second(11, ttft_s=1.0, total_s=2.0) == pytest.approx(10.0)
     assert tokens_per_second(1, ttft_s=1.0, total_s=1.0) == 0.0
 
 
+def _route(url: str, kind: Kind = Kind.DECLARED, name: str = "a", model: str = "m") -> Route:
+    return Route(Provider(Endpoint(name, url), kind), model, Reason.PINNED)
+
+
 def test_only_loopback_endpoints_share_this_machine() -> None:
-    assert on_this_machine(Endpoint("a", "http://127.0.0.1:5272/v1"))
-    assert on_this_machine(Endpoint("a", "http://localhost:11434/v1"))
-    assert not on_this_machine(Endpoint("a", "https://api.openai.com/v1"))
-    assert not on_this_machine(Endpoint("a", "http://192.168.1.20:11434/v1"))
+    assert on_this_machine(_route("http://127.0.0.1:5272/v1"))
+    assert on_this_machine(_route("http://localhost:11434/v1"))
+    assert not on_this_machine(_route("https://api.openai.com/v1"))
+    assert not on_this_machine(_route("http://192.168.1.20:11434/v1"))
+
+
+def test_a_route_is_pinned_by_its_provider_name_or_as_local() -> None:
+    assert pin_id(_route("https://c.example/v1", name="fallback", model="gpt")) == "fallback:gpt"
+    for kind in (Kind.CONFIGURED, Kind.FOUNDRY, Kind.EMBEDDED):
+        name = kind.name.lower()
+        route = _route("http://127.0.0.1:5272/v1", kind, name=name, model="llama3.2:1b")
+        assert pin_id(route) == "local:llama3.2:1b"
 
 
 def test_cli_prints_one_json_line_per_model(
@@ -205,6 +236,7 @@ def test_cli_prints_one_json_line_per_model(
     for line in lines:
         assert {"model", "answer", "ttft_s", "tokens_per_s", "total_s"} <= set(line)
         assert line["answer"] == REPLY
+    assert [line["endpoint"] for line in lines] == ["configured", "fallback"]
     assert lines[1]["ttft_s"] >= SLOW_DELAY_S
 
 
@@ -219,7 +251,8 @@ def test_cli_human_output_shows_each_answer_with_its_figures(
     monkeypatch.setattr("rag.compare.get_settings", lambda: settings)
     assert main([QUESTION, "--models", "small", "fallback:big"]) == 0
     out = capsys.readouterr().out
-    assert "=== small — local (" in out and "=== fallback:big — fallback (" in out
+    assert f"=== small — configured ({small.base_url})" in out
+    assert f"=== fallback:big — fallback ({big.base_url})" in out
     assert out.count("tokens/s") == 2 and out.count(REPLY) == 2
     assert "Sources (same for every model):\n[1] " in out
     big.stop()
@@ -270,11 +303,11 @@ async def test_board_folds_events_into_columns_for_a_ui(
         board.apply(event)
     done, failed = board.columns["small"], board.columns["fallback:big"]
     assert done.text == REPLY and not done.error
-    assert done.endpoint == "local (small)" and "tokens/s" in done.figures
+    assert done.endpoint == "configured (small)" and "tokens/s" in done.figures
     assert not failed.figures and "No model server answered" in failed.error
     assert board.hits  # the shared passages, for the sources
     assert board.props()["columns"] == [
-        {"model": "small", "endpoint": "local (small)", "text": REPLY, "figures": done.figures,
+        {"model": "small", "endpoint": "configured (small)", "text": REPLY, "figures": done.figures,
          "error": "", "status": "done"},
         {"model": "fallback:big", "endpoint": failed.endpoint, "text": failed.text,
          "figures": "", "error": failed.error, "status": "done"},

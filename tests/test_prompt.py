@@ -8,15 +8,22 @@ import pytest
 from tokenizers import Tokenizer
 
 from rag.errors import RagError
+from rag.llm import Endpoint
 from rag.prompt import (
+    CONTEXT_END,
+    CONTEXT_HEAD,
     COMPACT,
     COMPACT_SYSTEM_PROMPT,
+    FULL,
+    SMALL_MODEL_PARAMETERS,
     SYSTEM_PROMPT,
     build_prompt,
     estimate_tokens,
+    style_for,
     token_counter,
 )
 from rag.retrieve import Hit
+from rag.routing import Kind, Provider
 from tests.conftest import MODELS_DIR, make_settings
 
 
@@ -50,10 +57,10 @@ def test_context_is_numbered_and_placed_before_the_question(tmp_path: Path) -> N
 
     system, user = prompt.messages
     assert system == {"role": "system", "content": SYSTEM_PROMPT}
-    assert "only the numbered context" in system["content"] and "[1]" in system["content"]
+    assert "only from the numbered context" in system["content"] and "[1]" in system["content"]
     assert user["role"] == "user"
     content = user["content"]
-    assert content.startswith("Context:\n[1] (guide.pdf, page 3) Fact 1:")
+    assert content.startswith(f"{CONTEXT_HEAD}\n[1] (guide.pdf, page 3) Fact 1:")
     assert "\n\n[2] (notes/setup.md) Fact 2:" in content
     assert content.endswith("\n\nQuestion: How do I add files?")
     assert content.index("[2]") < content.index("Question:")
@@ -71,7 +78,7 @@ def test_compact_style_gives_a_small_model_two_short_passages_ahead_of_the_bare_
     )
 
     system, *history, user = prompt.messages
-    assert system["content"].startswith(COMPACT_SYSTEM_PROMPT + "\n\nContext:\n[1] (guide.pdf")
+    assert system["content"].startswith(f"{COMPACT_SYSTEM_PROMPT}\n\n{CONTEXT_HEAD}\n[1] (guide.pdf")
     assert "[2]" in system["content"] and "[3]" not in system["content"]
     assert user == {"role": "user", "content": "How do I add files?"}
     assert len(history) == 2  # one earlier turn only: more history confuses a tiny model
@@ -91,12 +98,14 @@ def test_recent_history_goes_between_system_and_the_context_message(tmp_path: Pa
     middle = prompt.messages[1:-1]
     assert middle == history[-4:]  # the last two turns, oldest first; older ones are out of window
     assert prompt.dropped_history == 0
-    assert "Context:" not in "".join(m["content"] for m in middle)  # old turns carry no old context
+    assert CONTEXT_HEAD not in "".join(m["content"] for m in middle)  # old turns carry no old context
 
 
 def test_with_no_hits_the_model_is_told_there_is_no_context(tmp_path: Path) -> None:
     prompt = build_prompt("Anything?", [], settings=make_settings(tmp_path))
-    assert prompt.messages[-1]["content"] == "Context:\n(no passages found)\n\nQuestion: Anything?"
+    assert prompt.messages[-1]["content"] == (
+        f"{CONTEXT_HEAD}\n(no passages found)\n{CONTEXT_END}\n\nQuestion: Anything?"
+    )
 
 
 def test_history_is_dropped_first_oldest_first_when_over_budget(tmp_path: Path) -> None:
@@ -153,7 +162,7 @@ def test_a_single_long_passage_is_truncated_to_fit(tmp_path: Path) -> None:
     assert prompt.tokens > 200 - 30
 
 
-@pytest.mark.parametrize("window", [256, 300, 512, 1024, 2048])
+@pytest.mark.parametrize("window", [300, 384, 512, 1024, 2048])
 def test_the_prompt_never_exceeds_the_budget(tmp_path: Path, window: int) -> None:
     settings = make_settings(tmp_path, context_tokens=window, answer_tokens=128, history_turns=6)
     hits = [hit(n, words=150) for n in range(1, 8)]
@@ -207,3 +216,31 @@ def test_estimate_is_not_below_a_real_chat_models_token_count(tmp_path: Path) ->
         templated = f"<|im_start|>user\n{text}<|im_end|>\n"
         estimate = counter.count_messages([{"role": "user", "content": text}])
         assert estimate >= len(real.encode(templated, add_special_tokens=False).ids), text[:80]
+
+
+# --- which prompt a model gets -----------------------------------------------------------
+
+
+def _provider(kind: Kind, parameters: int | None) -> Provider:
+    return Provider(Endpoint("p", "http://127.0.0.1:5272/v1"), kind, parameters=parameters)
+
+
+def test_a_model_below_300m_parameters_gets_the_compact_prompt() -> None:
+    assert style_for(_provider(Kind.EMBEDDED, 135_000_000)) is COMPACT
+    assert style_for(_provider(Kind.EMBEDDED, SMALL_MODEL_PARAMETERS - 1)) is COMPACT
+
+
+def test_a_larger_model_or_one_of_unknown_size_gets_the_full_prompt() -> None:
+    assert style_for(_provider(Kind.EMBEDDED, SMALL_MODEL_PARAMETERS)) is FULL
+    assert style_for(_provider(Kind.EMBEDDED, 500_000_000)) is FULL
+    for kind in (Kind.CONFIGURED, Kind.FOUNDRY, Kind.DECLARED):
+        assert style_for(_provider(kind, None)) is FULL
+
+
+def test_the_compact_style_asks_for_a_short_greedy_answer_and_full_leaves_the_settings() -> None:
+    assert (COMPACT.answer_tokens, COMPACT.temperature) == (160, 0.0)
+    assert (FULL.answer_tokens, FULL.temperature) == (None, None)
+
+
+def test_one_token_counter_serves_equal_settings(tmp_path: Path) -> None:
+    assert token_counter(make_settings(tmp_path)) is token_counter(make_settings(tmp_path))

@@ -13,10 +13,12 @@ import pytest
 
 from rag.answer import AnswerDone, AnswerStart, answer
 from rag.errors import EndpointUnavailable, RagError
-from rag.routing import RouteRefused
+from rag.routing import Reason, RouteRefused
 from rag.settings import Settings
+from rag.web.chat_text import route_note
 from tests.conftest import offline_settings, with_fallback
 from tests.fake_openai import FakeOpenAI
+from tests.foundry_fake import no_foundry
 
 QUESTION = "How many days of paid holiday does everyone get?"
 
@@ -39,9 +41,11 @@ def _both(root: Path, local: FakeOpenAI, cloud: FakeOpenAI, **overrides: object)
     )
 
 
-async def _ask(settings: Settings, question: str = QUESTION) -> tuple[AnswerStart, AnswerDone]:
+async def _ask(
+    settings: Settings, question: str = QUESTION, *, model: str | None = None
+) -> tuple[AnswerStart, AnswerDone]:
     start = done = None
-    async for event in answer(question, settings=settings):
+    async for event in answer(question, settings, model=model):
         if isinstance(event, AnswerStart):
             start = event
         elif isinstance(event, AnswerDone):
@@ -58,7 +62,8 @@ async def test_local_first_answers_locally_while_local_is_up(
     corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
 ) -> None:
     start, done = await _ask(_both(corpus_store, local, cloud))
-    assert done.route.endpoint.name == "local" and done.route.reason == "local endpoint"
+    assert done.route.endpoint.name == "configured" and done.route.reason is Reason.PICKED
+    assert not done.route.answered_elsewhere
     assert done.text == "Local says 28 days [1]."
     assert local.models_called == ["phi-local"] and cloud.requests == []
 
@@ -68,12 +73,13 @@ async def test_local_endpoint_dying_mid_session_falls_back_in_local_first(
 ) -> None:
     settings = _both(corpus_store, local, cloud)
     _, first = await _ask(settings)
-    assert first.route.endpoint.name == "local"
+    assert first.route.endpoint.name == "configured"
 
     local.stop()
     start, second = await _ask(settings, "And how many carry over?")
     assert second.route.endpoint.name == "fallback"
-    assert second.route.reason == "local endpoint down -> cloud fallback 'fallback'"
+    assert second.route.reason is Reason.LOCAL_DOWN and second.route.answered_elsewhere
+    assert route_note(second.route) == "local endpoint down -> cloud fallback 'fallback'"
     assert second.text == "Cloud says 28 days [1]."
     assert cloud.models_called == ["gpt-cloud"]
     assert "And how many carry over?" in _prompt_text(cloud.requests[0])
@@ -85,7 +91,7 @@ async def test_local_endpoint_dying_in_local_only_says_so_and_never_calls_the_cl
 ) -> None:
     settings = _both(corpus_store, local, cloud, routing="local-only")
     _, first = await _ask(settings)
-    assert first.route.endpoint.name == "local"
+    assert first.route.endpoint.name == "configured"
 
     local.stop()
     with pytest.raises(EndpointUnavailable) as err:
@@ -95,21 +101,23 @@ async def test_local_endpoint_dying_in_local_only_says_so_and_never_calls_the_cl
 
 
 async def test_no_local_server_found_at_all_still_answers_through_the_fallback(
-    corpus_store: Path, cloud: FakeOpenAI
+    corpus_store: Path, cloud: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No LLM_BASE_URL, no foundry on PATH, engine off: discovery finds nothing.
+    no_foundry(tmp_path / "bin", monkeypatch)
     settings = offline_settings(
         corpus_store, llm_fallback_base_url=cloud.base_url, llm_fallback_model="gpt-cloud"
     )
     start, done = await _ask(settings)
-    assert done.route.endpoint.name == "fallback"
+    assert done.route.endpoint.name == "fallback" and done.route.answered_elsewhere
     assert done.text == "Cloud says 28 days [1]."
     assert start.hits and cloud.models_called == ["gpt-cloud"]
 
 
 async def test_no_local_server_in_local_only_says_what_to_start_and_never_calls_the_cloud(
-    corpus_store: Path, cloud: FakeOpenAI
+    corpus_store: Path, cloud: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    no_foundry(tmp_path / "bin", monkeypatch)
     settings = offline_settings(
         corpus_store,
         llm_fallback_base_url=cloud.base_url,
@@ -128,7 +136,8 @@ async def test_prompt_over_local_budget_goes_to_the_fallback_first(
     settings = _both(corpus_store, local, cloud, context_tokens=600, answer_tokens=512)
     start, done = await _ask(settings)
     assert done.route.endpoint.name == "fallback"
-    assert done.route.reason.startswith("prompt too large for the local model (")
+    assert done.route.reason is Reason.TOO_LARGE
+    assert route_note(done.route).startswith("prompt too large for the local model (")
     assert local.requests == []
     assert "28 days of paid holiday" in _prompt_text(cloud.requests[0])
 
@@ -140,7 +149,7 @@ async def test_over_budget_prompt_in_local_only_stays_local(
         corpus_store, local, cloud, routing="local-only", context_tokens=700, answer_tokens=256
     )
     _, done = await _ask(settings)
-    assert done.route.endpoint.name == "local"
+    assert done.route.endpoint.name == "configured"
     assert cloud.requests == []
 
 
@@ -150,10 +159,10 @@ async def test_code_question_goes_to_the_code_model(
     settings = _both(corpus_store, local, cloud, llm_code_model="coder")
     _, done = await _ask(settings, "Write a Python function that counts holiday days")
     assert done.route.model == "coder"
-    assert "code question" in done.route.reason
+    assert done.route.reason is Reason.CODE and done.route.detail == "asks for code"
     assert local.models_called == ["coder"]
     _, general = await _ask(settings)
-    assert general.route.model == "phi-local"
+    assert general.route.model == "phi-local" and general.route.reason is Reason.PICKED
 
 
 async def test_cloud_first_uses_the_cloud_and_local_when_the_cloud_dies(
@@ -164,8 +173,8 @@ async def test_cloud_first_uses_the_cloud_and_local_when_the_cloud_dies(
     assert first.route.endpoint.name == "fallback" and local.requests == []
     cloud.stop()
     _, second = await _ask(settings)
-    assert second.route.endpoint.name == "local"
-    assert "cloud endpoint down" in second.route.reason
+    assert second.route.endpoint.name == "configured"
+    assert second.route.reason is Reason.CLOUD_DOWN
 
 
 async def test_local_only_never_leaks_with_every_temptation_at_once(
@@ -197,13 +206,34 @@ code_model = "gpt-code"
         await _ask(tiny, question)
     # Local answers the code question itself (with the picked model, the code model is remote).
     _, done = await _ask(settings, question)
-    assert (done.route.endpoint.name, done.route.model) == ("local", "phi-local")
+    assert (done.route.endpoint.name, done.route.model) == ("configured", "phi-local")
     # A model pinned to the cloud is refused, not sent.
     with pytest.raises(RouteRefused, match="local-only"):
-        await _ask(settings.with_overrides(llm_model="cloudcode:gpt-code"), question)
+        await _ask(settings, question, model="cloudcode:gpt-code")
     local.stop()
     with pytest.raises(EndpointUnavailable, match="No model server answered"):
         await _ask(settings, question)
     with pytest.raises(RagError):  # over budget and down: still an error, never the cloud
         await _ask(tiny, "What is the refund policy?")
     assert cloud.requests == []
+
+
+async def test_llm_model_pinned_to_the_cloud_is_refused_in_local_only(
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+) -> None:
+    """LLM_MODEL may name a pinned id (``fallback:gpt-cloud``); as the default it pins too."""
+    local_only = _both(corpus_store, local, cloud, routing="local-only")
+    settings = local_only.with_overrides(llm_model="fallback:gpt-cloud")
+    with pytest.raises(RouteRefused, match="local-only"):
+        await _ask(settings)
+    assert local.requests == [] and cloud.requests == []
+
+
+async def test_llm_model_pinned_to_the_fallback_is_answered_by_the_fallback(
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+) -> None:
+    settings = _both(corpus_store, local, cloud).with_overrides(llm_model="fallback:gpt-cloud")
+    _, done = await _ask(settings)
+    assert (done.route.endpoint.name, done.route.model) == ("fallback", "gpt-cloud")
+    assert done.route.reason is Reason.PINNED
+    assert local.requests == []
