@@ -38,6 +38,7 @@ from rag.retrieve import Hit, retrieve
 from rag.routing import routed_models
 from rag.settings import Settings, get_settings
 from rag.uploads import SavedUpload, save_upload
+from rag.web.socket_guard import guard_chat_server
 
 log = logging.getLogger("local_rag_chat")
 PANEL_REFRESH_S = 0.1
@@ -328,3 +329,5 @@ def apply_upload_limit(settings: Settings) -> None:
 apply_upload_limit(get_settings())
 # Open WebUI and any OpenAI client chat with the documents at http://127.0.0.1:8000/v1.
 mount_openai_api(chainlit_server, get_settings())
+# Only this machine's pages (and RAG_ALLOWED_*) reach the chat socket; own files folder.
+guard_chat_server(chainlit_server, get_settings())
