@@ -15,9 +15,9 @@ the operator lists in ``RAG_ALLOWED_ORIGINS`` and ``RAG_ALLOWED_HOSTS``.
 
 **The files.** Chainlit keeps session files (uploads, the sources shown beside
 an answer) in ``<cwd>/.files`` and deletes that folder when it stops, which
-breaks every other instance started from the same folder. :func:`use_own_files_dir`
-points Chainlit at ``DATA_DIR/chat-files/<pid>-<random>/`` instead; Chainlit's
-shutdown then deletes only that folder. A file lock beside it marks it as
+breaks every other instance started from the same folder. When the server starts,
+:func:`use_own_files_dir` points Chainlit at ``DATA_DIR/chat-files/<pid>-<random>/``
+instead; Chainlit's shutdown then deletes only that folder. A file lock beside it marks it as
 alive, so a later start removes the folders of instances that were killed.
 
 >>> guard_chat_server(chainlit.server.app, settings)   # doctest: +SKIP
@@ -30,10 +30,13 @@ import logging
 import os
 import secrets
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
 from functools import cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from filelock import FileLock, Timeout
@@ -290,13 +293,32 @@ def use_own_files_dir(settings: Settings) -> Path:
     return files.path
 
 
+def own_files_dir_at_start(server: Starlette, settings: Settings) -> None:
+    """Run :func:`use_own_files_dir` when ``server`` starts, ahead of Chainlit's own start-up.
+
+    At start, not at import: tests and shells import app.py without serving, and
+    only a serving process deletes its folder when it stops. (Chainlit's start-up
+    ends the process at shutdown, so nothing can run after it; its own cleanup
+    deletes the folder.)
+    """
+    chainlit_lifespan = server.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        use_own_files_dir(settings)
+        async with chainlit_lifespan(app) as state:
+            yield state
+
+    server.router.lifespan_context = lifespan
+
+
 def guard_chat_server(server: Starlette, settings: Settings) -> None:
     """Everything this module does to Chainlit's server, for app.py's one call at import.
 
     Keeps foreign pages off the chat socket (:func:`guard_chat_socket`) and gives
-    this instance its own files folder (:func:`use_own_files_dir`).
+    this instance its own files folder once it starts (:func:`own_files_dir_at_start`).
     """
     from chainlit.server import SOCKET_IO_PATH
 
     guard_chat_socket(server, SOCKET_IO_PATH, settings)
-    use_own_files_dir(settings)
+    own_files_dir_at_start(server, settings)
