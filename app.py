@@ -42,6 +42,7 @@ from rag.web.chat_text import (
 )
 from rag.web.compare_board import CompareBoard, parse_compare_command
 from rag.web.http_api import mount_openai_api
+from rag.web.socket_guard import guard_chat_server
 
 log = logging.getLogger("local_rag_chat")
 PANEL_REFRESH_S = 0.1
@@ -288,3 +289,5 @@ def apply_upload_limit(settings: Settings) -> None:
 apply_upload_limit(get_settings())
 # Open WebUI and any OpenAI client chat with the documents at http://127.0.0.1:8000/v1.
 mount_openai_api(chainlit_server, get_settings())
+# Only this machine's pages (and RAG_ALLOWED_*) reach the chat socket; own files folder.
+guard_chat_server(chainlit_server, get_settings())

@@ -12,14 +12,17 @@ calls :func:`get_settings`) instead of reading ``os.environ``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rag.errors import RagError
 
@@ -119,6 +122,13 @@ class Settings(BaseSettings):
     # --- chat app and API ----------------------------------------------------
     upload_max_mb: float = Field(20.0, gt=0, validation_alias=_env("RAG_UPLOAD_MAX_MB"))
     api_key: str | None = Field(None, validation_alias=_env("RAG_API_KEY"))
+    # Comma lists (NoDecode: not JSON). Tuples, so the settings stay hashable.
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=_env("RAG_ALLOWED_ORIGINS")
+    )
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=_env("RAG_ALLOWED_HOSTS")
+    )
 
     @field_validator(
         "api_key", "llm_fallback_api_key", "llm_base_url", "chroma_host", mode="before"
@@ -128,6 +138,31 @@ class Settings(BaseSettings):
         # RAG_API_KEY= in a .env must not look like "a key is required" while being
         # an empty string that is easy to overlook; blank means unset.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: object) -> tuple[str, ...]:
+        origins = tuple(o.lower().rstrip("/") for o in _comma_list(value))
+        for origin in origins:
+            if not _is_origin(origin):
+                raise ValueError(
+                    "RAG_ALLOWED_ORIGINS lists origins like https://intranet.example:8443 "
+                    f"(scheme, host, optional port; no path), and '{origin}' is not one"
+                )
+        return origins
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> tuple[str, ...]:
+        hosts = tuple(h.lower().rstrip(".").strip("[]") for h in _comma_list(value))
+        for host in hosts:
+            if not _is_host_name(host):
+                raise ValueError(
+                    "RAG_ALLOWED_HOSTS lists host names or addresses without scheme or port "
+                    f"(chat.lan, 192.168.1.20, fd00::5), and '{host}' is not one"
+                )
+        # One spelling per address, as the guard compares them (fd00:0::5 is fd00::5).
+        return tuple(str(ipaddress.ip_address(h)) if _is_address(h) else h for h in hosts)
 
     @model_validator(mode="after")
     def _overlap_below_chunk(self) -> Settings:
@@ -177,6 +212,46 @@ class Settings(BaseSettings):
         if changes.get("data_dir") is not None and not changes.get("models_dir_override"):
             data["models_dir_override"] = self.models_dir
         return _validated(lambda: Settings(**data))
+
+
+def _comma_list(value: object) -> tuple[str, ...]:
+    """The non-blank items of a comma-separated string (or of a list given in code)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"expected a comma-separated list, got {value!r}")
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_host_name(host: str) -> bool:
+    """True for a DNS name (``chat.lan``) or an IP address; False for anything with a port."""
+    return _is_address(host) or _HOST_NAME.fullmatch(host) is not None
+
+
+def _is_origin(origin: str) -> bool:
+    """True for ``scheme://host[:port]`` (http or https) and nothing more."""
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and origin == f"{parts.scheme}://{parts.netloc}"
+        and "@" not in parts.netloc
+    )
 
 
 def _validated(build: Callable[[], Settings]) -> Settings:
