@@ -193,7 +193,7 @@ def source_elements(
         elements.append(cl.Text(name=label, content=f"**{label}**\n\n{body}"))
         pdf = settings.docs_dir / hit.source
         if hit.page is not None and pdf.suffix.lower() == ".pdf" and pdf.is_file():
-            elements.append(cl.Pdf(name=f"{label} (PDF)", path=str(pdf), page=hit.page))
+            elements.append(cl.Pdf(name=f"{label} (PDF)", path=str(pdf), page=hit.page, display="side"))
     return elements, SOURCES_TITLE
 
 

@@ -1,9 +1,11 @@
 """Local RAG Chat library: retrieval, prompts and LLM endpoints, usable without Chainlit.
 
->>> from rag import retrieve
->>> hits = retrieve("How do I add my own files?", k=3)   # doctest: +SKIP
->>> hits[0].source, hits[0].page                         # doctest: +SKIP
-('user-guide.md', None)
+From a Python shell, after ``python -m ingest``::
+
+    from rag.settings import get_settings
+    from rag import retrieve
+    hits = retrieve("How do I add my own files?", k=3, settings=get_settings())
+    hits[0].source, hits[0].page        # ('user-guide.md', None)
 """
 
 from __future__ import annotations

@@ -240,49 +240,65 @@ def build_prompt(
 
     turns = settings.history_turns if style.history_turns is None else style.history_turns
     recent = list(history[len(history) - 2 * turns :]) if turns else []
-    kept_history = list(recent)
-    kept_hits = list(hits)
-    truncated = False
-
-    # The count of a text joined from whitespace-separated parts never exceeds the sum of
-    # the parts' counts plus one per separator (both rules in TokenCounter are additive
-    # over such parts, and rounding up per part only adds), so the budget is kept on
-    # per-part counts without re-tokenizing the assembled prompt.
-    history_cost = [counter.count(m["content"]) + TOKENS_PER_MESSAGE for m in kept_history]
-    hit_cost = [_passage_cost(n, h, counter) for n, h in enumerate(kept_hits, start=1)]
-
-    def total() -> int:
-        return bare_tokens + sum(history_cost) + sum(hit_cost)
-
-    while total() > budget and len(kept_hits) > FULL_PASSAGES:
-        kept_hits.pop()  # weak passages go before the conversation a follow-up needs
-        hit_cost.pop()
-    while total() > budget and kept_history:
-        # Drop the oldest message; an answer left without its question goes with it.
-        drop = 2 if len(kept_history) > 1 and kept_history[1]["role"] == "assistant" else 1
-        del kept_history[:drop], history_cost[:drop]
-    while total() > budget and len(kept_hits) > 1:
-        kept_hits.pop()
-        hit_cost.pop()
-    if total() > budget and kept_hits:
-        room = budget - bare_tokens - sum(history_cost)
-        cut = _cut_to_fit(kept_hits[0], room, counter)
-        if cut is None:
-            kept_hits.clear()
-            hit_cost.clear()
-        else:
-            kept_hits[0] = cut
-            hit_cost[0] = _passage_cost(1, cut, counter)
-            truncated = True
-
+    fitted = _Fitting(bare_tokens, recent, hits, counter)
+    fitted.trim_to(budget)
     return Prompt(
-        messages=_messages(kept_history, kept_hits, question, style),
-        hits=kept_hits,
-        tokens=total(),
-        dropped_history=len(recent) - len(kept_history),
-        dropped_hits=len(hits) - len(kept_hits),
-        truncated=truncated,
+        messages=_messages(fitted.history, fitted.hits, question, style),
+        hits=fitted.hits,
+        tokens=fitted.total(),
+        dropped_history=len(recent) - len(fitted.history),
+        dropped_hits=len(hits) - len(fitted.hits),
+        truncated=fitted.truncated,
     )
+
+
+class _Fitting:
+    """History and passages being trimmed to a token budget, with their costs.
+
+    The count of a text joined from whitespace-separated parts never exceeds the sum
+    of the parts' counts plus one per separator (both rules in TokenCounter are
+    additive over such parts, and rounding up per part only adds), so the budget is
+    kept on per-part counts without re-tokenizing the assembled prompt.
+    """
+
+    def __init__(
+        self, bare: int, history: Sequence[Message], hits: Sequence[Hit], counter: TokenCounter
+    ) -> None:
+        self.bare, self.counter, self.truncated = bare, counter, False
+        self.history = list(history)
+        self.hits = list(hits)
+        self.history_cost = [counter.count(m["content"]) + TOKENS_PER_MESSAGE for m in history]
+        self.hit_cost = [_passage_cost(n, h, counter) for n, h in enumerate(hits, start=1)]
+
+    def total(self) -> int:
+        return self.bare + sum(self.history_cost) + sum(self.hit_cost)
+
+    def trim_to(self, budget: int) -> None:
+        """Weak passages first, then the oldest history, then passages, then cut the last."""
+        self._drop_hits_to(FULL_PASSAGES, budget)  # before the conversation a follow-up needs
+        while self.total() > budget and self.history:
+            # Drop the oldest message; an answer left without its question goes with it.
+            drop = 2 if len(self.history) > 1 and self.history[1]["role"] == "assistant" else 1
+            del self.history[:drop], self.history_cost[:drop]
+        self._drop_hits_to(1, budget)
+        if self.total() > budget and self.hits:
+            self._cut_first(budget)
+
+    def _drop_hits_to(self, keep: int, budget: int) -> None:
+        while self.total() > budget and len(self.hits) > keep:
+            self.hits.pop()
+            self.hit_cost.pop()
+
+    def _cut_first(self, budget: int) -> None:
+        room = budget - self.bare - sum(self.history_cost)
+        cut = _cut_to_fit(self.hits[0], room, self.counter)
+        if cut is None:
+            self.hits.clear()
+            self.hit_cost.clear()
+        else:
+            self.hits[0] = cut
+            self.hit_cost[0] = _passage_cost(1, cut, self.counter)
+            self.truncated = True
 
 
 def estimate_tokens(

@@ -36,16 +36,25 @@ ASSISTANT = '[data-step-type="assistant_message"]'
 pytestmark = pytest.mark.browser
 
 
+PEDALS = "How do I adjust the foot pedals?"
+PEDALS_REPLY = "Pull the lever, push the pedal to where your knees touch the deck, release it [{n}]."
+
+
 def cite_the_holiday_passage(request: dict) -> str:
     """A model that cites the passage holding the answer, wherever retrieval ranked it."""
     context = request["messages"][-1]["content"]
+    if PEDALS in context:
+        return PEDALS_REPLY.format(n=_passage_number(context, "tidewater-12-manual.pdf, page 2", ""))
+    return REPLY.format(n=_passage_number(context, "handbook.md", "28 days"))
+
+
+def _passage_number(context: str, source: str, holding: str) -> str:
     passages = re.findall(
-        r"^\[(\d+)\] \(handbook\.md\)(.*?)(?=^\[\d+\] \(|^End of context)",
+        rf"^\[(\d+)\] \({re.escape(source)}\)(.*?)(?=^\[\d+\] \(|^End of context)",
         context,
         flags=re.MULTILINE | re.DOTALL,
     )
-    cited = next((n for n, text in passages if "28 days" in text), "1")
-    return REPLY.format(n=cited)
+    return next((n for n, text in passages if holding in text), "1")
 
 
 @pytest.fixture(scope="module")
@@ -163,5 +172,39 @@ def test_ask_stream_sources_switch_model_and_a_dead_endpoint_in_chromium(
             expect(error).to_contain_text("foundry model run phi-4-mini")
             assert "Traceback" not in page.locator("body").inner_text()
             page.screenshot(path=str(tmp_path / "error.png"))
+        finally:
+            browser.close()
+
+
+def test_a_pdf_source_opens_at_its_page_with_the_supporting_sentence_highlighted(
+    running_app: RunningApp, chromium: Path, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(chromium), headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 900},
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            page.route("**/*", only_loopback)
+            page.goto(running_app.url)
+            expect(page.locator(ASSISTANT).first).to_contain_text("drop a PDF")
+            page.locator("#chat-input").fill(PEDALS)
+            page.locator("#chat-submit").click()
+            answer = page.locator(ASSISTANT).last
+            expect(answer).to_contain_text("release it [")
+            expect(page.locator("#stop-button")).to_have_count(0)
+            expect(answer).to_contain_text("tidewater-12-manual.pdf, page 2")
+            page.screenshot(path=str(tmp_path / "pdf-answer.png"))
+            # The passage beside the answer, with the sentence that backs it in bold ...
+            expect(page.locator(".font-bold", has_text="push the pedal").first).to_be_visible()
+            # ... and the PDF itself, opened at the cited page, its text rendered from the file.
+            viewer = page.locator(".side-pdf").first
+            expect(viewer).to_contain_text("2 / 6", timeout=60_000)
+            expect(viewer.locator('[data-page-number="2"]')).to_contain_text("push the pedal")
+            page.screenshot(path=str(tmp_path / "pdf-source.png"))
         finally:
             browser.close()

@@ -11,10 +11,10 @@ a :class:`rag.llm.Endpoint` for it (:attr:`EngineProcess.info` describes the mod
 - on Linux, ``PR_SET_PDEATHSIG`` also sends it SIGTERM when the starting thread dies,
   set only when starting from the main thread, which lives as long as the process.
 
->>> with EngineProcess(get_settings()) as engine:      # doctest: +SKIP
-...     endpoint = engine.start()
-...     endpoint.base_url
-'http://127.0.0.1:40123/v1'
+Used like this (the model must be built)::
+
+    with EngineProcess(get_settings()) as engine:
+        engine.start().base_url             # 'http://127.0.0.1:40123/v1'
 """
 
 from __future__ import annotations

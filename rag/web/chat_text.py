@@ -150,7 +150,8 @@ def highlighted(passage: str, answer: str, threshold: float) -> str:
     """``passage`` as Markdown with the sentences that back ``answer`` in bold."""
     said = set(content_words(answer))
     marked = []
-    for sentence in sentences(passage):
+    # Line breaks inside a passage are the source's layout (a PDF's lines), not sentences.
+    for sentence in sentences(" ".join(passage.split())):
         words = content_words(sentence)
         shared = sum(w in said for w in words)
         # Two shared words at least: a heading such as "Sick days" backs nothing by itself.
