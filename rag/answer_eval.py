@@ -329,6 +329,7 @@ class Attempt:
     total_s: float = 0.0
     answered_by: str = ""
     error: str = ""
+    flagged: int = 0  # answer sentences the support check marked as not backed by their sources
 
 
 @dataclass(frozen=True)
@@ -382,6 +383,10 @@ class ModelReport:
     def count(self, outcome: Outcome) -> int:
         """How many questions ended in ``outcome``."""
         return sum(s.outcome is outcome for s in self.scored)
+
+    def flagged(self, outcome: Outcome) -> int:
+        """How many answers ending in ``outcome`` had a sentence marked as unsupported."""
+        return sum(s.outcome is outcome and s.attempt.flagged > 0 for s in self.scored)
 
     @property
     def answerable(self) -> int:
@@ -438,6 +443,9 @@ class ModelReport:
             "facts_right": self.facts_right,
             "not_refused": self.count(Outcome.NOT_REFUSED),
             "errors": self.count(Outcome.ERROR),
+            # How often the support check marks a sentence, in right and in wrong answers.
+            "flagged_right": self.flagged(Outcome.RIGHT),
+            "flagged_wrong": self.flagged(Outcome.WRONG),
             **self.latency(),
             "misses": [miss_dict(s) for s in self.scored if s.outcome not in _GOOD],
         }
@@ -488,6 +496,7 @@ async def ask(qa: AnswerQA, model: str | None, settings: Settings) -> Attempt:
         ttft_s=done.ttft_s,
         total_s=done.total_s,
         answered_by=_answered_by(done.route),
+        flagged=len(done.unsupported),
     )
 
 
