@@ -316,7 +316,7 @@ def run_soak(url: str, env: dict[str, str], docs: Path, args: argparse.Namespace
         thread.join(timeout=max(1.0, until + GRACE_S - time.perf_counter()))
     stuck = sum(t.is_alive() for t in threads)
     if stuck:
-        chat.failed(f"{stuck} chat session(s) or ingests still running {GRACE_S:.0f} s after the end")
+        chat.failed(f"{stuck} chat session(s) or ingests still running {GRACE_S:.0f} s later")
     peak = _status_kib(pid, "VmHWM")
     stop.set()
     return Soak(
@@ -329,15 +329,15 @@ def _ms(values: list[float], q: float) -> str:
     return f"{percentile(values, q) * 1000:.0f}" if values else "-"
 
 
+def _pair(values: list[float]) -> str:
+    return f"{_ms(values, 50)} / {_ms(values, 95)}" if values else "-"
+
+
 def _row(label: str, tally: Tally) -> str:
-    first_byte = (
-        f"{_ms(tally.first_byte_s, 50)} / {_ms(tally.first_byte_s, 95)}" if tally.first_byte_s else "-"
-    )
-    return (
-        f"| {label} | {tally.requests} | {len(tally.full_s)} | {tally.not_covered} | "
-        f"{len(tally.stale)} | {len(tally.errors)} | {first_byte} | {_ms(tally.first_s, 50)} / {_ms(tally.first_s, 95)} | "
-        f"{_ms(tally.full_s, 50)} / {_ms(tally.full_s, 95)} |"
-    )
+    counts = [tally.requests, len(tally.full_s), tally.not_covered, len(tally.stale)]
+    times = [_pair(tally.first_byte_s), _pair(tally.first_s), _pair(tally.full_s)]
+    cells = [label, *map(str, counts), str(len(tally.errors)), *times]
+    return "| " + " | ".join(cells) + " |"
 
 
 def report(soak: Soak) -> str:
