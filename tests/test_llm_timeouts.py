@@ -85,15 +85,16 @@ async def _collect(endpoint: Endpoint, settings: Settings, model: str = "fake-mo
 async def test_a_server_trickling_tokens_is_cut_off_at_the_total_deadline(
     tmp_path: Path,
 ) -> None:
-    # One token every 0.3 s never trips a per-read timeout of 1 s; the answer's deadline must.
+    # One token every 0.5 s never trips a per-read timeout of 3 s; the answer's deadline must.
+    # (3 s, not less: on a loaded machine the first token alone may take a second.)
     reply = " ".join(f"word{n}" for n in range(30))
-    settings = _settings(tmp_path, llm_timeout_s=1.0, llm_first_token_timeout_s=1.0)
-    with FakeOpenAI(reply=reply, token_delay_s=0.3) as fake:
+    settings = _settings(tmp_path, llm_timeout_s=3.0, llm_first_token_timeout_s=3.0)
+    with FakeOpenAI(reply=reply, token_delay_s=0.5) as fake:
         started = time.monotonic()
         with pytest.raises(StreamInterrupted) as err:
             await _collect(Endpoint("trickle", fake.base_url), settings)
         elapsed = time.monotonic() - started
-    assert 0.9 < elapsed < 2.0, elapsed
+    assert 2.9 < elapsed < 6.0, elapsed
     assert err.value.partial.startswith("word0 word1 ")
     assert len(err.value.partial.split()) < 30
     assert "LLM_TIMEOUT" in str(err.value) and fake.base_url in str(err.value)
@@ -115,7 +116,7 @@ async def test_a_server_that_accepts_and_never_answers_is_told_as_silent_not_abs
     with pytest.raises(EndpointSilent) as err:
         await _collect(Endpoint("hung", hanging.base_url), settings)
     elapsed = time.monotonic() - started
-    assert 0.4 < elapsed < 1.5, elapsed
+    assert 0.4 < elapsed < 3.0, elapsed
     assert hanging.accepted == 1
     message = str(err.value)
     assert message.startswith(
@@ -134,7 +135,7 @@ async def test_a_server_that_sends_headers_but_no_text_is_told_as_silent(
         started = time.monotonic()
         with pytest.raises(EndpointSilent) as err:
             await _collect(Endpoint("mute", fake.base_url), settings)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3.0
     assert f"{fake.base_url} accepted the request but sent nothing for 0.5 s" in str(err.value)
 
 
@@ -164,7 +165,7 @@ async def test_listing_models_of_a_hanging_server_gives_up_after_the_first_token
     started = time.monotonic()
     with pytest.raises(EndpointSilent):
         await list_models(Endpoint("hung", hanging.base_url), settings)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3.0
 
 
 async def test_a_silent_local_server_falls_back_to_the_cloud_in_local_first(
