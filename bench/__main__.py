@@ -3,6 +3,7 @@
     python -m bench                 # every benchmark
     python -m bench embed search    # only bench_embed and bench_search
     python -m bench --quick         # smaller sizes, for a smoke run
+    python -m bench soak            # the soak: chat sessions, API streams, ingests at once
 
 Each ``bench/bench_NAME.py`` has ``main(argv) -> str`` returning a markdown
 section; the section under the heading that names ``(bench_NAME)`` is
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-ALL = ["embed", "ingest", "search", "recall", "engine", "ttft"]
+ALL = ["embed", "ingest", "search", "recall", "engine", "ttft", "soak"]
 
 
 def replace_section(document: str, name: str, section: str) -> str:

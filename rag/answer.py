@@ -17,7 +17,8 @@ Retrieval for a follow-up sees the previous question too (:func:`search_query`).
 
 Errors are :class:`~rag.errors.RagError` sentences: ``NoDocuments`` (nothing
 ingested), ``EndpointUnavailable`` (every route was down before its first token;
-names the URL and what to start), ``EndpointError`` (a server refused the request)
+names the URL and what to start, or, as ``EndpointSilent``, that a server accepted
+the request and then sent nothing in time), ``EndpointError`` (a server refused the request)
 and ``StreamInterrupted`` (the stream broke midway; ``.partial`` keeps the text).
 """
 
@@ -29,7 +30,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from rag.catalog import model_catalog
-from rag.errors import EndpointUnavailable, RagError, StreamInterrupted
+from rag.errors import EndpointSilent, EndpointUnavailable, RagError, StreamInterrupted
 from rag.grounding import (
     NOT_COVERED,
     Citation,
@@ -139,7 +140,7 @@ async def answer(
             if isinstance(exc, StreamInterrupted) and (exc.partial or position == len(routes) - 1):
                 raise
             catalog.report_down(route.provider)
-            down.append(route.provider.explain(exc) if isinstance(exc, EndpointUnavailable) else exc)
+            down.append(_why_down(route, exc))
             continue
         async for event in _relay(route, prompt, stream, first, started, settings):
             yield event
@@ -258,6 +259,14 @@ def unsupported(text: str, cited: Sequence[Citation[Hit]], settings: Settings) -
 def format_sources(hits: list[Hit]) -> str:
     """The passages as ``[n] file, page p`` lines, numbered as in the prompt (for API clients)."""
     return "\n".join(f"[{n}] {source_label(h)}" for n, h in enumerate(hits, start=1))
+
+
+def _why_down(route: Route, exc: RagError) -> RagError:
+    """The sentence for a route that failed before its first token."""
+    # A silent server is running: "start one" would send the person the wrong way.
+    if isinstance(exc, EndpointUnavailable) and not isinstance(exc, EndpointSilent):
+        return route.provider.explain(exc)
+    return exc
 
 
 def _all_down(errors: list[RagError]) -> EndpointUnavailable:

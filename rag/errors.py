@@ -37,6 +37,15 @@ class EndpointUnavailable(RagError):
         self.base_url = base_url
 
 
+class EndpointSilent(EndpointUnavailable):
+    """The model server accepted the request but sent no text before the first-token wait ended.
+
+    Unlike a refused connection, a server *is* running (perhaps overloaded, or
+    still loading the model), so the sentence says that instead of what to start.
+    Routing still counts it as down: the next route may answer.
+    """
+
+
 class EndpointError(RagError):
     """The model server answered, but with an error (unknown model, bad request, ...)."""
 

@@ -6,8 +6,15 @@ app knows *about* a server (its models, context window, whether it stays on
 the premises, what to start when it is down) lives in
 :class:`rag.catalog.Provider`. This module lists a server's models and streams
 chat completions from it, and turns transport failures into
-:class:`~rag.errors.EndpointUnavailable` / :class:`~rag.errors.EndpointError` /
-:class:`~rag.errors.StreamInterrupted`.
+:class:`~rag.errors.EndpointUnavailable` / :class:`~rag.errors.EndpointSilent` /
+:class:`~rag.errors.EndpointError` / :class:`~rag.errors.StreamInterrupted`.
+
+Two deadlines bound an answer, both counted from the request: the first text
+must arrive within ``LLM_FIRST_TOKEN_TIMEOUT`` (else :class:`EndpointSilent`,
+which routing treats as down), and the whole answer must be complete within
+``LLM_TIMEOUT`` (else :class:`StreamInterrupted` with the text so far). They are
+wall-clock deadlines, not per-read ones: a server trickling one token every few
+seconds is still cut off on time.
 
 >>> Endpoint(name="ollama", base_url="http://127.0.0.1:11434/v1/").base_url
 'http://127.0.0.1:11434/v1'
@@ -23,9 +30,10 @@ from typing import Any
 
 import httpx
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletionChunk
 
-from rag.errors import EndpointError, EndpointUnavailable, StreamInterrupted
+from rag.errors import EndpointError, EndpointSilent, EndpointUnavailable, StreamInterrupted
 from rag.settings import Settings
 
 Message = dict[str, str]
@@ -57,7 +65,9 @@ def client_for(endpoint: Endpoint, settings: Settings) -> AsyncOpenAI:
     """An ``AsyncOpenAI`` client for the endpoint, reused within one event loop.
 
     Retries are off: a dead local server should be reported in a second, not
-    after the SDK's back-off; the catalog decides what to try next.
+    after the SDK's back-off; the catalog decides what to try next. httpx's read
+    timeout is only a backstop at ``LLM_TIMEOUT``: it applies per read, so the
+    deadlines that mean what they say are kept by :func:`stream_chat` itself.
     """
     per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
     key = (endpoint, settings.llm_timeout_s, settings.llm_connect_timeout_s)
@@ -80,10 +90,63 @@ def unavailable(endpoint: Endpoint, detail: str = "") -> EndpointUnavailable:
     )
 
 
+@dataclass(frozen=True)
+class Deadlines:
+    """When an answer's first text and its end must have arrived, in event-loop time.
+
+    ``first_setting`` names the setting that set ``first`` (LLM_TIMEOUT when it is
+    the shorter of the two), so the sentence tells a person which one to raise.
+    """
+
+    started: float
+    first: float
+    end: float
+    first_setting: str
+
+    @classmethod
+    def start(cls, settings: Settings) -> Deadlines:
+        """Deadlines for a request made now."""
+        now = asyncio.get_running_loop().time()
+        first = min(settings.llm_first_token_timeout_s, settings.llm_timeout_s)
+        name = (
+            "LLM_FIRST_TOKEN_TIMEOUT"
+            if settings.llm_first_token_timeout_s <= settings.llm_timeout_s
+            else "LLM_TIMEOUT"
+        )
+        return cls(now, now + first, now + settings.llm_timeout_s, name)
+
+    @property
+    def first_wait_s(self) -> float:
+        return self.first - self.started
+
+    @property
+    def total_s(self) -> float:
+        return self.end - self.started
+
+
+def silent(endpoint: Endpoint, deadlines: Deadlines, what: str = "nothing") -> EndpointSilent:
+    """The error for a server that accepted the request and then sent ``what`` in time."""
+    wait = deadlines.first_wait_s
+    return EndpointSilent(
+        f"The model server at {endpoint.base_url} accepted the request but sent {what} for "
+        f"{wait:g} s; it may be overloaded or still loading the model. Raise "
+        f"{deadlines.first_setting} (now {wait:g} s) to wait longer, or try again later.",
+        base_url=endpoint.base_url,
+    )
+
+
 async def list_models(endpoint: Endpoint, settings: Settings) -> list[str]:
-    """Model ids that ``GET /v1/models`` lists, in the server's order."""
+    """Model ids that ``GET /v1/models`` lists, in the server's order.
+
+    A server that accepts and does not answer within the first-token wait raises
+    :class:`EndpointSilent`: the picker must not hang for the whole answer timeout.
+    """
+    deadlines = Deadlines.start(settings)
     try:
-        page = await client_for(endpoint, settings).models.list()
+        async with asyncio.timeout_at(deadlines.first):
+            page = await client_for(endpoint, settings).models.list()
+    except TimeoutError:
+        raise silent(endpoint, deadlines) from None
     except (openai.APIConnectionError, openai.APITimeoutError) as exc:
         raise unavailable(endpoint, type(exc).__name__) from exc
     except openai.APIStatusError as exc:
@@ -108,40 +171,70 @@ async def stream_chat(
 
     ``max_tokens`` and ``temperature`` default to ``RAG_ANSWER_TOKENS`` and
     ``RAG_TEMPERATURE``. Raises :class:`EndpointUnavailable` when nothing answers,
-    :class:`EndpointError` when the server rejects the request, and
-    :class:`StreamInterrupted` (with the text received so far) when the stream
-    breaks after it started.
+    :class:`EndpointSilent` when the server accepted but sent no text within
+    ``LLM_FIRST_TOKEN_TIMEOUT``, :class:`EndpointError` when it rejects the request,
+    and :class:`StreamInterrupted` (with the text received so far) when the stream
+    breaks after it started or is still going when ``LLM_TIMEOUT`` runs out. Time
+    the caller spends between two deltas counts too: the deadline is the answer's.
     """
+    deadlines = Deadlines.start(settings)
+    request = client_for(endpoint, settings).chat.completions.create(
+        model=model,
+        messages=list(messages),  # type: ignore[arg-type]
+        stream=True,
+        max_tokens=max_tokens or settings.answer_tokens,
+        temperature=settings.temperature if temperature is None else temperature,
+        **(extra or {}),
+    )
+    stream = await _opened(endpoint, model, request, deadlines)
+    received: list[str] = []
+    chunks = 0
     try:
-        stream = await client_for(endpoint, settings).chat.completions.create(
-            model=model,
-            messages=list(messages),  # type: ignore[arg-type]
-            stream=True,
-            max_tokens=max_tokens or settings.answer_tokens,
-            temperature=settings.temperature if temperature is None else temperature,
-            **(extra or {}),
-        )
+        async with stream:
+            pieces = aiter(stream)
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadlines.end if received else deadlines.first):
+                        chunk = await anext(pieces)
+                except StopAsyncIteration:
+                    return
+                chunks += 1
+                text = chunk.choices[0].delta.content if chunk.choices else None
+                if text:
+                    received.append(text)
+                    yield text
+    except TimeoutError:
+        if not received:
+            raise silent(endpoint, deadlines, "no text" if chunks else "nothing") from None
+        raise StreamInterrupted(
+            f"The answer from {endpoint.base_url} was cut off after {deadlines.total_s:g} s, "
+            f"the limit LLM_TIMEOUT sets for a whole answer; raise LLM_TIMEOUT to let long "
+            "answers finish.",
+            partial="".join(received),
+        ) from None
+    except (openai.APIError, httpx.HTTPError) as exc:
+        raise StreamInterrupted(
+            f"The answer from {endpoint.base_url} stopped before it was complete "
+            f"({type(exc).__name__}).",
+            partial="".join(received),
+        ) from exc
+
+
+async def _opened(
+    endpoint: Endpoint, model: str, request: Any, deadlines: Deadlines
+) -> AsyncStream[ChatCompletionChunk]:
+    """The stream once the server sent its response headers, within the first-token wait."""
+    try:
+        async with asyncio.timeout_at(deadlines.first):
+            return await request
+    except TimeoutError:
+        raise silent(endpoint, deadlines) from None
     except (openai.APIConnectionError, openai.APITimeoutError) as exc:
         raise unavailable(endpoint, type(exc).__name__) from exc
     except openai.APIStatusError as exc:
         raise EndpointError(
             f"The model server at {endpoint.base_url} rejected the request for model "
             f"'{model}' (HTTP {exc.status_code}): {_error_text(exc)}"
-        ) from exc
-
-    received: list[str] = []
-    try:
-        async with stream:
-            async for chunk in stream:
-                text = chunk.choices[0].delta.content if chunk.choices else None
-                if text:
-                    received.append(text)
-                    yield text
-    except (openai.APIError, httpx.HTTPError) as exc:
-        raise StreamInterrupted(
-            f"The answer from {endpoint.base_url} stopped before it was complete "
-            f"({type(exc).__name__}).",
-            partial="".join(received),
         ) from exc
 
 

@@ -94,7 +94,15 @@ class Settings(BaseSettings):
     llm_api_key: str = Field("not-needed", validation_alias=_env("LLM_API_KEY"))
     llm_model: str | None = Field(None, validation_alias=_env("LLM_MODEL"))
     foundry_model: str = Field("phi-4-mini", validation_alias=_env("FOUNDRY_MODEL"))
+    # A total deadline for one answer, from the request to its last token (rag.llm).
     llm_timeout_s: float = Field(120.0, gt=0, validation_alias=_env("LLM_TIMEOUT"))
+    # How long a server may think before its first token. CPU models on two cores need
+    # 2-15 s for a RAG prompt, and a server that loads the model on its first request
+    # (Foundry Local, Ollama) takes tens of seconds more; a minute covers both, while a
+    # server that accepted and then hung is told apart well before LLM_TIMEOUT.
+    llm_first_token_timeout_s: float = Field(
+        60.0, gt=0, validation_alias=_env("LLM_FIRST_TOKEN_TIMEOUT")
+    )
     llm_connect_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("LLM_CONNECT_TIMEOUT"))
     # The whole prompt plus answer must fit here: Ollama's default is 2048.
     context_tokens: int = Field(2048, ge=256, validation_alias=_env("RAG_CONTEXT_TOKENS"))
