@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from rag.discovery import discover_local
-from rag.errors import EndpointError, EndpointUnavailable, RagError
+from rag.errors import EndpointError, EndpointSilent, EndpointUnavailable, RagError
 from rag.llm import list_models
 from rag.routing import (
     LOCAL_NAME,
@@ -117,7 +117,9 @@ class Catalog:
         except (EndpointUnavailable, EndpointError, RouteRefused) as exc:
             if local is not None:
                 self.report_down(local)
-                exc = local.explain(exc) if isinstance(exc, EndpointUnavailable) else exc
+                # A silent server is running: "start one" would be wrong advice.
+                down = isinstance(exc, EndpointUnavailable) and not isinstance(exc, EndpointSilent)
+                exc = local.explain(exc) if down else exc
             local, problem = None, exc
         declared = declared_models(table, has_local=local is not None)
         preferred = self.settings.llm_model or (local.default_model if local else None)
