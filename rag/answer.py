@@ -39,7 +39,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 from rag.catalog import model_catalog
-from rag.hosts import host_of, is_loopback_host
 from rag.errors import EndpointUnavailable, RagError, StreamInterrupted
 from rag.grounding import (
     NOT_COVERED,
@@ -51,6 +50,7 @@ from rag.grounding import (
     sentences,
     support,
 )
+from rag.hosts import host_of, is_loopback_host
 from rag.llm import Message, stream_chat
 from rag.prompt import (
     Prompt,
@@ -174,7 +174,8 @@ async def _grounded(
     def prompt_for(route: Route) -> Prompt:
         return _prompt(route, question, hits, history, settings)
 
-    async for event in _first_answer(routes, prompt_for, settings, generation or Generation(), started):
+    generation = generation or Generation()
+    async for event in _first_answer(routes, prompt_for, settings, generation, started):
         yield event
 
 

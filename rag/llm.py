@@ -110,7 +110,8 @@ async def stream_chat(
 
     ``max_tokens`` and ``temperature`` default to ``RAG_ANSWER_TOKENS`` and
     ``RAG_TEMPERATURE``; ``top_p`` and ``stop`` are sent only when given, so a
-    server's own defaults stay in force otherwise. Raises :class:`EndpointUnavailable` when nothing answers,
+    server's own defaults stay in force otherwise. Raises
+    :class:`EndpointUnavailable` when nothing answers,
     :class:`EndpointError` when the server rejects the request, and
     :class:`StreamInterrupted` (with the text received so far) when the stream
     breaks after it started.

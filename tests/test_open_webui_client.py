@@ -169,7 +169,9 @@ def test_housekeeping_waits_behind_a_question_in_flight_on_a_local_server(
 
     records = recorded()
     title = next(r for r in records if task_of(r["body"]) == "title")
-    question = next(r for r in records if r["body"].get("stream") and len(r["body"]["messages"]) == 1)
+    question = next(
+        r for r in records if r["body"].get("stream") and len(r["body"]["messages"]) == 1
+    )
     with FakeOpenAI(models=[MODEL], reply=timed, token_delay_s=0.05) as fake:
         with ApiServer(_settings(bluebird_store, fake)) as api:
             # Open WebUI sends the title first, the question a moment later.
@@ -183,7 +185,9 @@ def test_housekeeping_waits_behind_a_question_in_flight_on_a_local_server(
     assert arrived["title"] >= answered - 0.2  # it waited for the whole answer
 
 
-def test_housekeeping_alone_is_not_held_back(bluebird_store: Path, model_server: FakeOpenAI) -> None:
+def test_housekeeping_alone_is_not_held_back(
+    bluebird_store: Path, model_server: FakeOpenAI
+) -> None:
     title = next(r for r in recorded() if task_of(r["body"]) == "title")
     with ApiServer(_settings(bluebird_store, model_server)) as api:
         started = time.monotonic()
@@ -200,7 +204,11 @@ def test_generation_settings_reach_the_model_within_the_window(
     with ApiServer(settings) as api:
         client = openai.OpenAI(base_url=f"{api.url}/v1", api_key="x", max_retries=0)
         client.chat.completions.create(
-            model=MODEL, messages=[question], max_tokens=40, temperature=0.7, top_p=0.9,
+            model=MODEL,
+            messages=[question],
+            max_tokens=40,
+            temperature=0.7,
+            top_p=0.9,
             stop=["\n\n", "END"],
         )
         client.chat.completions.create(model=MODEL, messages=[question], max_completion_tokens=33)

@@ -161,7 +161,9 @@ async def read_json(request: Request) -> Any:
         raise api_refusal(400, "The request body is not valid JSON.", "bad_json") from None
     except RecursionError:
         raise api_refusal(
-            400, "The request body is nested too deeply to read; send a plain chat request.", "bad_json"
+            400,
+            "The request body is nested too deeply to read; send a plain chat request.",
+            "bad_json",
         ) from None
     except UnicodeEncodeError:
         raise api_refusal(
@@ -208,9 +210,9 @@ def parse_chat_request(body: Any) -> ChatRequest:
     if not isinstance(stream, bool):
         raise api_refusal(400, "'stream' must be true or false.", "bad_stream")
     housekeeping = _as_sent(messages) if is_housekeeping(question) else None
-    return ChatRequest(
-        model.strip(), question, _history(messages[:-1]), stream, parse_generation(body), housekeeping
-    )
+    history = _history(messages[:-1])
+    generation = parse_generation(body)
+    return ChatRequest(model.strip(), question, history, stream, generation, housekeeping)
 
 
 def parse_generation(body: dict[str, Any]) -> Generation:
@@ -218,7 +220,8 @@ def parse_generation(body: dict[str, Any]) -> Generation:
 
     ``max_completion_tokens`` is OpenAI's newer name for ``max_tokens`` and wins.
     """
-    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    newer = body.get("max_completion_tokens") is not None
+    name = "max_completion_tokens" if newer else "max_tokens"
     return Generation(
         max_tokens=number(body.get(name), name, int, 1, None),
         temperature=number(body.get("temperature"), "temperature", float, 0.0, 2.0),
