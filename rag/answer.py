@@ -15,6 +15,14 @@ do not cover the question, no model is asked: the events carry ``route=None``,
 the text :data:`~rag.grounding.NOT_COVERED` and the closest passages as ``hits``.
 Retrieval for a follow-up sees the previous question too (:func:`search_query`).
 
+:func:`direct` sends a client's own messages to the model as they are (no
+retrieval, no gate, no sources): Open WebUI's housekeeping prompts (a title,
+tags, follow-ups in JSON). On a model server on this machine, which answers one
+request at a time on a CPU, it waits behind the questions in flight
+(:class:`QuestionsFirst`), so the person's answer is not delayed by a title.
+Both take a :class:`Generation`: a client's max_tokens/temperature/top_p/stop,
+the answer's length capped to what fits the window after the prompt.
+
 Errors are :class:`~rag.errors.RagError` sentences: ``NoDocuments`` (nothing
 ingested), ``EndpointUnavailable`` (every route was down before its first token;
 names the URL and what to start, or, as ``EndpointSilent``, that a server accepted
@@ -26,8 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 
 from rag.catalog import model_catalog
 from rag.errors import EndpointSilent, EndpointUnavailable, RagError, StreamInterrupted
@@ -41,6 +51,7 @@ from rag.grounding import (
     sentences,
     support,
 )
+from rag.hosts import host_of, is_loopback_host
 from rag.llm import Message, stream_chat
 from rag.prompt import (
     Prompt,
@@ -52,8 +63,29 @@ from rag.prompt import (
     token_counter,
 )
 from rag.retrieve import Hit, retrieve
-from rag.routing import Route
+from rag.routing import Kind, Route
 from rag.settings import Settings
+
+# The least room an answer may be left in the window (RAG_ANSWER_TOKENS' own floor).
+MIN_ANSWER_TOKENS = 16
+# Open WebUI sends a new chat's title request alongside the question, often a few ms
+# ahead of it, and the question spends a moment in retrieval before it reaches the
+# model: housekeeping bound for this machine waits this long for a question to show up.
+HOUSEKEEPING_GRACE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A client's sampling settings for one answer; None or empty: the pipeline's own.
+
+    ``max_tokens`` is an upper bound: the answer gets at most what is left of the
+    model's context window after the prompt.
+    """
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,13 +134,29 @@ async def answer(
     model: str | None = None,
     history: Sequence[Message] = (),
     hits: list[Hit] | None = None,
+    generation: Generation | None = None,
 ) -> AsyncGenerator[AnswerEvent, None]:
     """Answer ``question`` from the documents, streaming events (see the module docstring).
 
     ``model`` is the picked id (None: the local server's default; ``endpoint:model``
     pins one provider); ``history`` the conversation so far (bare questions and
-    answers); ``hits`` reuses already retrieved passages (default: hybrid retrieval).
+    answers); ``hits`` reuses already retrieved passages (default: hybrid retrieval);
+    ``generation`` the client's sampling settings (default: the pipeline's).
     """
+    async with questions_first().question():
+        async for event in _grounded(question, settings, model, history, hits, generation):
+            yield event
+
+
+async def _grounded(
+    question: str,
+    settings: Settings,
+    model: str | None,
+    history: Sequence[Message],
+    hits: list[Hit] | None,
+    generation: Generation | None,
+) -> AsyncGenerator[AnswerEvent, None]:
+    """:func:`answer`'s steps: retrieve, gate, route, then the first route that answers."""
     started = time.perf_counter()
     catalog = model_catalog(settings)
     query = search_query(question, history)
@@ -124,15 +172,70 @@ async def answer(
     size = estimate_tokens(question, hits, settings=settings, history=history, counter=counter)
     routes = await catalog.routes(question, model, size)
 
+    def prompt_for(route: Route) -> Prompt:
+        return _prompt(route, question, hits, history, settings)
+
+    generation = generation or Generation()
+    async for event in _first_answer(routes, prompt_for, settings, generation, started):
+        yield event
+
+
+async def direct(
+    messages: Sequence[Message],
+    settings: Settings,
+    *,
+    model: str | None = None,
+    generation: Generation | None = None,
+) -> AsyncGenerator[AnswerEvent, None]:
+    """Send ``messages`` to the model as they are: no retrieval, no gate, no sources.
+
+    For a client's housekeeping (a chat's title, tags, follow-ups): the events are
+    :func:`answer`'s with no passages. Routed like a question (``model`` as there);
+    on a server on this machine it first waits behind the questions in flight.
+    Raises :class:`PromptTooLong` when the messages leave no room for an answer.
+    """
+    started = time.perf_counter()
+    generation = generation or Generation()
+    generation = replace(generation, max_tokens=generation.max_tokens or settings.answer_tokens)
+    tokens = token_counter(settings).count_messages(messages)
+    last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    routes = await model_catalog(settings).routes(last, model, tokens)
+    if routes and on_this_machine(routes[0]):
+        await questions_first().wait(settings.llm_timeout_s)
+
+    def prompt_for(route: Route) -> Prompt:
+        window = route.provider.context_tokens or settings.context_tokens
+        if tokens + MIN_ANSWER_TOKENS > window:
+            raise PromptTooLong(
+                f"The messages are too long for the model's context window: they need about "
+                f"{tokens} tokens of its {window}. Send a shorter chat, or raise "
+                "RAG_CONTEXT_TOKENS if the model has a larger window."
+            )
+        return Prompt(list(messages), [], tokens, 0, 0, False)
+
+    async for event in _first_answer(routes, prompt_for, settings, generation, started):
+        yield event
+
+
+async def _first_answer(
+    routes: Sequence[Route],
+    prompt_for: Callable[[Route], Prompt],
+    settings: Settings,
+    generation: Generation,
+    started: float,
+) -> AsyncGenerator[AnswerEvent, None]:
+    """The events of the first route that answers; a route down before its first token
+    (or whose window the prompt does not fit) gives way to the next."""
+    catalog = model_catalog(settings)
     down: list[RagError] = []
     too_long: list[PromptTooLong] = []
     for position, route in enumerate(routes):
         try:
-            prompt = _prompt(route, question, hits, history, settings)
+            prompt = prompt_for(route)
         except PromptTooLong as exc:
             too_long.append(exc)  # a route with a larger window (a cloud fallback) may take it
             continue
-        stream = _stream(route, prompt, settings)
+        stream = _stream(route, prompt, settings, generation)
         try:
             first = await _first_piece(stream)
         except (EndpointUnavailable, StreamInterrupted) as exc:
@@ -163,16 +266,25 @@ def _prompt(
     )
 
 
-def _stream(route: Route, prompt: Prompt, settings: Settings) -> AsyncIterator[str]:
+def _stream(
+    route: Route, prompt: Prompt, settings: Settings, generation: Generation
+) -> AsyncIterator[str]:
+    """The route's token stream for ``prompt``, with the client's settings over the style's."""
     style = style_for(route.provider)
-    tokens = min(settings.answer_tokens, style.answer_tokens or settings.answer_tokens)
+    tokens = generation.max_tokens or min(
+        settings.answer_tokens, style.answer_tokens or settings.answer_tokens
+    )
+    # A client may ask for more than the window holds; the server would reject it or cut it.
+    room = (route.provider.context_tokens or settings.context_tokens) - prompt.tokens
     return stream_chat(
         route.endpoint,
         prompt.messages,
         model=route.model,
         settings=settings,
-        max_tokens=tokens,
-        temperature=style.temperature,
+        max_tokens=max(1, min(tokens, room)),
+        temperature=style.temperature if generation.temperature is None else generation.temperature,
+        top_p=generation.top_p,
+        stop=generation.stop,
     )
 
 
@@ -275,3 +387,58 @@ def _all_down(errors: list[RagError]) -> EndpointUnavailable:
     if len(errors) == 1 and isinstance(errors[0], EndpointUnavailable):
         return errors[0]
     return EndpointUnavailable(" ".join(str(e) for e in errors))
+
+
+# --- questions first -------------------------------------------------------------
+
+
+def on_this_machine(route: Route) -> bool:
+    """True when the route's server shares this machine's CPU: the embedded engine or a
+    loopback server, which answer one request after another."""
+    host = host_of(route.endpoint.base_url)
+    return route.provider.kind is Kind.EMBEDDED or is_loopback_host(host)
+
+
+class QuestionsFirst:
+    """Counts the questions in flight, so housekeeping can wait until there are none.
+
+    One per event loop (:func:`questions_first`): asyncio's primitives belong to a loop.
+    """
+
+    def __init__(self) -> None:
+        self._in_flight = 0
+        self._idle = asyncio.Condition()
+
+    @asynccontextmanager
+    async def question(self) -> AsyncIterator[None]:
+        """Hold the model for a question from its arrival to its last token."""
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            async with self._idle:
+                self._idle.notify_all()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Return once no question is in flight, after a short grace for one about to arrive,
+        or after ``timeout_s`` at most (housekeeping must not starve)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.sleep(HOUSEKEEPING_GRACE_S)
+                async with self._idle:
+                    await self._idle.wait_for(lambda: self._in_flight == 0)
+        except TimeoutError:
+            pass
+
+
+_questions_first: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, QuestionsFirst]
+_questions_first = weakref.WeakKeyDictionary()
+
+
+def questions_first() -> QuestionsFirst:
+    """The running loop's :class:`QuestionsFirst`."""
+    loop = asyncio.get_running_loop()
+    if loop not in _questions_first:
+        _questions_first[loop] = QuestionsFirst()
+    return _questions_first[loop]

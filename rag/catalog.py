@@ -53,16 +53,24 @@ class Offer:
     default: str
     local: Provider | None  # None when no local server answers
     problem: RagError | None  # why not, as a sentence for people
+    # While the local server is down: LLM_MODEL and the ids it listed when last seen.
+    remembered: tuple[str, ...] = ()
 
     @property
     def models(self) -> list[str]:
         """Every model id that may be picked, the local server's first."""
         return list(dict.fromkeys([*self.listed, *self.declared]))
 
+    @property
+    def known(self) -> list[str]:
+        """:attr:`models` plus the remembered ones: what an API client keeps in its list
+        while the server is down, so asking for one gets the sentence on what to start."""
+        return list(dict.fromkeys([*self.listed, *self.remembered, *self.declared]))
+
     def owner(self, model: str) -> str:
         """The name of the provider that answers ``model``."""
         prefix, sep, _ = model.partition(":")
-        if model in self.listed or not sep:
+        if model in self.listed or model in self.remembered or not sep:
             return self.local.name if self.local else LOCAL_NAME
         return prefix
 
@@ -73,6 +81,7 @@ class Catalog:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._found: tuple[float, Provider] | None = None
+        self._seen: tuple[str, ...] = ()  # the local server's models when it last answered
 
     def table(self) -> RoutingTable:
         """The routing table (re-read when the routing file changes)."""
@@ -124,7 +133,12 @@ class Catalog:
         declared = declared_models(table, has_local=local is not None)
         preferred = self.settings.llm_model or (local.default_model if local else None)
         default = choose_model(listed, preferred) if listed else (declared[0] if declared else "")
-        return Offer(tuple(listed), tuple(declared), default, local, problem)
+        if local is not None:
+            self._seen = tuple(listed)
+        # A pinned LLM_MODEL (fallback:gpt-4o-mini) is the declared list's to show, or not.
+        configured = (preferred,) if preferred and split_qualified(preferred, table) is None else ()
+        remembered = () if local else (*configured, *self._seen)
+        return Offer(tuple(listed), tuple(declared), default, local, problem, remembered)
 
     async def routes(self, question: str, model: str | None, prompt_tokens: int) -> list[Route]:
         """The routes to try for ``question``, best first, all allowed by the mode.

@@ -165,18 +165,27 @@ async def stream_chat(
     settings: Settings,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    top_p: float | None = None,
+    stop: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
 ) -> AsyncIterator[str]:
     """Stream the answer's text deltas from ``POST /v1/chat/completions``.
 
     ``max_tokens`` and ``temperature`` default to ``RAG_ANSWER_TOKENS`` and
-    ``RAG_TEMPERATURE``. Raises :class:`EndpointUnavailable` when nothing answers,
+    ``RAG_TEMPERATURE``; ``top_p`` and ``stop`` are sent only when given, so a
+    server's own defaults stay in force otherwise. Raises
+    :class:`EndpointUnavailable` when nothing answers,
     :class:`EndpointSilent` when the server accepted but sent no text within
     ``LLM_FIRST_TOKEN_TIMEOUT``, :class:`EndpointError` when it rejects the request,
     and :class:`StreamInterrupted` (with the text received so far) when the stream
     breaks after it started or is still going when ``LLM_TIMEOUT`` runs out. Time
     the caller spends between two deltas counts too: the deadline is the answer's.
     """
+    sampling: dict[str, Any] = {}
+    if top_p is not None:
+        sampling["top_p"] = top_p
+    if stop:
+        sampling["stop"] = list(stop)
     deadlines = Deadlines.start(settings)
     request = client_for(endpoint, settings).chat.completions.create(
         model=model,
@@ -184,6 +193,7 @@ async def stream_chat(
         stream=True,
         max_tokens=max_tokens or settings.answer_tokens,
         temperature=settings.temperature if temperature is None else temperature,
+        **sampling,
         **(extra or {}),
     )
     stream = await _opened(endpoint, model, request, deadlines)

@@ -194,15 +194,18 @@ def test_local_only_never_leaks_through_the_api(
                 model="fallback:gpt-cloud", messages=[{"role": "user", "content": QUESTION}]
             )
         local.stop()
-        for stream in (False, True):
-            with pytest.raises(openai.APIStatusError) as err:
-                client.chat.completions.create(
-                    model="phi-local",
-                    messages=[{"role": "user", "content": QUESTION}],
-                    stream=stream,
-                )
-            assert err.value.status_code == 503
-            assert f"No model server answered at {local.base_url}" in err.value.message
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(
+                model="phi-local", messages=[{"role": "user", "content": QUESTION}]
+            )
+        assert err.value.status_code == 503
+        assert f"No model server answered at {local.base_url}" in err.value.message
+        # Streamed, the sentence is the answer's text: where Open WebUI shows it.
+        chunks = client.chat.completions.create(
+            model="phi-local", messages=[{"role": "user", "content": QUESTION}], stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text.startswith(f"No model server answered at {local.base_url}")
     assert cloud.requests == []
 
 
@@ -357,3 +360,49 @@ def test_a_question_too_long_for_the_context_window_is_a_400_context_length_exce
     assert err.value.code == "context_length_exceeded"
     assert "context window" in err.value.message
     assert local.requests == []
+
+
+# --- malformed requests --------------------------------------------------------------
+
+
+def test_a_lone_surrogate_or_json_nested_100k_deep_is_a_400_with_a_sentence_not_a_500(
+    corpus_store: Path, local: FakeOpenAI
+) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    bodies = {
+        "bad_unicode": (
+            '{"model": "phi-local", "messages": [{"role": "user", "content": "Hi \\ud800"}]}'
+        ),
+        "bad_json": deep,
+    }
+    nested = '{"model": "phi-local", "messages": [{"role": "user", "content": %s}]}' % deep
+    with ApiServer(offline_settings(corpus_store, llm_base_url=local.base_url)) as api:
+        for code, body in [*bodies.items(), ("bad_json", nested)]:
+            response = httpx.post(
+                f"{api.url}/v1/chat/completions",
+                content=body.encode(),
+                headers={"content-type": "application/json"},
+            )
+            assert response.status_code == 400, response.text[:300]
+            error = response.json()["error"]
+            assert error["code"] == code and error["message"].endswith("."), error
+    assert local.requests == []
+
+
+def test_a_question_of_only_nul_bytes_or_control_characters_is_a_400_the_question_is_empty(
+    corpus_store: Path, local: FakeOpenAI
+) -> None:
+    with ApiServer(offline_settings(corpus_store, llm_base_url=local.base_url)) as api:
+        for blank in ("\x00\x00\x00", "\x01\x02\x1f\x7f", " \x00\t\n\x00 ", "\x9b"):
+            with pytest.raises(openai.BadRequestError) as err:
+                api.client().chat.completions.create(
+                    model="phi-local", messages=[{"role": "user", "content": blank}]
+                )
+            assert err.value.code == "empty_question"
+            assert "The question is empty" in err.value.message
+        # A real question keeps its words once the stray NULs are gone.
+        api.client().chat.completions.create(
+            model="phi-local", messages=[{"role": "user", "content": f"\x00{QUESTION}\x00"}]
+        )
+    assert len(local.requests) == 1
+    assert local.requests[0]["messages"][-1]["content"].endswith(QUESTION)

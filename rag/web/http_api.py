@@ -31,23 +31,44 @@ The chat app mounts it into Chainlit's FastAPI app::
     from chainlit.server import app as chainlit_app
     mount_openai_api(chainlit_app, get_settings())
 
-``temperature``/``max_tokens`` in requests are ignored: the answer pipeline uses
-``RAG_TEMPERATURE``/``RAG_ANSWER_TOKENS`` so answers stay grounded and within budget.
+Open WebUI is a first-class client:
+
+- its housekeeping prompts (a user message opening ``### Task:`` that asks for
+  JSON: a chat's title, tags, follow-up suggestions) go straight to the model
+  through :func:`rag.answer.direct`: no retrieval, no gate, no ``Sources:``, so
+  the JSON parses; on a server on this machine they wait behind the questions;
+- ``max_tokens`` (or ``max_completion_tokens``), ``temperature``, ``top_p`` and
+  ``stop`` are honoured, the length capped to what fits after the prompt;
+- ``tools`` (Open WebUI attaches ~24 KB of definitions) are ignored: tool calling
+  is not offered, and they never count into the prompt;
+- with the model server down, ``GET /v1/models`` keeps listing the models known
+  (``LLM_MODEL``, the last seen ones, the declared ones), and a chat request gets
+  the sentence on what to start: a 503, or, streamed, as the answer's text,
+  which is where Open WebUI shows it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
-import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from rag.answer import AnswerDelta, AnswerDone, AnswerEvent, AnswerStart, answer
+from rag.answer import (
+    AnswerDelta,
+    AnswerDone,
+    AnswerEvent,
+    AnswerStart,
+    Generation,
+    answer,
+    direct,
+)
 from rag.catalog import Offer, model_catalog
 from rag.errors import (
     EndpointError,
@@ -69,7 +90,9 @@ from rag.openai_wire import (
     completion_id,
     message_text,
     now,
+    number,
     sse,
+    stops,
     usage,
 )
 from rag.settings import Settings
@@ -80,6 +103,11 @@ log = logging.getLogger(__name__)
 SOURCES_MARKER = "\n\nSources:\n"
 CLOSEST_MARKER = "\n\nClosest matches (not sources):\n"
 OWNER = "local-rag-chat"
+# Every housekeeping prompt of Open WebUI (title, tags, follow-ups, queries, autocomplete)
+# opens with this line and asks for a JSON reply.
+TASK_PREFIX = "### Task:"
+# Control characters carry no question (C0 and C1, but tab and newlines are text).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def api_refusal(status: int, message: str, code: str, kind: str = "invalid_request_error") -> WireError:
@@ -106,14 +134,56 @@ def api_error(exc: RagError) -> WireError:
 # --- request parsing ------------------------------------------------------------
 
 
-def parse_chat_request(body: Any) -> tuple[str, str, list[Message], bool]:
-    """``(model, question, history, stream)`` from a chat completions body, or ApiError 400.
+@dataclass(frozen=True)
+class ChatRequest:
+    """What one chat completions body asks for."""
 
-    The question is the last message, which must come from the user. History is
-    the earlier user and assistant turns; client system prompts are dropped
-    because the pipeline's own system message keeps answers grounded. The
-    ``Sources:`` trailer this API appended to earlier answers is cut off again,
-    so it does not eat the history budget.
+    model: str
+    question: str  # the last user message, control characters removed
+    history: list[Message]  # earlier user and assistant turns, this API's trailers cut off
+    stream: bool
+    generation: Generation
+    housekeeping: list[Message] | None  # the client's messages as sent, when it is a task
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, or a 400 for bytes that are not JSON text.
+
+    Python's parser gives up on very deep nesting with a RecursionError and
+    accepts lone surrogates (``"\\ud800"``) that no model server can encode:
+    both are the sender's mistake, so both are a 400 with a sentence.
+    """
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise api_refusal(400, "The request body is not valid JSON.", "bad_json") from None
+    except RecursionError:
+        raise api_refusal(
+            400,
+            "The request body is nested too deeply to read; send a plain chat request.",
+            "bad_json",
+        ) from None
+    except UnicodeEncodeError:
+        raise api_refusal(
+            400,
+            "The request contains a lone surrogate (such as \\ud800), which is not text; "
+            "send the text as valid UTF-8.",
+            "bad_unicode",
+        ) from None
+    return body
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """The :class:`ChatRequest` of a chat completions body, or a 400 with a sentence.
+
+    The question is the last message, which must come from the user and hold
+    text once control characters are removed. History is the earlier user and
+    assistant turns; client system prompts are dropped because the pipeline's
+    own system message keeps answers grounded. The ``Sources:`` trailer this API
+    appended to earlier answers is cut off again, so it does not eat the history
+    budget. A housekeeping prompt (:func:`is_housekeeping`) keeps every message.
     """
     if not isinstance(body, dict):
         raise api_refusal(400, "The request body must be a JSON object.", "bad_body")
@@ -126,31 +196,82 @@ def parse_chat_request(body: Any) -> tuple[str, str, list[Message], bool]:
     if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
         raise api_refusal(400, "Each message needs a 'role' and 'content'.", "bad_message")
     last = messages[-1]
-    question = message_text(last.get("content"), "messages[-1]").strip()
-    if last["role"] != "user" or not question:
+    if last["role"] != "user":
         raise api_refusal(400, "The last message must be a non-empty user message.", "no_question")
-    history: list[Message] = []
-    for message in messages[:-1]:
-        if message["role"] not in ("user", "assistant"):
-            continue
-        text = message_text(message.get("content"), "messages").split(SOURCES_MARKER)[0]
-        text = text.split(CLOSEST_MARKER)[0].strip()
-        if text:
-            history.append({"role": message["role"], "content": text})
+    question = _text(last, "messages[-1]")
+    if not question:
+        raise api_refusal(
+            400,
+            "The question is empty: the last user message holds no text, only blanks or "
+            "control characters.",
+            "empty_question",
+        )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise api_refusal(400, "'stream' must be true or false.", "bad_stream")
-    return model.strip(), question, history, stream
+    housekeeping = _as_sent(messages) if is_housekeeping(question) else None
+    history = _history(messages[:-1])
+    generation = parse_generation(body)
+    return ChatRequest(model.strip(), question, history, stream, generation, housekeeping)
+
+
+def parse_generation(body: dict[str, Any]) -> Generation:
+    """The request's sampling settings, each checked for type and range (a 400 if not).
+
+    ``max_completion_tokens`` is OpenAI's newer name for ``max_tokens`` and wins.
+    """
+    newer = body.get("max_completion_tokens") is not None
+    name = "max_completion_tokens" if newer else "max_tokens"
+    return Generation(
+        max_tokens=number(body.get(name), name, int, 1, None),
+        temperature=number(body.get("temperature"), "temperature", float, 0.0, 2.0),
+        top_p=number(body.get("top_p"), "top_p", float, 0.0, 1.0),
+        stop=stops(body.get("stop")),
+    )
+
+
+def is_housekeeping(text: str) -> bool:
+    """True for a client's housekeeping prompt rather than a person's question.
+
+    >>> is_housekeeping('### Task:\\nGenerate a concise title ... JSON format: { "title": "" }')
+    True
+    >>> is_housekeeping("What does ### Task: mean in a prompt?")
+    False
+    """
+    return text.lstrip().startswith(TASK_PREFIX) and "JSON" in text
+
+
+def _text(message: dict[str, Any], param: str) -> str:
+    return _CONTROL.sub("", message_text(message.get("content"), param)).strip()
+
+
+def _history(messages: list[dict[str, Any]]) -> list[Message]:
+    history: list[Message] = []
+    for message in messages:
+        if message["role"] not in ("user", "assistant"):
+            continue
+        text = _text(message, "messages").split(SOURCES_MARKER)[0]
+        text = text.split(CLOSEST_MARKER)[0].strip()
+        if text:
+            history.append({"role": message["role"], "content": text})
+    return history
+
+
+def _as_sent(messages: list[dict[str, Any]]) -> list[Message]:
+    """The client's own conversation for the model: its system, user and assistant texts."""
+    kept = [m for m in messages if m["role"] in ("system", "user", "assistant")]
+    return [{"role": m["role"], "content": t} for m in kept if (t := _text(m, "messages"))]
 
 
 # --- models -----------------------------------------------------------------------
 
 
 def model_cards(offer: Offer) -> list[dict[str, Any]]:
-    """``GET /v1/models`` entries: every model a client may ask for, local ones first."""
+    """``GET /v1/models`` entries: every model a client may ask for, local ones first
+    (while the local server is down, the ones it is known to serve)."""
     return [
         {"id": m, "object": "model", "created": 0, "owned_by": f"{OWNER}:{offer.owner(m)}"}
-        for m in offer.models
+        for m in offer.known
     ]
 
 
@@ -184,10 +305,13 @@ def _numbered(sources: list[tuple[int, Hit]]) -> str:
     return "\n".join(f"[{n}] {source_label(h)}" for n, h in sources)
 
 
-def rag_field(start: AnswerStart, done: AnswerDone | None) -> dict[str, Any]:
+def rag_field(
+    start: AnswerStart, done: AnswerDone | None, housekeeping: bool = False
+) -> dict[str, Any]:
     """The extra ``rag`` field: who answered and the sources, for clients that look."""
     route = done.route if done else start.route
     return {
+        "housekeeping": housekeeping,
         "endpoint": route.provider.name if route else None,
         "model": route.model if route else None,
         "local": route.provider.on_premises if route else True,
@@ -217,7 +341,7 @@ def _chunk(
 
 
 async def _sse(
-    events: AsyncGenerator[AnswerEvent, None], start: AnswerStart, model: str
+    events: AsyncGenerator[AnswerEvent, None], start: AnswerStart, model: str, trailer: bool
 ) -> AsyncGenerator[str, None]:
     cid, created = completion_id("chatcmpl-rag"), now()
     done: AnswerDone | None = None
@@ -238,9 +362,36 @@ async def _sse(
         )
     finally:
         await events.aclose()
-    yield _chunk(cid, created, model, {"content": sources_trailer(start, done)})
-    yield _chunk(cid, created, model, {}, "stop", rag=rag_field(start, done))
+    if trailer:
+        yield _chunk(cid, created, model, {"content": sources_trailer(start, done)})
+    yield _chunk(cid, created, model, {}, "stop", rag=rag_field(start, done, not trailer))
     yield SSE_DONE
+
+
+def _sentence_stream(error: WireError, model: str) -> StreamingResponse:
+    """A streamed request that cannot be answered, told as the answer's text.
+
+    Open WebUI shows a failed stream's status as a bare error; as text, the
+    person reads which server to start. The final chunk carries the error too.
+    """
+    cid, created = completion_id("chatcmpl-rag"), now()
+
+    events = [
+        _chunk(cid, created, model, {"role": "assistant", "content": ""}),
+        _chunk(cid, created, model, {"content": error.message}),
+        _chunk(cid, created, model, {}, "stop", rag={"endpoint": None, **error.body()}),
+        SSE_DONE,
+    ]
+
+    async def body() -> AsyncGenerator[str, None]:
+        for event in events:
+            yield event
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"X-RAG-Endpoint": "none", "Cache-Control": "no-cache"},
+    )
 
 
 async def _check_model(model: str, settings: Settings) -> None:
@@ -264,31 +415,48 @@ async def _check_model(model: str, settings: Settings) -> None:
 
 async def chat_completions(request: Request, settings: Settings) -> Response:
     """``POST /v1/chat/completions``: the handler behind the route (see the module docstring)."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise api_refusal(400, "The request body is not valid JSON.", "bad_json") from None
-    model, question, history, stream = parse_chat_request(body)
-
-    await _check_model(model, settings)
-    events = answer(question, settings, model=model, history=history)
+    chat = parse_chat_request(await read_json(request))
+    await _check_model(chat.model, settings)
+    if chat.housekeeping is not None:
+        events = direct(
+            chat.housekeeping, settings, model=chat.model, generation=chat.generation
+        )
+    else:
+        events = answer(
+            chat.question,
+            settings,
+            model=chat.model,
+            history=chat.history,
+            generation=chat.generation,
+        )
     try:
         start = await anext(events)
     except StopAsyncIteration:
         raise api_refusal(
             502, "The model server ended the answer before it began.", "empty", "server_error"
         ) from None
+    except EndpointUnavailable as exc:
+        if chat.stream:
+            return _sentence_stream(api_error(exc), chat.model)
+        raise api_error(exc) from exc
     except RagError as exc:
         raise api_error(exc) from exc
     assert isinstance(start, AnswerStart)
 
-    if stream:
+    trailer = chat.housekeeping is None  # housekeeping wants bare JSON back
+    if chat.stream:
         return StreamingResponse(
-            _sse(events, start, model),
+            _sse(events, start, chat.model, trailer),
             media_type="text/event-stream",
             headers={**_headers(start.route), "Cache-Control": "no-cache"},
         )
+    return await _whole(events, start, chat.model, trailer)
 
+
+async def _whole(
+    events: AsyncGenerator[AnswerEvent, None], start: AnswerStart, model: str, trailer: bool
+) -> JSONResponse:
+    """The non-streamed response: the whole answer (and its sources) in one body."""
     parts: list[str] = []
     done: AnswerDone | None = None
     try:
@@ -300,16 +468,19 @@ async def chat_completions(request: Request, settings: Settings) -> Response:
     except RagError as exc:
         raise api_error(exc) from exc
     route = done.route if done else start.route
-    text = "".join(parts) + sources_trailer(start, done)
+    text = "".join(parts) + (sources_trailer(start, done) if trailer else "")
     completion_tokens = done.completion_tokens if done else len(parts)
     counts = usage(start.prompt_tokens, completion_tokens)
     body = completion(
-        completion_id("chatcmpl-rag"), now(), model, text, "stop", counts, rag=rag_field(start, done)
+        completion_id("chatcmpl-rag"),
+        now(),
+        model,
+        text,
+        "stop",
+        counts,
+        rag=rag_field(start, done, not trailer),
     )
-    return JSONResponse(
-        body,
-        headers=_headers(route),
-    )
+    return JSONResponse(body, headers=_headers(route))
 
 
 # --- mounting ----------------------------------------------------------------------
@@ -378,7 +549,7 @@ def create_router(settings: Settings) -> APIRouter:
 
     async def models_handler(request: Request, s: Settings) -> Response:
         offer = await model_catalog(s).offer()
-        if not offer.models:
+        if not offer.known:
             raise api_error(offer.problem or EndpointError("No model is available."))
         return JSONResponse({"object": "list", "data": model_cards(offer)})
 
