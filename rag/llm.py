@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import openai
@@ -40,6 +40,7 @@ Message = dict[str, str]
 
 # OpenAI-compatible local servers want *some* bearer token; this one says what it is.
 NO_KEY = "not-needed"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -142,18 +143,8 @@ async def list_models(endpoint: Endpoint, settings: Settings) -> list[str]:
     :class:`EndpointSilent`: the picker must not hang for the whole answer timeout.
     """
     deadlines = Deadlines.start(settings)
-    try:
-        async with asyncio.timeout_at(deadlines.first):
-            page = await client_for(endpoint, settings).models.list()
-    except TimeoutError:
-        raise silent(endpoint, deadlines) from None
-    except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-        raise unavailable(endpoint, type(exc).__name__) from exc
-    except openai.APIStatusError as exc:
-        raise EndpointError(
-            f"The model server at {endpoint.base_url} refused to list models "
-            f"(HTTP {exc.status_code}): {_error_text(exc)}"
-        ) from exc
+    listing = client_for(endpoint, settings).models.list()
+    page = await _first_reply(endpoint, listing, deadlines, "refused to list models")
     return [m.id for m in page.data]
 
 
@@ -196,7 +187,10 @@ async def stream_chat(
         **sampling,
         **(extra or {}),
     )
-    stream = await _opened(endpoint, model, request, deadlines)
+    refused = f"rejected the request for model '{model}'"
+    stream: AsyncStream[ChatCompletionChunk] = await _first_reply(
+        endpoint, request, deadlines, refused
+    )
     received: list[str] = []
     chunks = 0
     try:
@@ -230,10 +224,13 @@ async def stream_chat(
         ) from exc
 
 
-async def _opened(
-    endpoint: Endpoint, model: str, request: Any, deadlines: Deadlines
-) -> AsyncStream[ChatCompletionChunk]:
-    """The stream once the server sent its response headers, within the first-token wait."""
+async def _first_reply(
+    endpoint: Endpoint, request: Awaitable[T], deadlines: Deadlines, refused: str
+) -> T:
+    """``request``'s reply within the first-token wait, its failures as sentences.
+
+    ``refused`` says what a status error means ("refused to list models").
+    """
     try:
         async with asyncio.timeout_at(deadlines.first):
             return await request
@@ -243,8 +240,8 @@ async def _opened(
         raise unavailable(endpoint, type(exc).__name__) from exc
     except openai.APIStatusError as exc:
         raise EndpointError(
-            f"The model server at {endpoint.base_url} rejected the request for model "
-            f"'{model}' (HTTP {exc.status_code}): {_error_text(exc)}"
+            f"The model server at {endpoint.base_url} {refused} "
+            f"(HTTP {exc.status_code}): {_error_text(exc)}"
         ) from exc
 
 
