@@ -169,6 +169,7 @@ class ChatSocket:
         response = httpx.get(
             f"{self.url}/project/file/{element['chainlitKey']}",
             params={"session_id": self.session_id},
+            cookies=self.cookies,
             timeout=10,
         )
         response.raise_for_status()
