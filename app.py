@@ -20,6 +20,7 @@ import chainlit as cl
 from chainlit.config import config as chainlit_config
 from chainlit.input_widget import Select
 from chainlit.server import app as chainlit_server
+from starlette.datastructures import Headers
 
 from ingest.pipeline import IngestReport, ingest
 from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer, search_query
@@ -41,7 +42,9 @@ from rag.web.chat_text import (
     upload_summary,
 )
 from rag.web.compare_board import CompareBoard, parse_compare_command
+from rag.web.history import AnswerRecord, data_layer, history_notice, keep_model, resumed_chat
 from rag.web.http_api import mount_openai_api
+from rag.web.sign_in import SignIn, loopback_user, password_user, set_up_sign_in
 from rag.web.socket_guard import guard_chat_server
 
 log = logging.getLogger("local_rag_chat")
@@ -69,6 +72,18 @@ async def on_chat_start() -> None:
     await offer_models(offer)
     await cl.context.emitter.set_commands([COMPARE_COMMAND])
     await cl.Message(content=opening(settings, offer)).send()
+    if notice := history_notice(settings):
+        await cl.Message(content=notice).send()
+
+
+@cl.on_chat_resume
+async def on_chat_resume(thread: dict) -> None:
+    """Open a past chat: its conversation and model come back, and the picker is offered again."""
+    chat = resumed_chat(thread)
+    cl.user_session.set("history", chat.history)
+    cl.user_session.set("model", chat.model)
+    await offer_models(await model_catalog(get_settings()).offer())
+    await cl.context.emitter.set_commands([COMPARE_COMMAND])
 
 
 @cl.on_settings_update
@@ -78,6 +93,8 @@ async def on_settings_update(values: dict[str, object]) -> None:
     if model in (cl.user_session.get("models") or []) and model != cl.user_session.get("model"):
         cl.user_session.set("model", model)
         await cl.Message(content=switched(str(model))).send()
+        if cl.user_session.get("history"):
+            await keep_model(get_settings(), cl.context.session.thread_id, str(model))
 
 
 @cl.on_message
@@ -130,15 +147,19 @@ async def reply(question: str, settings: Settings) -> None:
                 done = event
     except StreamInterrupted as exc:
         msg.content = interrupted(exc.partial, str(exc))
+        msg.metadata = AnswerRecord(question, exc.partial, model).metadata()
         await msg.send()
         await show_sources(passage_elements(start.hits if start else []), SOURCES_TITLE, msg.id)
         remember_turn(history, question, exc.partial)
         return
     assert start is not None and done is not None
     msg.content = answer_text(start, done)
+    labels = tuple(f"[{c.number}] {source_label(c.hit)}" for c in done.sources)
+    msg.metadata = AnswerRecord(question, done.text, model, labels).metadata()
     await msg.send()
     await show_sources(*source_elements(start, done, settings), msg.id)
     remember_turn(history, question, done.text)
+    await keep_model(settings, cl.context.session.thread_id, model)
 
 
 async def compare_models(models: list[str], question: str, settings: Settings) -> None:
@@ -283,6 +304,32 @@ def apply_upload_limit(settings: Settings) -> None:
     upload = chainlit_config.features.spontaneous_file_upload
     if upload is not None:
         upload.max_size_mb = max(1, math.ceil(settings.upload_max_mb))
+
+
+# --- history and sign-in ------------------------------------------------------------------------
+# Beyond loopback with nobody able to sign in, this raises and the app does not start.
+SIGN_IN = set_up_sign_in(chainlit_server, get_settings())
+
+
+@cl.data_layer
+def history_store() -> object:
+    """Chats, answers and feedback in DATA_DIR/history.db; None when history is off this run."""
+    return data_layer(get_settings())
+
+
+if SIGN_IN is SignIn.LOOPBACK:
+
+    @cl.header_auth_callback
+    async def sign_in_here(headers: Headers) -> cl.User | None:
+        """The person at this machine is signed in without a password."""
+        return loopback_user(headers, get_settings())
+
+else:
+
+    @cl.password_auth_callback
+    async def sign_in_with_password(name: str, password: str) -> cl.User | None:
+        """Beyond loopback, users of `python -m rag.users` sign in with their password."""
+        return await password_user(name, password, get_settings())
 
 
 # --- at import: Chainlit loads this file once per server start -------------------------------

@@ -138,8 +138,16 @@ class Settings(BaseSettings):
         (), validation_alias=_env("RAG_ALLOWED_HOSTS")
     )
 
+    # --- sign-in and history -------------------------------------------------
+    # The address `chainlit run --host` serves on (Chainlit puts it in CHAINLIT_HOST).
+    bind_host: str = Field("127.0.0.1", validation_alias=_env("CHAINLIT_HOST"))
+    # false: ask for a password on loopback too (behind a reverse proxy every peer is local).
+    trust_loopback: bool = Field(True, validation_alias=_env("RAG_TRUST_LOOPBACK"))
+    auth_secret: str | None = Field(None, repr=False, validation_alias=_env("CHAINLIT_AUTH_SECRET"))
+
     @field_validator(
-        "api_key", "llm_fallback_api_key", "llm_base_url", "chroma_host", mode="before"
+        "api_key", "llm_fallback_api_key", "llm_base_url", "chroma_host", "auth_secret",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

@@ -44,12 +44,17 @@ class ChatSocket:
         host: str | None = None,
         transport: Transport = "websocket",
         timeout_s: float = 60,
+        login: tuple[str, str] | None = None,
+        thread_id: str | None = None,
     ) -> None:
         self.url = url
         self.origin = origin
         self.host = host
         self.transport = transport
         self.timeout_s = timeout_s
+        self.login = login
+        self.thread_id = thread_id
+        self.cookies: dict[str, str] = {}
         self.session_id = str(uuid.uuid4())
         self.events: list[tuple[str, Any]] = []
         self._changed = threading.Condition()
@@ -64,10 +69,32 @@ class ChatSocket:
         return {}
 
     def _polling_headers(self) -> dict[str, str]:
+        cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        sign_in = {"Cookie": cookie} if cookie else {}
         if self.transport == "websocket":
-            return {}
+            return sign_in
         headers = {"Origin": self.origin, "Host": self.host}
-        return {k: v for k, v in headers.items() if v is not None}
+        return {k: v for k, v in headers.items() if v is not None} | sign_in
+
+    def sign_in(self) -> dict[str, str]:
+        """Sign in as the page does: with ``login`` (name, password), else by header sign-in.
+
+        Keeps the session cookie for the socket and for :meth:`http`; an app
+        without sign-in, or one that refuses it, leaves no cookie.
+        """
+        headers = {k: v for k, v in {"Origin": self.origin, "Host": self.host}.items() if v}
+        with httpx.Client(base_url=self.url, headers=headers, timeout=10) as client:
+            if self.login is not None:
+                name, password = self.login
+                response = client.post("/login", data={"username": name, "password": password})
+            else:
+                response = client.post("/auth/header")
+            self.cookies = dict(response.cookies) if response.status_code == 200 else {}
+        return self.cookies
+
+    def http(self) -> httpx.Client:
+        """An HTTP client to the app carrying this chat's sign-in (for the history routes)."""
+        return httpx.Client(base_url=self.url, cookies=self.cookies, timeout=10)
 
     def _record(self, event: str, *args: Any) -> None:
         with self._changed:
@@ -76,7 +103,9 @@ class ChatSocket:
 
     # --- lifecycle ---------------------------------------------------------------------
     def connect(self) -> ChatSocket:
-        """Open the socket and start the chat; returns once the welcome message arrived."""
+        """Sign in, open the socket and start (or resume) the chat; returns once it is ready."""
+        if not self.cookies:
+            self.sign_in()
         self.sio.connect(
             self.url,
             socketio_path=SOCKET_PATH,
@@ -87,12 +116,16 @@ class ChatSocket:
                 "clientType": "webapp",
                 "userEnv": "{}",
                 "chatProfile": None,
-                "threadId": None,
+                "threadId": self.thread_id,
             },
             wait_timeout=10,
         )
         self.sio.emit("connection_successful")
-        self.wait_for(lambda: bool(self.messages()), "the welcome message")
+        if self.thread_id is None:
+            self.wait_for(lambda: bool(self.messages()), "the welcome message")
+        else:
+            names = ("resume_thread", "resume_thread_error")
+            self.wait_for(lambda: any(n in names for n, _ in self.events), "the resumed chat")
         return self
 
     def close(self) -> None:
@@ -114,7 +147,7 @@ class ChatSocket:
             {
                 "message": {
                     "id": str(uuid.uuid4()),
-                    "threadId": "",
+                    "threadId": self.thread_id or "",
                     "name": "User",
                     "type": "user_message",
                     "output": question,
@@ -136,12 +169,20 @@ class ChatSocket:
         response = httpx.get(
             f"{self.url}/project/file/{element['chainlitKey']}",
             params={"session_id": self.session_id},
+            cookies=self.cookies,
             timeout=10,
         )
         response.raise_for_status()
         return response.text
 
     # --- reading what arrived ----------------------------------------------------------
+    def thread_id_started(self) -> str | None:
+        """The id of the thread this chat saved to, once the first question started it."""
+        for name, data in self.events:
+            if name == "first_interaction":
+                return data.get("thread_id")
+        return self.thread_id
+
     def messages(self, events: list[tuple[str, Any]] | None = None) -> dict[str, str]:
         """Assistant messages by id, as the page shows them after every token and update."""
         shown: dict[str, str] = {}

@@ -137,3 +137,15 @@ def sample_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     settings = make_settings(tmp_path_factory.mktemp("sample"), docs_dir=REPO / "docs")
     _ingest_cleanly(settings)
     return settings
+
+
+@pytest.fixture
+def private_store(tmp_path: Path, corpus_store: Path) -> Path:
+    """A copy of the corpus store of this test's own, for apps that write history and users."""
+    import shutil
+
+    own = tmp_path / "store"
+    shutil.copytree(corpus_store, own, ignore=shutil.ignore_patterns(
+        "chat-files", "*.lock", "history.db*", "users.json", "auth-secret"
+    ))
+    return own
