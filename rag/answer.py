@@ -48,6 +48,7 @@ from rag.grounding import (
     is_refusal,
     judge,
     keep_close,
+    matched,
     sentences,
     support,
 )
@@ -122,6 +123,8 @@ class AnswerDone:
     sources: list[Citation[Hit]] = field(default_factory=list)  # cited passages, as cited
     refused: bool = False  # the answer says the documents do not cover the question
     unsupported: list[str] = field(default_factory=list)  # sentences its sources do not back
+    # The answer cited no [n]: ``sources`` is the passage that holds most of its words.
+    sources_inferred: bool = False
 
 
 AnswerEvent = AnswerStart | AnswerDelta | AnswerDone
@@ -328,6 +331,9 @@ async def _relay(
     text = "".join(parts)
     cited = citations(text, prompt.hits)
     refused = not cited and is_refusal(text)
+    inferred = not cited and not refused
+    if inferred:
+        cited = matched(text, prompt.hits, settings.support_min)
     yield AnswerDone(
         route=route,
         text=text,
@@ -337,6 +343,7 @@ async def _relay(
         sources=[] if refused else cited,
         refused=refused,
         unsupported=[] if refused else unsupported(text, cited, settings),
+        sources_inferred=inferred and bool(cited),
     )
 
 

@@ -130,6 +130,16 @@ def citations(text: str, hits: Sequence[T]) -> list[Citation[T]]:
     return list(seen.values())
 
 
+def matched(text: str, hits: Sequence[Hit], threshold: float) -> list[Citation[Hit]]:
+    """For an answer that cites no ``[n]``: the passage that holds most of its words, when it
+    holds at least ``threshold`` of them (models on this machine often forget to cite)."""
+    if not hits or not content_words(text):
+        return []
+    scored = [(support(text, [h.text]), n) for n, h in enumerate(hits, start=1)]
+    best, number = max(scored, key=lambda pair: (pair[0], -pair[1]))
+    return [Citation(number, hits[number - 1])] if best >= threshold else []
+
+
 def is_refusal(text: str) -> bool:
     """True when an answer says the documents do not cover the question.
 

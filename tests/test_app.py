@@ -115,7 +115,7 @@ async def test_answer_is_grounded_with_the_context_ahead_of_the_question_and_sho
         (request,) = fake.requests
         assert request["model"] == "phi-4-mini-fake" and request["stream"] is True
         system, user = request["messages"]
-        assert system["role"] == "system" and "only from the numbered context" in system["content"]
+        assert system["role"] == "system" and "using only the numbered context" in system["content"]
         content = user["content"]
         assert content.startswith(f"{CONTEXT_HEAD}\n[1] (")
         assert content.endswith(f"\n\nQuestion: {HOLIDAYS}")

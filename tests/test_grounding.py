@@ -236,3 +236,13 @@ async def test_the_follow_up_in_the_chat_is_searched_with_the_question_before_it
         steps = [d for _, d in chat.events if isinstance(d, dict) and d.get("type") == "retrieval"]
         inputs = [d["input"] for d in steps if d.get("input")]
     assert inputs[-1] == "How much is paid per kilometre when I drive my own car?\nAnd for a motorbike?"
+
+
+async def test_an_answer_that_cites_nothing_is_matched_to_the_passage_holding_its_words(
+    corpus_store: Path,
+) -> None:
+    with FakeOpenAI(models=["m"], reply="Everyone gets 28 days of paid holiday a year.") as fake:
+        settings = offline_settings(corpus_store, llm_base_url=fake.base_url)
+        *_, done = [e async for e in answer(HOLIDAYS, settings, model="m")]
+    assert isinstance(done, AnswerDone) and done.sources_inferred and len(done.sources) == 1
+    assert "28 days" in done.sources[0].hit.text

@@ -10,6 +10,8 @@ from tokenizers import Tokenizer
 from rag.errors import RagError
 from rag.llm import Endpoint
 from rag.prompt import (
+    FULL_PASSAGES,
+    ON_CPU,
     CONTEXT_END,
     CONTEXT_HEAD,
     COMPACT,
@@ -57,7 +59,7 @@ def test_context_is_numbered_and_placed_before_the_question(tmp_path: Path) -> N
 
     system, user = prompt.messages
     assert system == {"role": "system", "content": SYSTEM_PROMPT}
-    assert "only from the numbered context" in system["content"] and "[1]" in system["content"]
+    assert "using only the numbered context" in system["content"] and "[1]" in system["content"]
     assert user["role"] == "user"
     content = user["content"]
     assert content.startswith(f"{CONTEXT_HEAD}\n[1] (guide.pdf, page 3) Fact 1:")
@@ -162,7 +164,7 @@ def test_a_single_long_passage_is_truncated_to_fit(tmp_path: Path) -> None:
     assert prompt.tokens > 200 - 30
 
 
-@pytest.mark.parametrize("window", [300, 384, 512, 1024, 2048])
+@pytest.mark.parametrize("window", [320, 384, 512, 1024, 2048])
 def test_the_prompt_never_exceeds_the_budget(tmp_path: Path, window: int) -> None:
     settings = make_settings(tmp_path, context_tokens=window, answer_tokens=128, history_turns=6)
     hits = [hit(n, words=150) for n in range(1, 8)]
@@ -230,9 +232,10 @@ def test_a_model_below_300m_parameters_gets_the_compact_prompt() -> None:
     assert style_for(_provider(Kind.EMBEDDED, SMALL_MODEL_PARAMETERS - 1)) is COMPACT
 
 
-def test_a_larger_model_or_one_of_unknown_size_gets_the_full_prompt() -> None:
-    assert style_for(_provider(Kind.EMBEDDED, SMALL_MODEL_PARAMETERS)) is FULL
-    assert style_for(_provider(Kind.EMBEDDED, 500_000_000)) is FULL
+def test_a_larger_embedded_model_gets_three_passages_and_a_server_of_unknown_size_all() -> None:
+    assert style_for(_provider(Kind.EMBEDDED, SMALL_MODEL_PARAMETERS)) is ON_CPU
+    assert style_for(_provider(Kind.EMBEDDED, 1_500_000_000)) is ON_CPU
+    assert ON_CPU.max_passages == FULL_PASSAGES and ON_CPU.temperature == 0.0
     for kind in (Kind.CONFIGURED, Kind.FOUNDRY, Kind.DECLARED):
         assert style_for(_provider(kind, None)) is FULL
 

@@ -137,9 +137,10 @@ def _sources_line(start: AnswerStart, done: AnswerDone) -> str:
         labels = (f"[{n}] {source_label(h)}" for n, h in enumerate(start.hits, start=1))
         return "**Closest matches (not sources):** " + " · ".join(labels)
     if done.sources:
-        return "**Sources:** " + " · ".join(
-            f"[{c.number}] {source_label(c.hit)}" for c in done.sources
-        )
+        labels = " · ".join(f"[{c.number}] {source_label(c.hit)}" for c in done.sources)
+        if done.sources_inferred:
+            return f"**Source (matched by its words; the answer cites none):** {labels}"
+        return f"**Sources:** {labels}"
     return (
         "*This answer cites no passage, so it lists no sources; the passages searched are in "
         "the document search step above.*"
