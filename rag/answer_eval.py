@@ -61,6 +61,7 @@ from typing import Any
 
 from rag.answer import AnswerDone, AnswerStart, answer
 from rag.errors import NoDocuments, RagError
+from rag.grounding import is_refusal as declines
 from rag.llm import Message
 from rag.routing import Route
 from rag.settings import Settings, get_settings
@@ -242,61 +243,10 @@ def first_source(
 # The relevance gate's reply (the pipeline answers with it instead of asking a model).
 GATE_PREFIX = "Your documents do not seem to cover"
 
-_SUBJECT = (
-    r"(?:documents?|context|passages?|sources?|excerpts?|(?:provided|given) (?:text|information))"
-)
-_VERBS = (
-    r"(?:cover|contain|mention|include|say|address|discuss|describe|specify|provide|answer"
-    r"|have)"
-)
-# What models write when they decline. Each alternative names the documents (or the
-# speaker's own ignorance), so answers that merely contain a negation ("you do not
-# need a GPU", "files that cannot be read are skipped") do not match.
-REFUSAL = re.compile(
-    "|".join(
-        [
-            rf"\b{_SUBJECT},? (?:do|does|did)(?: not|n't) (?:seem to |appear to )?{_VERBS}\b",
-            r"\bnot (?:mentioned|covered|specified|stated|found|provided|included|addressed|"
-            rf"discussed|described|given) (?:anywhere )?in (?:the|your|these|this)"
-            rf" (?:provided |given )?{_SUBJECT}",
-            r"\b(?:there is|there's|there are|I have|I found|(?:contain|provide|give|mention)s?"
-            r"|has|have) no (?:information|mention|details?)\b",
-            r"\bI (?:do not|don't) (?:know|have (?:any |enough )?(?:information|details))\b",
-            r"\bI (?:cannot|can't|can not|could not|couldn't|am unable to|am not able to)"
-            r" (?:find|answer|determine|tell|say|provide|give|locate|help)\b",
-            r"\b(?:cannot|can't|could not) be (?:answered|determined|found) (?:from|in|with)\b",
-            r"\bnot (?:enough|sufficient) information\b",
-        ]
-    ),
-    re.IGNORECASE,
-)
-# A phrase inside a condition or a report of speech ("if the answer says the documents
-# do not cover your question, ...") describes a refusal, it is not one.
-_HEDGE = re.compile(r"\b(?:if|when|whenever|unless|says?|said)\b", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-OPENING_SENTENCES = 2
-
-
 def is_refusal(text: str, refused: bool = False) -> bool:
-    """True when the answer declines: the pipeline says so, or the model does near its start.
-
-    ``refused`` is the pipeline's own verdict (``AnswerDone.refused``, the relevance
-    gate), trusted when set. Otherwise the answer's *opening* is searched for
-    :data:`REFUSAL`: the text before its first ``[n]`` citation, at most its first
-    two sentences. That is where models decline ("I'm sorry, but the documents do
-    not cover ..."); a remark after an answer that cites a passage ("... [1]. The
-    documents do not mention HTTPS.") leaves it an answer. A phrase preceded in its
-    sentence by *if*, *when*, *unless* or *says* is a description, not a refusal.
-    """
-    if refused or text.lstrip().startswith(GATE_PREFIX):
-        return True
-    opening = _CITATION.split(plain(text), maxsplit=1)[0]
-    sentences = [s for s in _SENTENCE_END.split(opening.strip()) if s][:OPENING_SENTENCES]
-    for sentence in sentences:
-        for match in REFUSAL.finditer(sentence):
-            if not _HEDGE.search(sentence[: match.start()]):
-                return True
-    return False
+    """True when the answer declines: the pipeline says so (``AnswerDone.refused``, the
+    relevance gate), or the model does near its start (:func:`rag.grounding.is_refusal`)."""
+    return refused or text.lstrip().startswith(GATE_PREFIX) or declines(text)
 
 
 class Outcome(enum.Enum):

@@ -51,15 +51,40 @@ _STOPWORDS = frozenset(
 )
 # A crude stem: "configure", "configured" and "configuration" share their first five letters.
 _STEM = 5
-# Answers that decline, as models word it; kept tight, since a false match hides an answer.
-_REFUSALS = re.compile(
-    r"do(?:es)? not (?:seem to )?cover|"
-    r"(?:is|are) not (?:mentioned|covered|described|stated|included) in the (?:context|documents?|passages?)|"
-    r"(?:context|documents?|passages?) (?:do(?:es)? not|don't) (?:contain|mention|say|include|provide)|"
-    r"no information (?:about|on|regarding)|"
-    r"^i (?:do not|don't) know\b",
+_SUBJECT = (
+    r"(?:documents?|context|passages?|sources?|excerpts?|(?:provided|given) (?:text|information))"
+)
+_VERBS = (
+    r"(?:cover|contain|mention|include|say|address|discuss|describe|specify|provide|answer"
+    r"|have)"
+)
+# What models write when they decline. Each alternative names the documents (or the
+# speaker's own ignorance), so answers that merely contain a negation ("you do not
+# need a GPU", "files that cannot be read are skipped") do not match.
+REFUSAL = re.compile(
+    "|".join(
+        [
+            rf"\b{_SUBJECT},? (?:do|does|did)(?: not|n't) (?:seem to |appear to )?{_VERBS}\b",
+            r"\bnot (?:mentioned|covered|specified|stated|found|provided|included|addressed|"
+            rf"discussed|described|given) (?:anywhere )?in (?:the|your|these|this)"
+            rf" (?:provided |given )?{_SUBJECT}",
+            r"\b(?:there is|there's|there are|I have|I found|(?:contain|provide|give|mention)s?"
+            r"|has|have) no (?:information|mention|details?)\b",
+            r"\bI (?:do not|don't) (?:know|have (?:any |enough )?(?:information|details))\b",
+            r"\bI (?:cannot|can't|can not|could not|couldn't|am unable to|am not able to)"
+            r" (?:find|answer|determine|tell|say|provide|give|locate|help)\b",
+            r"\b(?:cannot|can't|could not) be (?:answered|determined|found) (?:from|in|with)\b",
+            r"\bnot (?:enough|sufficient) information\b",
+        ]
+    ),
     re.IGNORECASE,
 )
+# A phrase inside a condition or a report of speech ("if the answer says the documents
+# do not cover your question, ...") describes a refusal, it is not one.
+_HEDGE = re.compile(r"\b(?:if|when|whenever|unless|says?|said)\b", re.IGNORECASE)
+_MARKUP = re.compile(r"[*`]+")
+_CITES = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+OPENING_SENTENCES = 2
 
 
 @dataclass(frozen=True)
@@ -141,13 +166,27 @@ def matched(text: str, hits: Sequence[Hit], threshold: float) -> list[Citation[H
 
 
 def is_refusal(text: str) -> bool:
-    """True when an answer says the documents do not cover the question.
+    """True when an answer declines, near its start.
+
+    The answer's *opening* is searched for :data:`REFUSAL`: the text before its first
+    ``[n]`` citation, at most its first two sentences. That is where models decline
+    ("I'm sorry, but the documents do not cover ..."); a remark after an answer that
+    cites a passage ("... [1]. The documents do not mention HTTPS.") leaves it an
+    answer. A phrase preceded in its sentence by *if*, *when*, *unless* or *says*
+    describes a refusal; it is not one.
 
     >>> is_refusal("The context does not mention a CEO."), is_refusal("Use port 11434 [1].")
     (True, False)
     """
-    head = text.strip()[:300]
-    return bool(head) and bool(_REFUSALS.search(head))
+    if text.lstrip().startswith(NOT_COVERED):
+        return True
+    plain = _MARKUP.sub("", text).replace("\u2019", "'").replace("\u2018", "'")
+    opening = _CITES.split(plain, maxsplit=1)[0]
+    for sentence in sentences(opening)[:OPENING_SENTENCES]:
+        for match in REFUSAL.finditer(sentence):
+            if not _HEDGE.search(sentence[: match.start()]):
+                return True
+    return False
 
 
 def sentences(text: str) -> list[str]:

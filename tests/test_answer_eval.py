@@ -301,10 +301,11 @@ SCRIPT: dict[str, tuple[dict[str, Any], str]] = {
         "You get 20 EUR a day for airport parking [1].",
     ),
 }
-# What the script scores as, for each model: two right, two wrong, one false refusal;
+# What the script scores as, for each model: three right (the answer citing nothing is matched
+# to the passage holding its words), one wrong, one false refusal;
 # one refused right, one not refused.
 EXPECTED = {
-    "questions": 7, "answerable": 5, "uncovered": 2, "answered_right": 2, "wrong_answers": 2,
+    "questions": 7, "answerable": 5, "uncovered": 2, "answered_right": 3, "wrong_answers": 1,
     "false_refusals": 1, "refused_right": 1, "not_refused": 1, "errors": 0,
 }  # fmt: skip
 SLOW_FIRST_TOKEN_S = 0.3
@@ -378,7 +379,7 @@ def test_cli_reports_scripted_outcomes_per_model(
         assert line["total_p50_s"] <= line["total_p95_s"]
     assert lines[1]["ttft_p50_s"] >= SLOW_FIRST_TOKEN_S > lines[0]["ttft_p50_s"]
     misses = {m["q"]: m for m in lines[0]["misses"]}
-    assert misses["How long does my password need to be?"]["first_source"] is None
+    assert "How long does my password need to be?" not in misses  # matched, though uncited
     assert misses["What do I get per kilometre when I drive my own car?"]["missing"] == [
         r"/0\.30?\b/"
     ]
@@ -421,7 +422,7 @@ def test_cli_prints_a_table_and_exits_0_the_way_a_user_runs_it(
     assert "7 questions (5 answerable, 2 not covered by the documents)" in table[0]
     assert table[1].split()[:3] == ["model", "right", "refused"]
     assert table[2].startswith("default (configured:small)")
-    assert table[2].split()[2:8] == ["2/5", "1/2", "1/5", "2/5", "1/2", "0"]
+    assert table[2].split()[2:8] == ["3/5", "1/2", "1/5", "1/5", "1/2", "0"]
     assert "[7/7] default: not refused" in out.stderr
     # --k 3: three passages in every prompt.
     assert all(len(_PASSAGE.findall(r["messages"][-1]["content"])) == 3

@@ -69,6 +69,7 @@ def test_citations_follow_the_order_of_first_mention_and_ignore_numbers_out_of_r
         NOT_COVERED,
         "The documents do not cover the CEO.",
         "The context does not mention a mobile app.",
+        "The CEO is not mentioned in the provided context.",
         "I don't know.",
         "There is no information about Tokyo in the passages.",
     ],
