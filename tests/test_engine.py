@@ -1,7 +1,8 @@
 """The embedded engine: a real converted model served over HTTP, driven by the real openai SDK.
 
 One `rag.embedded_llm serve` child (started through EngineProcess, as the app does) serves the
-whole module; process-lifecycle tests start their own.
+smallest tier (SmolLM2-135M) to the whole module, for speed; process-lifecycle tests start their
+own. One test serves the default tier and checks it answers a grounded question.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ import pytest
 from rag.embedded_llm import EngineProcess, engine_available
 from rag.embedded_llm.generation import StopMatcher, ends_in_loop
 from rag.errors import ModelMissing
+from rag.embedded_llm.tiers import TIERS
 from rag.llm import Endpoint
+from rag.settings import Settings
 from tests.conftest import REPO, make_settings
+
+SMALL = "smollm2-135m"
 
 CONTEXT_PROMPT = [
     {"role": "system", "content": "Answer only from the context. Be brief."},
@@ -38,7 +43,7 @@ CONTEXT_PROMPT = [
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EngineProcess, Endpoint]]:
-    settings = make_settings(tmp_path_factory.mktemp("engine"))
+    settings = make_settings(tmp_path_factory.mktemp("engine"), engine_model=SMALL)
     process = EngineProcess(settings)
     endpoint = process.start()
     yield process, endpoint
@@ -179,6 +184,40 @@ def test_disconnect_mid_stream_stops_generation(engine, client) -> None:
     assert reply.usage.completion_tokens > 0 and time.monotonic() - started < 10
 
 
+# --- the default tier ------------------------------------------------------------------------
+GROUNDED_PROMPT = [
+    {
+        "role": "system",
+        "content": "Answer only from the numbered context and cite passages like [1]. If the "
+        "context does not say, answer that the documents do not say.",
+    },
+    {
+        "role": "user",
+        "content": "Context:\n"
+        "[1] Brightwater Kayaks rents touring kayaks by the day. A rented kayak must be back "
+        "at the boathouse within 48 hours; each late day costs 15 euros.\n"
+        "[2] The boathouse opens at 8:00 and closes at 19:00 from May to September.\n"
+        "[3] Life jackets are included with every rental and must be worn on the water.\n\n"
+        "Question: how long may I keep a kayak I rented, and what happens if I am late?",
+    },
+]
+
+
+def test_default_tier_answers_a_grounded_question_from_its_context(tmp_path: Path) -> None:
+    default = TIERS[Settings(_env_file=None).engine_model]
+    with EngineProcess(make_settings(tmp_path)) as process:
+        endpoint = process.endpoint
+        assert endpoint is not None and endpoint.model == default.folder
+        assert endpoint.context_tokens == default.context_tokens
+        client = openai.OpenAI(base_url=endpoint.base_url, api_key="x", max_retries=0, timeout=300)
+        reply = client.chat.completions.create(
+            model=endpoint.model, messages=GROUNDED_PROMPT, temperature=0, max_tokens=80
+        )
+    answer = reply.choices[0].message.content
+    assert "48" in answer and "15" in answer, answer
+    assert reply.choices[0].finish_reason == "stop", answer
+
+
 # --- errors ----------------------------------------------------------------------------
 def _assert_openai_error(reply: httpx.Response, status: int) -> dict:
     assert reply.status_code == status, reply.text
@@ -236,7 +275,7 @@ def test_unknown_route_gets_json_404(engine) -> None:
 
 # --- processes ------------------------------------------------------------------------------
 def test_stop_leaves_no_engine_process_behind(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
+    settings = make_settings(tmp_path, engine_model=SMALL)
     with EngineProcess(settings) as process:
         pid = process.pid
         assert pid and _alive(pid)
@@ -259,7 +298,7 @@ def test_engine_dies_when_its_parent_is_killed(tmp_path: Path, started_from: str
         "from rag.embedded_llm import EngineProcess\n"
         "from tests.conftest import make_settings\n"
         "from pathlib import Path\n"
-        f"p = EngineProcess(make_settings(Path({str(tmp_path)!r})))\n"
+        f"p = EngineProcess(make_settings(Path({str(tmp_path)!r}), engine_model={SMALL!r}))\n"
         f"{start}"
         "print(p.pid, flush=True)\n"
         "time.sleep(120)\n"
@@ -284,7 +323,7 @@ def test_shared_engine_is_stopped_when_the_app_exits(tmp_path: Path) -> None:
         "from pathlib import Path\n"
         "from rag.embedded_llm import shared_engine\n"
         "from tests.conftest import make_settings\n"
-        f"settings = make_settings(Path({str(tmp_path)!r}))\n"
+        f"settings = make_settings(Path({str(tmp_path)!r}), engine_model={SMALL!r})\n"
         "engine = shared_engine(settings)\n"
         "engine.start()\n"
         "assert shared_engine(settings) is engine and engine.start() is engine.endpoint\n"
