@@ -9,14 +9,19 @@ PY        := $(VENV)/bin/python
 UV        := $(VENV)/bin/uv
 HOST      ?= 127.0.0.1
 PORT      ?= 8000
+# The offline model the embedded engine builds and serves (rag/embedded_llm/tiers.py):
+# qwen2.5-1.5b, qwen2.5-0.5b or smollm2-135m. `make chat ENGINE_MODEL=qwen2.5-0.5b` picks another.
+ENGINE_MODEL ?= $(or $(RAG_ENGINE_MODEL),qwen2.5-1.5b)
+# The test suite runs on the smallest tier for speed; one test serves the default tier.
+TEST_ENGINE_MODEL := smollm2-135m
 # Machines prepared for this project carry the CPU torch wheel in /opt/wheels.
 FIND_LINKS := $(if $(wildcard /opt/wheels/*.whl),--find-links /opt/wheels)
 
-.PHONY: chat test install install-dev models ingest serve bench browser clean
+.PHONY: chat test install install-dev models test-models ingest serve bench browser clean
 
 chat: install models ingest serve
 
-test: install-dev models browser
+test: install-dev test-models browser
 	$(PY) -m pytest
 
 $(VENV)/bin/python:
@@ -41,17 +46,21 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 # Export the embedder to ONNX and build the embedded LLM; both skip work whose checksum matches.
+# A build that does not fit this machine's free memory or disk stops at once and names one that does.
 models: install
 	$(PY) -m rag.export_embedder
-	$(PY) -m rag.embedded_llm build
+	$(PY) -m rag.embedded_llm build --model $(ENGINE_MODEL)
+
+test-models: models
+	$(PY) -m rag.embedded_llm build --model $(TEST_ENGINE_MODEL)
 
 ingest: install
 	$(PY) -m ingest
 
 serve: install
-	$(VENV)/bin/chainlit run app.py --headless --host $(HOST) --port $(PORT)
+	RAG_ENGINE_MODEL=$(ENGINE_MODEL) $(VENV)/bin/chainlit run app.py --headless --host $(HOST) --port $(PORT)
 
-bench: install-dev models
+bench: install-dev test-models
 	$(PY) -m bench
 
 # The end-to-end test drives Debian's chromium; install it when we are allowed to.

@@ -112,6 +112,8 @@ class Settings(BaseSettings):
 
     # --- embedded engine (ONNX Runtime GenAI) --------------------------------
     engine: Literal["auto", "off"] = Field("auto", validation_alias=_env("RAG_ENGINE"))
+    # Which offline model the engine builds and serves (rag/embedded_llm/tiers.py).
+    engine_model: str = Field("qwen2.5-1.5b", validation_alias=_env("RAG_ENGINE_MODEL"))
     engine_model_dir_override: Path | None = Field(
         None, validation_alias=_env("RAG_ENGINE_MODEL_DIR")
     )
@@ -180,6 +182,17 @@ class Settings(BaseSettings):
         # One spelling per address, as the guard compares them (fd00:0::5 is fd00::5).
         return tuple(str(ipaddress.ip_address(h)) if _is_address(h) else h for h in hosts)
 
+    @field_validator("engine_model")
+    @classmethod
+    def _known_tier(cls, value: str) -> str:
+        # Imported here: the engine package imports this module at its own import time.
+        from rag.embedded_llm.tiers import TIERS
+
+        if value not in TIERS:
+            choices = ", ".join(TIERS)
+            raise ValueError(f"'{value}' is not an engine model tier; use one of {choices}")
+        return value
+
     @model_validator(mode="after")
     def _overlap_below_chunk(self) -> Settings:
         if self.chunk_overlap >= self.chunk_tokens:
@@ -201,8 +214,13 @@ class Settings(BaseSettings):
 
     @property
     def engine_model_dir(self) -> Path:
-        """The ONNX Runtime GenAI model the embedded engine serves."""
-        return self.engine_model_dir_override or self.models_dir / "smollm2-135m-instruct-int4"
+        """The ONNX Runtime GenAI model the embedded engine serves.
+
+        ``RAG_ENGINE_MODEL_DIR`` when set, else the folder of the ``RAG_ENGINE_MODEL`` tier.
+        """
+        from rag.embedded_llm.tiers import TIERS
+
+        return self.engine_model_dir_override or self.models_dir / TIERS[self.engine_model].folder
 
     @property
     def chroma_dir(self) -> Path:

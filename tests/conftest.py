@@ -34,6 +34,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
 
 
+SMALLEST_TIER = "smollm2-135m"
 # A developer's .env or shell must not change what the tests see.
 _LEAKY_ENV = [
     name
@@ -46,6 +47,8 @@ _LEAKY_ENV = [
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _LEAKY_ENV:
         monkeypatch.delenv(name, raising=False)
+    # The suite answers with the smallest tier; the tests of the default tier say so.
+    monkeypatch.setenv("RAG_ENGINE_MODEL", SMALLEST_TIER)
 
 
 def free_port() -> int:
@@ -73,6 +76,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "docs_dir": docs,
         "data_dir": tmp_path / "data",
         "models_dir_override": MODELS_DIR,
+        "engine_model": SMALLEST_TIER,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -1,7 +1,8 @@
 """The embedded engine: a real converted model served over HTTP, driven by the real openai SDK.
 
 One `rag.embedded_llm serve` child (started through EngineProcess, as the app does) serves the
-whole module; process-lifecycle tests start their own.
+smallest tier (SmolLM2-135M) to the whole module, for speed; process-lifecycle tests start their
+own. One test serves the default tier and checks it answers a grounded question.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ import pytest
 from rag.embedded_llm import EngineProcess, engine_available
 from rag.embedded_llm.generation import StopMatcher, ends_in_loop
 from rag.errors import ModelMissing
+from rag.embedded_llm.tiers import TIERS
 from rag.llm import Endpoint
+from rag.settings import Settings
 from tests.conftest import REPO, make_settings
+
+SMALL = "smollm2-135m"
 
 CONTEXT_PROMPT = [
     {"role": "system", "content": "Answer only from the context. Be brief."},
@@ -38,7 +43,7 @@ CONTEXT_PROMPT = [
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EngineProcess, Endpoint]]:
-    settings = make_settings(tmp_path_factory.mktemp("engine"))
+    settings = make_settings(tmp_path_factory.mktemp("engine"), engine_model=SMALL)
     process = EngineProcess(settings)
     endpoint = process.start()
     yield process, endpoint
@@ -65,15 +70,15 @@ def _alive(pid: int) -> bool:
 
 # --- answers -------------------------------------------------------------------------
 def test_models_lists_the_loaded_model_with_its_context(engine, client) -> None:
-    _, endpoint = engine
+    process, endpoint = engine
     assert [m.id for m in client.models.list().data] == ["smollm2-135m-instruct-int4"]
-    assert endpoint.model == "smollm2-135m-instruct-int4"
-    assert endpoint.context_tokens == 8192 and endpoint.is_local and endpoint.name == "embedded"
+    assert process.info is not None and process.info.id == "smollm2-135m-instruct-int4"
+    assert process.info.context_tokens == 8192 and endpoint.name == "embedded"
 
 
 def test_streamed_answer_repeats_a_fact_given_in_the_context(engine, client) -> None:
     stream = client.chat.completions.create(
-        model=engine[1].model, messages=CONTEXT_PROMPT, stream=True, temperature=0, max_tokens=40
+        model=engine[0].info.id, messages=CONTEXT_PROMPT, stream=True, temperature=0, max_tokens=40
     )
     deltas = [
         c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
@@ -86,7 +91,7 @@ def test_non_streamed_answer_reports_real_token_usage(engine, client) -> None:
     import onnxruntime_genai as og
 
     reply = client.chat.completions.create(
-        model=engine[1].model, messages=CONTEXT_PROMPT, temperature=0, max_tokens=40
+        model=engine[0].info.id, messages=CONTEXT_PROMPT, temperature=0, max_tokens=40
     )
     tokenizer = og.Tokenizer(og.Model(str(engine[0].model_dir)))
     templated = tokenizer.apply_chat_template(
@@ -100,7 +105,7 @@ def test_non_streamed_answer_reports_real_token_usage(engine, client) -> None:
 
 def test_streamed_usage_is_sent_when_asked(engine, client) -> None:
     chunks = list(client.chat.completions.create(
-        model=engine[1].model, messages=CONTEXT_PROMPT, stream=True, temperature=0, max_tokens=40,
+        model=engine[0].info.id, messages=CONTEXT_PROMPT, stream=True, temperature=0, max_tokens=40,
         stream_options={"include_usage": True},
     ))  # fmt: skip
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
@@ -109,7 +114,7 @@ def test_streamed_usage_is_sent_when_asked(engine, client) -> None:
 
 def test_max_tokens_bounds_the_answer(engine, client) -> None:
     reply = client.chat.completions.create(
-        model=engine[1].model, temperature=0, max_tokens=7,
+        model=engine[0].info.id, temperature=0, max_tokens=7,
         messages=[{"role": "user", "content": "Write a long story about a dragon."}],
     )  # fmt: skip
     assert reply.choices[0].finish_reason == "length"
@@ -117,7 +122,7 @@ def test_max_tokens_bounds_the_answer(engine, client) -> None:
 
 
 def test_stop_sequence_cuts_the_answer_before_it(engine, client) -> None:
-    ask = dict(model=engine[1].model, messages=CONTEXT_PROMPT, temperature=0, max_tokens=40)
+    ask = dict(model=engine[0].info.id, messages=CONTEXT_PROMPT, temperature=0, max_tokens=40)
     full = client.chat.completions.create(**ask).choices[0].message.content
     words = full.split()
     assert len(words) >= 3, full
@@ -133,7 +138,7 @@ async def test_four_concurrent_requests_all_complete_with_the_fact(engine) -> No
     async def ask() -> tuple[str, str | None]:
         # The same greedy request four times: each answer must be whole, not a share of one.
         stream = await client.chat.completions.create(
-            model=engine[1].model, messages=CONTEXT_PROMPT, stream=True, temperature=0,
+            model=engine[0].info.id, messages=CONTEXT_PROMPT, stream=True, temperature=0,
             max_tokens=24,
         )  # fmt: skip
         text, finish = [], None
@@ -152,11 +157,12 @@ async def test_four_concurrent_requests_all_complete_with_the_fact(engine) -> No
 
 
 def test_disconnect_mid_stream_stops_generation(engine, client) -> None:
-    _, endpoint = engine
+    process, endpoint = engine
+    model = process.info.id
     before = _stats(endpoint)
     # ignore_eos keeps the model talking for 4000 tokens (about a minute) unless stopped.
     stream = client.chat.completions.create(
-        model=endpoint.model, stream=True, max_tokens=4000, temperature=0,
+        model=model, stream=True, max_tokens=4000, temperature=0,
         messages=[{"role": "user", "content": "Tell me everything about oceans."}],
         extra_body={"ignore_eos": True},
     )  # fmt: skip
@@ -174,9 +180,43 @@ def test_disconnect_mid_stream_stops_generation(engine, client) -> None:
     # The single generation worker is free again at once.
     started = time.monotonic()
     reply = client.chat.completions.create(
-        model=endpoint.model, messages=CONTEXT_PROMPT, max_tokens=5
+        model=model, messages=CONTEXT_PROMPT, max_tokens=5
     )
     assert reply.usage.completion_tokens > 0 and time.monotonic() - started < 10
+
+
+# --- the default tier ------------------------------------------------------------------------
+GROUNDED_PROMPT = [
+    {
+        "role": "system",
+        "content": "Answer only from the numbered context and cite passages like [1]. If the "
+        "context does not say, answer that the documents do not say.",
+    },
+    {
+        "role": "user",
+        "content": "Context:\n"
+        "[1] Brightwater Kayaks rents touring kayaks by the day. A rented kayak must be back "
+        "at the boathouse within 48 hours; each late day costs 15 euros.\n"
+        "[2] The boathouse opens at 8:00 and closes at 19:00 from May to September.\n"
+        "[3] Life jackets are included with every rental and must be worn on the water.\n\n"
+        "Question: how long may I keep a kayak I rented, and what happens if I am late?",
+    },
+]
+
+
+def test_default_tier_answers_a_grounded_question_from_its_context(tmp_path: Path) -> None:
+    default = TIERS[Settings.model_fields["engine_model"].default]
+    with EngineProcess(make_settings(tmp_path, engine_model=default.name)) as process:
+        endpoint, info = process.endpoint, process.info
+        assert endpoint is not None and info is not None and info.id == default.folder
+        assert info.context_tokens == default.context_tokens
+        client = openai.OpenAI(base_url=endpoint.base_url, api_key="x", max_retries=0, timeout=300)
+        reply = client.chat.completions.create(
+            model=info.id, messages=GROUNDED_PROMPT, temperature=0, max_tokens=80
+        )
+    answer = reply.choices[0].message.content
+    assert "48" in answer and "15" in answer, answer
+    assert reply.choices[0].finish_reason == "stop", answer
 
 
 # --- errors ----------------------------------------------------------------------------
@@ -197,7 +237,7 @@ def test_malformed_json_gets_400(engine) -> None:
 
 
 def test_missing_messages_gets_400(engine) -> None:
-    reply = httpx.post(f"{engine[1].base_url}/chat/completions", json={"model": engine[1].model})
+    reply = httpx.post(f"{engine[1].base_url}/chat/completions", json={"model": engine[0].info.id})
     assert _assert_openai_error(reply, 400)["param"] == "messages"
 
 
@@ -224,7 +264,7 @@ def test_prompt_longer_than_the_context_gets_400_with_a_message(engine, client) 
     huge = "word " * 9000  # about 9,000 tokens against a context of 8,192
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
-            model=engine[1].model, messages=[{"role": "user", "content": huge}]
+            model=engine[0].info.id, messages=[{"role": "user", "content": huge}]
         )
     assert "maximum context length is 8192 tokens" in caught.value.body["message"]
     assert caught.value.body["code"] == "context_length_exceeded"
@@ -236,7 +276,7 @@ def test_unknown_route_gets_json_404(engine) -> None:
 
 # --- processes ------------------------------------------------------------------------------
 def test_stop_leaves_no_engine_process_behind(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
+    settings = make_settings(tmp_path, engine_model=SMALL)
     with EngineProcess(settings) as process:
         pid = process.pid
         assert pid and _alive(pid)
@@ -259,7 +299,7 @@ def test_engine_dies_when_its_parent_is_killed(tmp_path: Path, started_from: str
         "from rag.embedded_llm import EngineProcess\n"
         "from tests.conftest import make_settings\n"
         "from pathlib import Path\n"
-        f"p = EngineProcess(make_settings(Path({str(tmp_path)!r})))\n"
+        f"p = EngineProcess(make_settings(Path({str(tmp_path)!r}), engine_model={SMALL!r}))\n"
         f"{start}"
         "print(p.pid, flush=True)\n"
         "time.sleep(120)\n"
@@ -284,7 +324,7 @@ def test_shared_engine_is_stopped_when_the_app_exits(tmp_path: Path) -> None:
         "from pathlib import Path\n"
         "from rag.embedded_llm import shared_engine\n"
         "from tests.conftest import make_settings\n"
-        f"settings = make_settings(Path({str(tmp_path)!r}))\n"
+        f"settings = make_settings(Path({str(tmp_path)!r}), engine_model={SMALL!r})\n"
         "engine = shared_engine(settings)\n"
         "engine.start()\n"
         "assert shared_engine(settings) is engine and engine.start() is engine.endpoint\n"

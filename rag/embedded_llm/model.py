@@ -1,12 +1,14 @@
-"""What an ONNX Runtime GenAI model folder is: its id and its context size.
+"""What an ONNX Runtime GenAI model folder is: its id, context size, tier and size.
 
 A model folder is anything with a ``genai_config.json`` next to its ONNX files:
 the one ``python -m rag.embedded_llm build`` makes, or one Foundry Local cached. This
 module only reads JSON, so the app can ask about the model without loading it.
+A folder built by ``rag.embedded_llm build`` from a tier also has a ``manifest.json``
+naming the tier and its approximate parameter count; for any other folder both are None.
 
->>> info = ModelInfo.read(Path(".data/models/smollm2-135m-instruct-int4"))  # doctest: +SKIP
->>> info.id, info.context_tokens                                             # doctest: +SKIP
-('smollm2-135m-instruct-int4', 8192)
+>>> info = ModelInfo.read(Path(".data/models/qwen2.5-coder-1.5b-instruct-int4"))  # doctest: +SKIP
+>>> info.id, info.context_tokens, info.tier, info.parameters                       # doctest: +SKIP
+('qwen2.5-coder-1.5b-instruct-int4', 4096, 'qwen2.5-1.5b', 1540000000)
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ from pathlib import Path
 from rag.errors import ModelMissing
 
 GENAI_CONFIG = "genai_config.json"
+MANIFEST = "manifest.json"
 BUILD_HINT = "run `make models` (or `python -m rag.embedded_llm build`)"
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The served model: folder, OpenAI model id, and how many tokens prompt + answer may use."""
+    """The served model: folder, OpenAI model id, how many tokens prompt + answer may use,
+    and, for a model built from a tier, the tier's name and approximate parameter count."""
 
     path: Path
     id: str
     context_tokens: int
-    parameters: int | None = None  # approximate model size, from the config's dimensions
+    tier: str | None = None
+    parameters: int | None = None  # from the build manifest, else estimated from the config
 
     @classmethod
     def read(cls, path: Path) -> ModelInfo:
@@ -40,12 +45,25 @@ class ModelInfo:
                 f"The embedded model is not built ({config_file} is missing): {BUILD_HINT}."
             )
         config = json.loads(config_file.read_text(encoding="utf-8"))
+        tier, parameters = built_tier(path)
         return cls(
             path=path,
             id=model_id(path),
             context_tokens=context_tokens(config),
-            parameters=approximate_parameters(config),
+            tier=tier,
+            parameters=parameters or approximate_parameters(config),
         )
+
+
+def built_tier(path: Path) -> tuple[str | None, int | None]:
+    """(tier name, parameters) from the build manifest in ``path``; (None, None) without one."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        tier = manifest.get("tier") or {}
+        return tier.get("name"), tier.get("parameters")
+    except (OSError, ValueError, AttributeError):
+        # Foundry Local's cache and hand-made folders have no manifest: nothing to say.
+        return None, None
 
 
 def model_id(path: Path) -> str:
