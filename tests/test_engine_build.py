@@ -32,7 +32,7 @@ from rag.settings import Settings, SettingsInvalid, _validated, get_settings
 from tests.conftest import MODELS_DIR, REPO, make_settings
 
 BUILT = MODELS_DIR / "smollm2-135m-instruct-int4"
-DEFAULT_TIER = TIERS[Settings(_env_file=None).engine_model]
+DEFAULT_TIER = TIERS[Settings.model_fields["engine_model"].default]
 
 
 @pytest.fixture
@@ -140,7 +140,10 @@ def test_default_tier_of_the_settings_is_the_makefiles(tmp_path: Path) -> None:
     pattern = r"^ENGINE_MODEL \?= \$\(or \$\(RAG_ENGINE_MODEL\),([^)]+)\)"
     default = re.search(pattern, makefile, re.M)
     assert default and default.group(1) == DEFAULT_TIER.name
-    assert make_settings(tmp_path).engine_model_dir.name == DEFAULT_TIER.folder
+    assert make_settings(tmp_path, engine_model=DEFAULT_TIER.name).engine_model_dir.name == (
+        DEFAULT_TIER.folder
+    )
+    assert Settings.model_fields["engine_model"].default == DEFAULT_TIER.name
     small = make_settings(tmp_path, engine_model="smollm2-135m")
     assert small.engine_model_dir == MODELS_DIR / "smollm2-135m-instruct-int4"
 
