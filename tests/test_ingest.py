@@ -15,7 +15,7 @@ from ingest.state import IngestState
 from rag.embed import get_embedder
 from rag.settings import Settings
 from rag.store import Chunk, ChunkStore, chunk_id, forget_cached_clients, read_generation
-from tests.conftest import make_settings
+from tests.support import make_settings
 from tests.documents import (
     certificate_encrypted_pdf_bytes,
     docx_bytes,
@@ -25,6 +25,8 @@ from tests.documents import (
     truncated_pdf_bytes,
     write_corpus,
 )
+
+pytestmark = pytest.mark.embedder
 
 CORPUS = [
     "bees é.docx",
@@ -78,13 +80,13 @@ def test_ingested_chunks_are_searchable_by_meaning(settings, corpus) -> None:  #
 def test_unchanged_file_is_not_parsed_again(settings, corpus, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     ingest(settings)
     parsed: list[str] = []
-    real_load = pipeline.load_document
+    real_read = pipeline.read_sections
 
-    def spy(source: str, data: bytes):  # type: ignore[no-untyped-def]
+    def spy(source: str, data: bytes, extraction):  # type: ignore[no-untyped-def]
         parsed.append(source)
-        return real_load(source, data)
+        return real_read(source, data, extraction)
 
-    monkeypatch.setattr(pipeline, "load_document", spy)
+    monkeypatch.setattr(pipeline, "read_sections", spy)
     generation = read_generation(settings)
     report = ingest(settings)
     assert parsed == []
@@ -324,14 +326,14 @@ def test_loader_raising_an_unexpected_exception_fails_only_that_file(  # type: i
 ) -> None:
     # No parser at hand raises an arbitrary exception on demand, so the loader is
     # wrapped for one file: it raises what pypdf raises for unsupported features.
-    real_load = pipeline.load_document
+    real_read = pipeline.read_sections
 
-    def load(source: str, data: bytes):  # type: ignore[no-untyped-def]
+    def read(source: str, data: bytes, extraction):  # type: ignore[no-untyped-def]
         if source == "sea/tides guide.pdf":
             raise NotImplementedError("only Standard PDF encryption handler is available")
-        return real_load(source, data)
+        return real_read(source, data, extraction)
 
-    monkeypatch.setattr(pipeline, "load_document", load)
+    monkeypatch.setattr(pipeline, "read_sections", read)
     report = ingest(settings)
     assert _errors(report) == {
         "sea/tides guide.pdf": "uses a feature the parser does not support "
