@@ -462,3 +462,71 @@ def test_docx_and_html_chunks_keep_their_headings(settings) -> None:  # type: ig
     )
     ingest(settings)
     assert _chunks(settings)["h.docx#0"].heading == "Hives"
+
+
+# --- bounded cost: limits and batches (tests/test_ingest_limits.py measures memory) ---------
+
+
+def test_a_file_over_the_chunk_limit_is_refused_before_any_chunk_is_written(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch
+) -> None:
+    settings = make_settings(tmp_path, max_chunks_per_file=3)
+    (settings.docs_dir / "long.txt").write_text(prose("tides", 30))
+    (settings.docs_dir / "short.md").write_text("# Short\n\nOne line.")
+    written: list[str] = []
+    real_add = ChunkStore.add
+
+    def add(self, chunks, vectors):  # type: ignore[no-untyped-def]
+        written.extend(c.source for c in chunks)
+        return real_add(self, chunks, vectors)
+
+    monkeypatch.setattr(ChunkStore, "add", add)
+    report = ingest(settings)
+    assert _errors(report) == {
+        "long.txt": "too many chunks: more than 3 (raise RAG_MAX_CHUNKS_PER_FILE to ingest it, "
+        "or split the file)"
+    }
+    assert report.added == ["short.md"] and set(written) == {"short.md"}
+
+
+def test_a_file_that_grows_over_a_limit_loses_its_old_chunks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, max_text_mb=0.01)
+    notes = settings.docs_dir / "notes.md"
+    notes.write_text("# Notes\n\nShort for now.")
+    assert ingest(settings).added == ["notes.md"]
+    notes.write_text("# Notes\n\n" + prose("bees", 60))
+    report = ingest(settings)
+    assert _errors(report) == {
+        "notes.md": "too much text: more than 0.01 MB extracted (raise RAG_MAX_TEXT_MB to ingest "
+        "it, or split the file)"
+    }
+    assert _sources(settings) == set()
+
+
+def test_a_file_larger_than_a_batch_is_written_in_several_and_pending_until_its_last(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch
+) -> None:
+    # embed_batch=1: batches of 8 chunks, so the long file spans several of them.
+    settings = make_settings(tmp_path, embed_batch=1, chunk_tokens=32, chunk_overlap=0)
+    (settings.docs_dir / "a.md").write_text("# A\n\nalpha")
+    (settings.docs_dir / "long.txt").write_text(prose("tides", 12))
+    (settings.docs_dir / "z.md").write_text("# Z\n\nomega")
+    batches: list[tuple[int, dict[str, str]]] = []
+    real_add = ChunkStore.add
+
+    def add(self, chunks, vectors):  # type: ignore[no-untyped-def]
+        with IngestState(state_path(settings)) as state:
+            batches.append((len(chunks), {s: r.status for s, r in state.all().items()}))
+        return real_add(self, chunks, vectors)
+
+    monkeypatch.setattr(ChunkStore, "add", add)
+    report = ingest(settings)
+    assert report.added == ["a.md", "long.txt", "z.md"] and report.failed == []
+    assert len(batches) >= 4 and all(size <= 8 for size, _ in batches)
+    # While its chunks are being written, the long file is pending; the file before it is done.
+    middle = [statuses for _, statuses in batches[1:-1]]
+    assert all(s["long.txt"] == "pending" and s["a.md"] == "done" for s in middle)
+    counts: dict[str, int] = {}
+    for chunk in _chunks(settings).values():
+        counts[chunk.source] = counts.get(chunk.source, 0) + 1
+    assert counts["long.txt"] > 16 and report.chunks == sum(counts.values())
