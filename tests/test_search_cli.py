@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from rag.settings import Settings
 from tests.support import REPO, run_module
 
