@@ -134,7 +134,7 @@ def read_md(data: bytes, extraction: Extraction) -> Iterator[Section]:
             and (len(body) == 1 or not body[-2].strip())
         )
         if atx or setext:
-            title = (atx.group(2) or "").strip() or None if atx else body.pop().strip()
+            title = ((atx.group(2) or "").strip() or None) if atx else body.pop().strip()
             yield from _md_section(heading, body)
             heading, body = title, []
         else:
