@@ -119,7 +119,7 @@ class Chunker:
         """The chunks of ``source`` 's ``sections``, one at a time, pulling sections as needed."""
         index = 0
         for page, group in itertools.groupby(sections, key=lambda s: s.page):
-            stream = _PageText(page, (s for s in group if s.text.strip()))
+            stream = _PageText(s for s in group if s.text.strip())
             for start, end in self._spans(stream):
                 yield Chunk(
                     id=chunk_id(source, index),
@@ -331,8 +331,7 @@ class _PageText:
     those of the whole page's text.
     """
 
-    def __init__(self, page: int | None, sections: Iterator[Section]) -> None:
-        self.page = page
+    def __init__(self, sections: Iterator[Section]) -> None:
         self._sections = sections
         self._text = ""
         self._base = 0  # the global offset of self._text[0]
