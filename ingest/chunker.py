@@ -29,8 +29,10 @@ holds a window, however long the document; chunks come out one at a time.
 >>> chunker = Chunker(tokenizer, chunk_tokens=8, overlap=0, max_tokens=16)
 >>> text = "one two three four. four three two one. one two."
 >>> chunks = chunker.run(Document("notes.txt", (Section(text, heading="Counting"),)))
->>> [(c.id, c.text, c.heading) for c in chunks]
-[('notes.txt#0', 'one two three four.', 'Counting'), ('notes.txt#1', 'four three two one. one two.', 'Counting')]
+>>> for chunk in chunks:
+...     print(chunk.id, repr(chunk.text), chunk.heading)
+notes.txt#0 'one two three four.' Counting
+notes.txt#1 'four three two one. one two.' Counting
 """
 
 from __future__ import annotations
@@ -318,7 +320,7 @@ class _Tokens:
     next_section: int = 0  # the first section start not yet marked in scores
 
     def drop(self, count: int) -> None:
-        """Forget the first ``count`` tokens: nothing before the current chunk is looked at again."""
+        """Forget the first ``count`` tokens: nothing before the current chunk is read again."""
         for values in (self.starts, self.ends, self.scores):
             del values[:count]
 

@@ -17,10 +17,10 @@ warnings of the file being read.
 >>> extraction = Extraction(Limits(max_text_mb=0.00001))   # 10 characters
 >>> extraction.add("0123456789")
 '0123456789'
->>> extraction.add("one more")
+>>> extraction.add("one more")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ingest.document.LoadError: too much text: more than 1e-05 MB extracted (raise RAG_MAX_TEXT_MB to ingest it, or split the file)
+ingest.document.LoadError: too much text: more than 1e-05 MB extracted (raise RAG_MAX_TEXT_MB ...)
 """
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ def _parity_feeds(source: Path) -> dict[str, Any]:
 
 
 def _export_onnx(model: Any, feeds: dict[str, Any], raw: Path) -> Any:
-    """Export the transformer's ``last_hidden_state`` to ONNX; return torch's output on ``feeds``."""
+    """Export the transformer's ``last_hidden_state`` to ONNX; return torch's on ``feeds``."""
     import torch
 
     class LastHiddenState(torch.nn.Module):

@@ -96,7 +96,11 @@ def cli_env(**settings: str) -> dict[str, str]:
 
 
 def run_module(
-    module: str, *args: str | Path, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+    module: str,
+    *args: str | Path,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m module ARGS`` the way a user does (see :func:`cli_env`)."""
     return subprocess.run(
@@ -131,9 +135,8 @@ def run_measured(
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env, stdout=out, stderr=err
-        )
+        argv = [sys.executable, "-m", module, *map(str, args)]
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err)
         sampled_kb = 0
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

@@ -57,8 +57,9 @@ def _refused(result: dict[str, Any], name: str) -> str:
 def test_a_45_mb_page_of_markup_is_ingested_in_the_memory_of_a_5_mb_one(
     tmp_path: Path, record_property: pytest.RecordProperty
 ) -> None:
-    small_run, small = _ingest(tmp_path / "5mb", {"page.html": markup_heavy_html(5)}, record_property)
-    big_run, big = _ingest(tmp_path / "45mb", {"page.html": markup_heavy_html(45)}, record_property)
+    record = record_property
+    small_run, small = _ingest(tmp_path / "5mb", {"page.html": markup_heavy_html(5)}, record)
+    big_run, big = _ingest(tmp_path / "45mb", {"page.html": markup_heavy_html(45)}, record)
     assert small_run.returncode == big_run.returncode == 0
     assert small["added"] == big["added"] == 2 and small["chunks"] == big["chunks"]
     assert big_run.peak_mb < PEAK_LIMIT_MB

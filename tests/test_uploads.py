@@ -1,4 +1,4 @@
-"""Files dropped into the chat: safe names within the byte limit, one sentence per file, one ingest."""
+"""Files dropped into the chat: names within the byte limit, a sentence per file, one ingest."""
 
 from __future__ import annotations
 
