@@ -91,7 +91,8 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
 def cli_env(**settings: str) -> dict[str, str]:
     """The environment of a CLI run as a user's: no developer settings, the shared models."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
-    env.update(PYTHONPATH=str(REPO), RAG_MODELS_DIR=str(MODELS_DIR), **settings)
+    env.update(PYTHONPATH=str(REPO), RAG_MODELS_DIR=str(MODELS_DIR))
+    env.update(settings)
     return env
 
 
@@ -127,47 +128,48 @@ class MeasuredRun:
 def run_measured(
     module: str, *args: str | Path, cwd: Path, env: dict[str, str], timeout: float = 600
 ) -> MeasuredRun:
-    """Run ``python -m module ARGS`` and measure its peak resident memory.
+    """Run ``python -m module ARGS`` and measure its peak resident memory by sampling.
 
-    The memory is sampled while it runs (psutil's RSS when installed, else the
-    kernel's high-water mark ``VmHWM`` in ``/proc/PID/status``), and the kernel's
-    exact peak (``ru_maxrss`` from ``wait4``) is taken when it ends; the larger wins.
+    Every 20 ms it reads the kernel's high-water mark of the process's resident
+    memory (``VmHWM`` in ``/proc/PID/status``), which also holds the peaks between
+    two samples; where there is no ``/proc``, psutil's current RSS. (``ru_maxrss``
+    from ``wait4`` would be simpler but counts the parent's memory the child had
+    before ``exec``: a 700 MB test process makes every child look 700 MB.)
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.monotonic()
         argv = [sys.executable, "-m", module, *map(str, args)]
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err)
-        sampled_kb = 0
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
+        peak_kb = 0
+        while proc.poll() is None:
             if time.monotonic() - started > timeout:
                 proc.kill()
-            sampled_kb = max(sampled_kb, _resident_kb(proc.pid))
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+            peak_kb = max(peak_kb, _peak_resident_kb(proc.pid))
+            time.sleep(0.02)
         seconds = time.monotonic() - started
         out.seek(0)
         err.seek(0)
-        peak_kb = max(sampled_kb, usage.ru_maxrss)  # Linux reports ru_maxrss in KiB
         return MeasuredRun(proc.returncode, out.read(), err.read(), peak_kb / 1024, seconds)
 
 
-def _resident_kb(pid: int) -> int:
-    try:
-        import psutil
-
-        return int(psutil.Process(pid).memory_info().rss // 1024)
-    except ImportError:
-        pass
-    except Exception:  # noqa: BLE001 - the process may end between two samples
-        return 0
+def _peak_resident_kb(pid: int) -> int:
+    """The peak resident memory of ``pid`` so far, in KiB (0 once it is gone)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return _psutil_rss_kb(pid) if not Path("/proc/self/status").exists() else 0
     except OSError:
         return 0
     for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
+
+
+def _psutil_rss_kb(pid: int) -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process(pid).memory_info().rss // 1024)
+    except Exception:  # noqa: BLE001 - no psutil, or the process ended between two samples
+        return 0
