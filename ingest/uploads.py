@@ -148,6 +148,8 @@ def add_uploads(files: Sequence[tuple[Path, str]], settings: Settings) -> Upload
             outcomes.append(str(exc))
         except OSError as exc:
             outcomes.append(f"{name} was not added: {exc.strerror or exc}.")
+        except Exception as exc:  # noqa: BLE001 - one odd file must never cost the others
+            outcomes.append(f"{name} was not added: {type(exc).__name__}: {exc}.")
     saved = tuple(o for o in outcomes if isinstance(o, SavedUpload))
     report: IngestReport | None = None
     closing = "Nothing new was added to the knowledge base."
