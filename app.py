@@ -22,7 +22,7 @@ from chainlit.input_widget import Select
 from chainlit.server import app as chainlit_server
 from starlette.datastructures import Headers
 
-from ingest.pipeline import IngestReport, ingest
+from ingest.uploads import add_uploads as ingest_uploads
 from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer, search_query
 from rag.catalog import Offer, model_catalog
 from rag.compare import ModelDelta, compare_stream
@@ -31,7 +31,6 @@ from rag.llm import Message
 from rag.prompt import source_label
 from rag.retrieve import Hit, retrieve
 from rag.settings import Settings, get_settings
-from rag.uploads import SavedUpload, save_upload
 from rag.web.chat_text import (
     answer_text,
     highlighted,
@@ -39,7 +38,6 @@ from rag.web.chat_text import (
     interrupted,
     opening,
     switched,
-    upload_summary,
 )
 from rag.web.compare_board import CompareBoard, parse_compare_command
 from rag.web.history import AnswerRecord, data_layer, history_notice, keep_model, resumed_chat
@@ -244,23 +242,13 @@ async def show_sources(elements: list[cl.Element], title: str, answer_id: str) -
 
 async def add_uploads(elements: Sequence[cl.File], settings: Settings) -> None:
     """Save dropped files into the docs folder, ingest them, and report in one message."""
-    progress = cl.Message(content=f"Adding {', '.join(el.name for el in elements)} to the knowledge base…")
+    names = ", ".join(el.name for el in elements)
+    progress = cl.Message(content=f"Adding {names} to the knowledge base…")
     await progress.send()
-    saved: list[SavedUpload] = []
-    problems: list[str] = []
-    for el in elements:
-        try:
-            # Hashing and copying a 20 MB file would stall every chat on the event loop.
-            saved.append(await asyncio.to_thread(save_upload, Path(str(el.path)), el.name, settings))
-        except RagError as exc:
-            problems.append(str(exc))
-    report: IngestReport | None = None
-    if saved:
-        try:
-            report = await asyncio.to_thread(ingest, settings)
-        except RagError as exc:
-            problems.append(str(exc))
-    progress.content = upload_summary(saved, report, problems)
+    files = [(Path(str(el.path)), el.name) for el in elements]
+    # Hashing, copying and ingesting would stall every chat on the event loop.
+    outcome = await asyncio.to_thread(ingest_uploads, files, settings)
+    progress.content = outcome.text
     await progress.update()
 
 

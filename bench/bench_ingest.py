@@ -1,10 +1,13 @@
-"""Full ingest against re-ingest of the unchanged corpus (target: re-ingest at most 5% of full).
+"""Full ingest against re-ingest of the unchanged corpus (target: re-ingest at most 5% of full),
+and the peak memory of one hostile file (target: below 1 GB for any file under the limits).
 
 The corpus is real prose: the docstrings of installed standard-library modules,
 written as Markdown files (one heading per documented name), plus a few
 multi-page PDFs built with fpdf2 from the same text. Both runs happen in this
 process, back to back, into a fresh data dir; the re-ingest is also timed as a
 user runs it (``python -m ingest`` in a new process, interpreter start-up included).
+Each hostile file (tests/documents.py builds them) is ingested by ``python -m ingest``
+next to one small note, its peak resident memory measured by the kernel.
 
     python -m bench.bench_ingest            # ~300 KB of text
     python -m bench.bench_ingest --quick    # ~100 KB
@@ -25,6 +28,8 @@ from pathlib import Path
 
 from ingest.pipeline import ingest
 from rag.settings import Settings, get_settings
+from tests import documents
+from tests.support import cli_env, run_measured
 
 _MODULES = [
     "argparse",
@@ -158,6 +163,39 @@ def _cli_reingest(settings: Settings) -> tuple[float, dict[str, object]]:
     return elapsed, json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _hostile_files() -> dict[str, tuple[str, bytes]]:
+    """What each hostile file is, its name and its bytes (each refused or parsed in seconds)."""
+    return {
+        "45 MB page, nearly all markup": ("page.html", documents.markup_heavy_html(45)),
+        "45 MB page of text, no heading": ("wall.html", documents.text_heavy_html(45)),
+        ".docx inflating to 200 MiB": ("bomb.docx", documents.zip_bomb_docx(200)),
+        "8 MB of base64, no space": ("blob.txt", documents.unbroken_text(8)),
+    }
+
+
+def _memory_rows(settings: Settings, root: Path) -> list[str]:
+    """One table row per hostile file: size, outcome, peak resident memory, seconds."""
+    env = cli_env(RAG_MODELS_DIR=str(settings.models_dir.resolve()))  # the default limits
+    rows = []
+    for what, (name, data) in _hostile_files().items():
+        docs = root / name / "docs"
+        docs.mkdir(parents=True)
+        (docs / name).write_bytes(data)
+        (docs / "note.md").write_text("# Note\n\nA small file ingested alongside.\n")
+        run = run_measured("ingest", docs, "--data-dir", root / name / "data", "--json",
+                           cwd=root, env=env)  # fmt: skip
+        if not run.stdout.strip():
+            raise RuntimeError(f"python -m ingest failed on {name}: {run.stderr.strip()}")
+        result = json.loads(run.stdout.strip().splitlines()[-1])
+        failed = result["failed"][0]["error"] if result["failed"] else ""
+        outcome = f"refused: {failed}" if failed else f"ingested, {result['chunks']} chunks"
+        rows.append(
+            f"| {what} | {len(data) / 2**20:.1f} MB | {outcome} | {run.peak_mb:.0f} MB "
+            f"| {run.seconds:.1f} |"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> str:
     """Run the measurement and return the markdown section for bench/RESULTS.md."""
     parser = argparse.ArgumentParser(prog="python -m bench.bench_ingest", description=__doc__)
@@ -182,6 +220,7 @@ def main(argv: list[str] | None = None) -> str:
         again_s = time.perf_counter() - start
 
         cli_s, cli = _cli_reingest(settings)
+        memory = _memory_rows(settings, root / "hostile")
 
     assert not again.changed and len(again.unchanged) == len(full.added), (
         "re-ingest changed something"
@@ -212,8 +251,22 @@ def main(argv: list[str] | None = None) -> str:
             f"The CLI re-ingest is {cli_s / full_s * 100:.1f}% of the full ingest: nearly all "
             "of it is interpreter start-up and imports (chromadb); it reported "
             f"{cli['unchanged']} unchanged, {cli['added']} added.",
+            "",
+            *_memory_table(memory),
         ]
     )
+
+
+def _memory_table(rows: list[str]) -> list[str]:
+    return [
+        "Peak memory of one hostile file, `python -m ingest` in a new process with the "
+        "default limits (RAG_MAX_INFLATED_MB 100, RAG_MAX_TEXT_MB 10, "
+        "RAG_MAX_CHUNKS_PER_FILE 10000), next to one small note (target: below 1 GB):",
+        "",
+        "| file | on disk | outcome | peak RSS | seconds |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The typed value a loader hands to the chunker: a source file's text in sections.
+"""The typed values a loader hands to the chunker: a source file's text in sections.
 
 A :class:`Section` is a run of text that shares one page and one nearest heading.
 Loaders produce them, the chunker consumes them; both can be tested with plain
@@ -6,12 +6,18 @@ values, no files needed.
 
 >>> doc = Document("guide/intro.md", (Section("Install\\n\\nRun make chat.", heading="Install"),))
 >>> doc.text_chars
-22
+23
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from rag.errors import RagError
+
+
+class LoadError(RagError):
+    """A file could not be turned into text; the message says why, in one sentence."""
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,15 @@ ingest) holds ``DATA_DIR/ingest.lock`` while it writes. The lock is an OS file
 lock (``filelock``), so it is released when the holder dies, even by SIGKILL,
 and a stale lock file never blocks anyone.
 
->>> with writer_lock(settings):      # doctest: +SKIP
-...     ...                           # the only writer of settings.data_dir
+>>> import tempfile
+>>> settings = Settings(_env_file=None, data_dir=tempfile.mkdtemp())
+>>> with writer_lock(settings):
+...     try:
+...         with writer_lock(settings, timeout_s=0):  # a second writer, even in this process
+...             pass
+...     except IngestLocked as locked:
+...         print(str(locked).split(" (")[0].startswith("Another ingest is writing"))
+True
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@
 2. reads each file once and hashes its bytes: a file whose sha256 matches the
    state is *unchanged* and is not parsed; a file that failed before with the
    same bytes is reported again without being parsed;
-3. loads and chunks each new or changed file; embeds files in batches, then
-   marks the batch ``pending``, deletes its old chunks, writes the new ones and
-   marks each file ``done``;
+3. loads and chunks each new or changed file into a spool on disk, within the
+   limits of :mod:`ingest.limits` (inflated size, text, chunks per file), then
+   embeds and writes the chunks in batches under the intent log
+   (:mod:`ingest.writer`), so memory holds one batch whatever the file's size;
 4. deletes the chunks of files that disappeared (not of those in a folder that
    could not be listed: that folder is reported in ``failed``);
 5. when anything changed: bumps the store generation and rebuilds the BM25 index.
@@ -24,9 +25,11 @@ ids are stable (``source#index``) with delete-before-add, so nothing is ever
 duplicated. A file that cannot be read is reported in ``failed`` with a sentence
 and holds no chunks; it never stops the rest.
 
->>> report = ingest(get_settings())      # doctest: +SKIP
->>> report.summary()                     # doctest: +SKIP
-'Ingested 12 files: 3 added, 1 updated, 1 removed, 7 unchanged, 1 failed; 345 chunks in store.'
+Usage (``python -m ingest`` does the same)::
+
+    report = ingest(settings)
+    print(report.summary())
+    # Ingested 12 files: 3 added, 1 updated, 1 removed, 7 unchanged, 1 failed; 345 chunks in store.
 """
 
 from __future__ import annotations
@@ -36,20 +39,22 @@ import json
 import os
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ingest.chunker import CHUNKER_VERSION, Chunker
-from ingest.loaders import LoadError, load_document
+from ingest.document import LoadError
+from ingest.limits import Extraction, Limits
+from ingest.loaders import read_sections
 from ingest.lock import writer_lock
 from ingest.report import Failure, IngestReport
 from ingest.scan import SourceFile, scan_docs
 from ingest.state import IngestState, SourceState
-from rag.errors import RagError
+from ingest.writer import BatchWriter, ChunkSpool, PreparedFile
 from rag.bm25 import rebuild_bm25_index
+from rag.errors import RagError
 from rag.settings import Settings
-from rag.store import Chunk, ChunkStore, bump_generation
+from rag.store import ChunkStore, bump_generation
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -57,22 +62,10 @@ if TYPE_CHECKING:
 __all__ = ["DocsFolderMissing", "Failure", "IngestReport", "ingest", "state_path"]
 
 
-# Files are embedded and written together until a batch holds this many embedding
-# batches of chunks (256 by default): fuller ONNX batches and fewer Chroma round
-# trips than one file at a time, while a kill loses little embedding work.
+# Chunks are embedded and written this many embedding batches at a time (256 by
+# default), across files: fuller ONNX batches and fewer Chroma round trips than one
+# file at a time, while a kill loses little embedding work and memory holds little.
 _COMMIT_EMBED_BATCHES = 8
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """A new or changed file, loaded and chunked, waiting to be embedded and written."""
-
-    source: str
-    sha256: str
-    chunks: list[Chunk]
-    had_state: bool  # the state knew it: old chunks may exist and must be deleted
-    was_ingested: bool  # it had chunks before: reported as updated, not added
-    warnings: tuple[str, ...]
 
 
 class DocsFolderMissing(RagError):
@@ -118,7 +111,14 @@ class _IngestRun:
         self._chunker: Chunker | None = None
         self._embedder: Embedder | None = None
         self._max_bytes = int(settings.max_file_mb * 1024 * 1024)
-        self._commit_chunks = settings.embed_batch * _COMMIT_EMBED_BATCHES
+        self._limits = Limits.from_settings(settings)
+        self._writer = BatchWriter(
+            store,
+            state,
+            self.report,
+            embed=lambda texts: self.embedder.embed(texts),
+            batch_size=settings.embed_batch * _COMMIT_EMBED_BATCHES,
+        )
 
     # --- the run ------------------------------------------------------------
 
@@ -136,16 +136,12 @@ class _IngestRun:
         # kept as they are, not removed as if deleted.
         self.report.failed.extend(scan.unlisted)
         seen |= {s for s in known if any(_inside(s, f.path) for f in scan.unlisted)}
-        batch: list[_Prepared] = []
         for file in self._with_progress(scan.files):
             was_ingested = repaired.get(file.source, False) or file.source in reingest
             prepared = self._prepare(file, known.get(file.source), was_ingested)
             if prepared is not None:
-                batch.append(prepared)
-            if sum(len(p.chunks) for p in batch) >= self._commit_chunks:
-                self._commit(batch)
-                batch = []
-        self._commit(batch)
+                self._writer.write(prepared)
+        self._writer.flush()
 
         for source, previous in sorted(known.items()):
             if source not in seen:
@@ -237,7 +233,7 @@ class _IngestRun:
 
     def _prepare(
         self, file: SourceFile, previous: SourceState | None, was_ingested: bool
-    ) -> _Prepared | None:
+    ) -> PreparedFile | None:
         """Read, hash, load and chunk one file; ``None`` when unchanged or failed.
 
         ``was_ingested``: a repaired source that had chunks (so it counts as updated).
@@ -257,8 +253,7 @@ class _IngestRun:
                 self.report.failed.append(Failure(source, previous.error))
                 return None
         try:
-            document = load_document(source, data)
-            chunks = self.chunker.run(document, file_sha256=sha)
+            spool, warnings = self._spool(source, data, sha)
         except LoadError as exc:
             self._fail(source, sha, str(exc), previous)
             return None
@@ -267,36 +262,28 @@ class _IngestRun:
             # NotImplementedError for certificate-encrypted PDFs); the file fails alone.
             self._fail(source, sha, _unexpected_load_error(exc), previous)
             return None
-        if not chunks:
+        if not len(spool):
+            spool.close()
             self._fail(source, sha, "no text found: nothing to index", previous)
             return None
         was_ingested = was_ingested or (previous is not None and previous.status == "done")
-        return _Prepared(source, sha, chunks, previous is not None, was_ingested, document.warnings)
+        return PreparedFile(
+            source, sha, spool, previous is not None, was_ingested, tuple(warnings)
+        )
 
-    def _commit(self, batch: list[_Prepared]) -> None:
-        """Embed a batch of files together, then replace their chunks in the store.
-
-        Embedding runs before anything is marked, so a kill while embedding costs
-        nothing to repair. Then every file of the batch is marked pending (one
-        transaction), old chunks are deleted, the new ones written in one add, and
-        each file is marked done.
-        """
-        if not batch:
-            return
-        chunks = [c for p in batch for c in p.chunks]
-        vectors = self.embedder.embed([c.text for c in chunks])
-
-        self.state.set_meta("dirty", "1")
-        self.state.mark_pending(*(p.source for p in batch))
-        for p in batch:
-            if p.had_state:  # a repaired source's chunks are already gone
-                self.store.delete_source(p.source)
-        self.store.add(chunks, vectors)
-        self.state.mark_done(*((p.source, p.sha256, len(p.chunks)) for p in batch))
-
-        for p in batch:
-            (self.report.updated if p.was_ingested else self.report.added).append(p.source)
-            self.report.warnings.extend(Failure(p.source, w) for w in p.warnings)
+    def _spool(self, source: str, data: bytes, sha: str) -> tuple[ChunkSpool, list[str]]:
+        """Load and chunk ``data`` into a spool, within the file limits; and the load warnings."""
+        extraction = Extraction(self._limits)
+        spool = ChunkSpool(source, sha, self.settings.data_dir)
+        try:
+            sections = read_sections(source, data, extraction)
+            for chunk in self.chunker.iter_chunks(source, sections, sha):
+                spool.append(chunk)
+                self._limits.check_chunks(len(spool))
+        except BaseException:
+            spool.close()
+            raise
+        return spool, extraction.warnings
 
     def _fail(self, source: str, sha: str, error: str, previous: SourceState | None) -> None:
         """Report a failed file; if it had chunks (an older, readable version), remove them."""

@@ -7,8 +7,12 @@ outside the docs folder are refused (reported as failures) so a link cannot pull
 arbitrary files of the machine into the index. A folder that cannot be listed
 is reported in ``Scan.unlisted``: its files are unknown, not deleted.
 
->>> found = scan_docs(Path("docs"))      # doctest: +SKIP
->>> [f.source for f in found.files]      # doctest: +SKIP
+>>> import tempfile
+>>> docs = Path(tempfile.mkdtemp())
+>>> for name in ("guide/install.md", "user guide.pdf", ".git/notes.md", "photo.jpg"):
+...     (docs / name).parent.mkdir(parents=True, exist_ok=True)
+...     _ = (docs / name).write_text("text")
+>>> [f.source for f in scan_docs(docs).files]
 ['guide/install.md', 'user guide.pdf']
 """
 

@@ -17,9 +17,12 @@ collection the state describes, ``vectors`` the settings its chunks were made wi
 Every method commits on its own (SQLite's journal makes each one atomic), so
 the file is consistent whenever the process dies.
 
->>> state = IngestState(Path("/tmp/x/ingest-state.sqlite3"))     # doctest: +SKIP
->>> state.mark_pending("guide.md")                         # doctest: +SKIP
->>> state.mark_done(("guide.md", "ab12", 7))                # doctest: +SKIP
+>>> import tempfile
+>>> with IngestState(Path(tempfile.mkdtemp()) / "ingest-state.sqlite3") as state:
+...     state.mark_pending("guide.md")  # committed before the store is touched
+...     state.mark_done(("guide.md", "ab12", 7))
+...     state.get("guide.md")
+SourceState(source='guide.md', sha256='ab12', chunks=7, status='done', error=None)
 """
 
 from __future__ import annotations

@@ -13,10 +13,15 @@ Writers call :func:`rebuild_bm25_index` after a changing ingest; readers call
 :func:`load_bm25_index`, which rebuilds only when the saved stamp does not
 match the store (a crashed or older ingest).
 
->>> n = rebuild_bm25_index(settings)                          # doctest: +SKIP
->>> index = load_bm25_index(settings)                         # doctest: +SKIP
->>> [(c.source, round(s, 2)) for c, s in index.search("RAG_DOCS_DIR", 3)]  # doctest: +SKIP
-[('configuration.md', 7.41), ...]
+>>> index = Bm25Index(
+...     [
+...         Chunk("config.md#0", "config.md", 0, "Set RAG_DOCS_DIR to ingest another folder."),
+...         Chunk("ollama.md#0", "ollama.md", 0, "Ollama listens on port 11434."),
+...     ],
+...     generation="g1",
+... )
+>>> [(c.source, round(s, 2)) for c, s in index.search("RAG_DOCS_DIR", 3)]
+[('config.md', 0.74)]
 """
 
 from __future__ import annotations

@@ -2,22 +2,22 @@
 
 The model is exported once by ``python -m rag.export_embedder`` (``make models``) into
 ``settings.embedder_dir``; this module only runs it, so the query path never loads torch.
-
->>> from rag.embed import get_embedder
->>> from rag.settings import get_settings
->>> embedder = get_embedder(get_settings())                      # doctest: +SKIP
->>> embedder.embed(["How do I add my own files?"]).shape          # doctest: +SKIP
-(1, 384)
-
 Vectors are mean-pooled over real tokens and L2-normalised, exactly as sentence-transformers
 does for this model, so a dot product is a cosine similarity.
+
+The example needs the exported model (``make models``):
+
+>>> embedder = get_embedder(Settings(_env_file=None))
+>>> vectors = embedder.embed(["How do I add my own files?", "Copy them into docs/ and ingest."])
+>>> vectors.shape, round(float(vectors[0] @ vectors[0]), 3)
+((2, 384), 1.0)
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,11 +80,8 @@ def load_tokenizer(settings: Settings) -> Tokenizer:
 class Embedder:
     """Embeds texts into L2-normalised float32 vectors with the exported ONNX model.
 
-    >>> embedder = Embedder(settings)                                # doctest: +SKIP
-    >>> vectors = embedder.embed(["first chunk", "second chunk"])    # (2, 384), input order
-    >>> query = embedder.embed_query("what is in the first chunk?")  # (384,)
-    >>> float(vectors[0] @ query)                                    # cosine similarity
-
+    ``embed(texts)`` gives one row per text in input order, ``embed_query(text)``
+    one vector; their dot product is the cosine similarity.
     ``settings.embed_precision`` picks the fused fp32 graph (default) or its int8 variant;
     texts longer than ``settings.embed_max_tokens`` tokens are truncated, as sentence-transformers
     does. One instance is safe to share between threads (onnxruntime sessions are).
@@ -173,24 +170,26 @@ class Embedder:
         return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32, copy=False)
 
 
-_cache: dict[tuple[str, str, int, int, int], Embedder] = {}
-_cache_lock = threading.Lock()
-
-
 def get_embedder(settings: Settings) -> Embedder:
     """The process-wide :class:`Embedder` for these settings (one per model dir and precision).
 
-    Loading takes ~0.5 s, so ingest and every query share one session.
+    Loading takes ~0.5 s and ~100 MB, so ingest and every query share one session,
+    whatever else differs between their settings (a data dir, an LLM endpoint).
     """
-    key = (
-        str(settings.embedder_dir.resolve()),
-        settings.embed_precision,
-        settings.embed_max_tokens,
-        settings.embed_batch,
-        settings.threads,
+    return _shared_embedder(_embedder_part(settings))
+
+
+@functools.cache
+def _shared_embedder(settings: Settings) -> Embedder:
+    return Embedder(settings)
+
+
+def _embedder_part(settings: Settings) -> Settings:
+    """Only the settings an :class:`Embedder` reads, the rest left at their defaults."""
+    return Settings.model_construct(
+        models_dir_override=settings.models_dir.resolve(),
+        embed_precision=settings.embed_precision,
+        embed_max_tokens=settings.embed_max_tokens,
+        embed_batch=settings.embed_batch,
+        threads=settings.threads,
     )
-    with _cache_lock:
-        embedder = _cache.get(key)
-        if embedder is None:
-            embedder = _cache[key] = Embedder(settings)
-        return embedder

@@ -8,9 +8,11 @@ A retrieved hit is *relevant* when its source is one of ``sources`` and, if
 counts for recall@k when a relevant hit is among the first ``k``; its
 reciprocal rank is ``1 / rank`` of the first relevant hit (0 when none).
 
->>> qa = load_qa(Path("tests/qa/sample_docs.jsonl"))          # doctest: +SKIP
->>> evaluate(Retriever(settings), qa, k=5).recall             # doctest: +SKIP
-0.97
+>>> item = QA("When must I raise the skeg?", sources=("manual.pdf",), pages=(3,))
+>>> on_page_3 = Hit("manual.pdf#4", "manual.pdf", 3, None, "Raise the skeg.", score=0.03)
+>>> on_page_4 = Hit("manual.pdf#5", "manual.pdf", 4, None, "Store it dry.", score=0.02)
+>>> item.is_relevant(on_page_3), item.is_relevant(on_page_4)
+(True, False)
 """
 
 from __future__ import annotations

@@ -82,12 +82,9 @@ def source_model_dir() -> tuple[Path, str]:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    """Hex sha256 of a file."""
     with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def up_to_date(out: Path, source_version: str) -> bool:
@@ -129,23 +126,74 @@ def _file_entry(path: Path) -> dict[str, Any]:
 
 
 def _build(source: Path, stage: Path) -> dict[str, Any]:
-    """Export, fuse and quantize into ``stage``; return measurements for the manifest."""
-    # Heavy imports live here so the up-to-date path never pays for (or needs) torch.
-    import numpy as np
-    import onnx
+    """Export, fuse and quantize into ``stage``; return measurements for the manifest.
+
+    The steps: load the transformer with eager attention, export it to ONNX,
+    fuse the graph, quantize the fused graph to int8, and check both against
+    torch on a few texts before anything is installed.
+    """
+    # Heavy imports live in the steps so the up-to-date path never pays for (or needs) torch.
     import onnxruntime as ort
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers import optimizer
-    from tokenizers import Tokenizer
+
+    model = _load_transformer(source)
+    feeds = _parity_feeds(source)
+    raw, fp32, int8 = stage / "raw.onnx", stage / MODEL_FILES["fp32"], stage / MODEL_FILES["int8"]
+    reference = _export_onnx(model, feeds, raw)
+    stats = _fuse(raw, fp32)
+    raw.unlink()
+    _quantize(fp32, int8)
+    cosines = {
+        precision: _min_cosine(path, feeds, reference)
+        for precision, path in (("fp32", fp32), ("int8", int8))
+    }
+    if cosines["fp32"] < MIN_FP32_COSINE:
+        raise ExportError(
+            f"The exported fp32 model disagrees with torch (min cosine {cosines['fp32']:.5f}); "
+            "refusing to install it."
+        )
+    shutil.copyfile(source / TOKENIZER_NAME, stage / TOKENIZER_NAME)
+    return {
+        "fused_operators": {k: v for k, v in stats.items() if v},
+        "min_cosine_vs_torch": cosines,
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+    }
+
+
+def _load_transformer(source: Path) -> Any:
+    """The transformer of the packaged model, in eval mode, with eager attention.
+
+    Eager attention exports plain MatMul/Softmax, which the optimizer fuses; SDPA fuses nothing.
+    """
     from transformers import AutoModel
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-
-    # Eager attention exports plain MatMul/Softmax, which the optimizer fuses; SDPA fuses nothing.
     model = AutoModel.from_pretrained(str(source), attn_implementation="eager")
     model.eval()
+    return model
+
+
+def _parity_feeds(source: Path) -> dict[str, Any]:
+    """Model inputs for the parity texts, padded to one batch (input ids, mask, type ids)."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(source / TOKENIZER_NAME))
+    tokenizer.enable_truncation(max_length=MAX_SEQ_LENGTH)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    encodings = tokenizer.encode_batch(_PARITY_TEXTS)
+    return {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+    }
+
+
+def _export_onnx(model: Any, feeds: dict[str, Any], raw: Path) -> Any:
+    """Export the transformer's ``last_hidden_state`` to ONNX; return torch's on ``feeds``."""
+    import torch
 
     class LastHiddenState(torch.nn.Module):
         """The transformer without its pooler: sentence-transformers pools the tokens itself."""
@@ -164,17 +212,7 @@ def _build(source: Path, stage: Path) -> dict[str, Any]:
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state
 
-    tokenizer = Tokenizer.from_file(str(source / TOKENIZER_NAME))
-    tokenizer.enable_truncation(max_length=MAX_SEQ_LENGTH)
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-    encodings = tokenizer.encode_batch(_PARITY_TEXTS)
-    feeds = {
-        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-    }
     names = list(feeds)
-    raw = stage / "raw.onnx"
     axes = {0: "batch", 1: "sequence"}
     with torch.no_grad():
         reference = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state
@@ -189,21 +227,31 @@ def _build(source: Path, stage: Path) -> dict[str, Any]:
             do_constant_folding=True,
             dynamo=False,  # the dynamo exporter needs onnxscript, which we do not ship
         )
+    return reference.numpy()
 
-    fp32 = stage / MODEL_FILES["fp32"]
+
+def _fuse(raw: Path, fp32: Path) -> dict[str, int]:
+    """Run onnxruntime's transformer optimizer on ``raw`` into ``fp32``; the fused operators."""
+    from onnxruntime.transformers import optimizer
+
     fused = optimizer.optimize_model(
         str(raw), model_type="bert", num_heads=NUM_HEADS, hidden_size=DIMENSION
     )
-    stats = fused.get_fused_operator_statistics()
+    stats: dict[str, int] = fused.get_fused_operator_statistics()
     if not stats.get("Attention"):
         raise ExportError(
             f"onnxruntime's optimizer fused no Attention node ({stats}); the export would be "
             "slow. Check that torch/transformers/onnxruntime match requirements.txt."
         )
     fused.save_model_to_file(str(fp32))
-    raw.unlink()
+    return stats
 
-    int8 = stage / MODEL_FILES["int8"]
+
+def _quantize(fp32: Path, int8: Path) -> None:
+    """Dynamic int8 weights, per channel, of the fused graph."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     quantize_dynamic(
         str(fp32),
         str(int8),
@@ -212,29 +260,20 @@ def _build(source: Path, stage: Path) -> dict[str, Any]:
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
 
+
+def _min_cosine(model: Path, feeds: dict[str, Any], reference: Any) -> float:
+    """The lowest cosine between the ONNX model's sentence vectors and torch's, over ``feeds``."""
+    import numpy as np
+    import onnxruntime as ort
+
     def pooled(hidden: np.ndarray) -> np.ndarray:
         mask = feeds["attention_mask"][:, :, None].astype(np.float32)
         vectors = (hidden * mask).sum(axis=1) / mask.sum(axis=1)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
-    want = pooled(reference.numpy())
-    cosines: dict[str, float] = {}
-    for precision, path in (("fp32", fp32), ("int8", int8)):
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (hidden,) = session.run(["last_hidden_state"], feeds)
-        cosines[precision] = float((pooled(hidden) * want).sum(axis=1).min())
-    if cosines["fp32"] < MIN_FP32_COSINE:
-        raise ExportError(
-            f"The exported fp32 model disagrees with torch (min cosine {cosines['fp32']:.5f}); "
-            "refusing to install it."
-        )
-    shutil.copyfile(source / TOKENIZER_NAME, stage / TOKENIZER_NAME)
-    return {
-        "fused_operators": {k: v for k, v in stats.items() if v},
-        "min_cosine_vs_torch": cosines,
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-    }
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    (hidden,) = session.run(["last_hidden_state"], feeds)
+    return float((pooled(hidden) * pooled(reference)).sum(axis=1).min())
 
 
 def export(out: Path, *, force: bool = False) -> tuple[bool, str]:

@@ -338,7 +338,7 @@ def context_block(hits: Sequence[Hit]) -> str:
 
 def source_label(hit: Hit) -> str:
     """Where a passage comes from, for people and the model: ``guide.pdf, page 3``."""
-    return f"{hit.source}, page {hit.page}" if hit.page is not None else hit.source
+    return hit.label
 
 
 def _messages(

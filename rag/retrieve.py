@@ -10,25 +10,27 @@ and merges the two rankings with reciprocal rank fusion: a chunk scores
 calibration between cosine similarities and BM25 scores, which live on
 unrelated scales.
 
-A :class:`Retriever` is cached per process and store. Before each search it
+A :class:`Retriever` is cached per process and settings. Before each search it
 reads the store's generation token (one small file); when an ingest has
 committed since, it reopens Chroma and reloads the BM25 index, so a
 long-running app sees new documents without a restart.
 
->>> hits = retrieve("how do I add my own files?", k=3)      # doctest: +SKIP
->>> [(h.source, h.page) for h in hits]                       # doctest: +SKIP
-[('user-guide.md', None), ('quick-reference.pdf', 3), ...]
+>>> dense = [(Chunk("guide.pdf#4", "guide.pdf", 4, "Raise the skeg.", page=3), 0.81)]
+>>> lexical = [(Chunk("faq.md#0", "faq.md", 0, "Skeg or rudder?"), 7.2), (dense[0][0], 5.1)]
+>>> [(h.label, h.dense_rank, h.bm25_rank) for h in fuse(dense, lexical, k=2, rrf_k=60)]
+[('guide.pdf, page 3', 1, 2), ('faq.md', None, 1)]
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Literal
 
-from rag.errors import NoDocuments
 from rag.bm25 import Bm25Index, load_bm25_index
-from rag.settings import Settings, get_settings
+from rag.errors import NoDocuments
+from rag.settings import Settings
 from rag.store import Chunk, ChunkStore, forget_cached_clients, read_generation
 
 Mode = Literal["hybrid", "dense", "bm25"]
@@ -56,6 +58,11 @@ class Hit:
     # Cosine similarity to the question when the dense half returned this chunk: the
     # relevance gate's signal (RRF scores only say how chunks rank against each other).
     similarity: float | None = None
+
+    @property
+    def label(self) -> str:
+        """Where the passage comes from, for people and the model: ``guide.pdf, page 3``."""
+        return f"{self.source}, page {self.page}" if self.page is not None else self.source
 
 
 def fuse(
@@ -121,8 +128,7 @@ class _Loaded:
 class Retriever:
     """Hybrid search over one store; reloads itself when an ingest changes the store.
 
-    >>> retriever = Retriever(settings)                            # doctest: +SKIP
-    >>> retriever.search("Which port does Ollama use?", k=3)       # doctest: +SKIP
+    ``Retriever(settings).search(question, k)`` gives the ``k`` best :class:`Hit` s.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -188,31 +194,12 @@ class Retriever:
         return _Loaded(generation, store, load_bm25_index(s, store), count)
 
 
-_retrievers: dict[tuple[object, ...], Retriever] = {}
-_retrievers_lock = threading.Lock()
+@functools.cache
+def get_retriever(settings: Settings) -> Retriever:
+    """The process-wide :class:`Retriever` for these settings (frozen, so they key the cache)."""
+    return Retriever(settings)
 
 
-def get_retriever(settings: Settings | None = None) -> Retriever:
-    """The process-wide :class:`Retriever` for the store ``settings`` point at."""
-    settings = settings or get_settings()
-    key = (
-        str(settings.data_dir.resolve()),
-        settings.collection,
-        settings.chroma_host,
-        settings.chroma_port,
-        str(settings.embedder_dir.resolve()),
-        settings.embed_precision,
-        settings.candidates,
-        settings.rrf_k,
-        settings.top_k,
-    )
-    with _retrievers_lock:
-        retriever = _retrievers.get(key)
-        if retriever is None:
-            retriever = _retrievers[key] = Retriever(settings)
-        return retriever
-
-
-def retrieve(question: str, k: int | None = None, *, settings: Settings | None = None) -> list[Hit]:
+def retrieve(question: str, k: int | None = None, *, settings: Settings) -> list[Hit]:
     """The ``k`` best chunks for ``question`` by hybrid search (see :class:`Retriever`)."""
     return get_retriever(settings).search(question, k)

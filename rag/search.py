@@ -35,7 +35,7 @@ def format_hits(question: str, hits: list[Hit]) -> str:
     if not hits:
         lines.append("  (no matching passages)")
     for rank, hit in enumerate(hits, start=1):
-        where = hit.source + (f", page {hit.page}" if hit.page is not None else "")
+        where = hit.label
         if hit.heading:
             where += f" - {hit.heading}"
         lines.append(f"{rank:>3}. {where}  (score {hit.score:.4f})")

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     chunk_tokens: int = Field(220, ge=32, le=256, validation_alias=_env("RAG_CHUNK_TOKENS"))
     chunk_overlap: int = Field(40, ge=0, validation_alias=_env("RAG_CHUNK_OVERLAP"))
     max_file_mb: float = Field(50.0, gt=0, validation_alias=_env("RAG_MAX_FILE_MB"))
+    # What one file may cost once it is opened, whatever its size on disk: a few KB of
+    # zip can inflate to GBs, and a 50 MB page to tens of thousands of chunks.
+    max_inflated_mb: float = Field(100.0, gt=0, validation_alias=_env("RAG_MAX_INFLATED_MB"))
+    max_text_mb: float = Field(10.0, gt=0, validation_alias=_env("RAG_MAX_TEXT_MB"))
+    max_chunks_per_file: int = Field(10_000, ge=1, validation_alias=_env("RAG_MAX_CHUNKS_PER_FILE"))
     lock_timeout_s: float = Field(0.0, ge=0, validation_alias=_env("RAG_LOCK_TIMEOUT"))
 
     # --- embeddings ----------------------------------------------------------

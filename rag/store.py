@@ -10,9 +10,12 @@ Chroma allows one writing process per store. Writers take the ingest lock
 file so that long-lived readers (the chat app) know to reopen and see fresh
 vectors instead of Chroma's cached index.
 
->>> store = ChunkStore(Settings(RAG_DATA_DIR="/tmp/x"))       # doctest: +SKIP
->>> store.add([chunk], vectors); store.count()                 # doctest: +SKIP
-1
+>>> import tempfile
+>>> store = ChunkStore(Settings(_env_file=None, data_dir=tempfile.mkdtemp()))
+>>> vector = np.eye(1, 384, dtype=np.float32)
+>>> store.add([Chunk("guide.md#0", "guide.md", 0, "Run make chat.", heading="Set-up")], vector)
+>>> store.count(), [(c.id, c.heading, round(sim, 3)) for c, sim in store.query(vector[0], k=1)]
+(1, [('guide.md#0', 'Set-up', 1.0)])
 """
 
 from __future__ import annotations

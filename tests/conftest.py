@@ -1,45 +1,52 @@
-"""Shared fixtures: throwaway data dirs that reuse the models built by `make models`."""
+"""Fixtures and hooks: throwaway data dirs that reuse the models built by `make models`.
+
+Pure tests run without any model. A test that needs one says so with a marker
+(``@pytest.mark.embedder``, ``@pytest.mark.engine``) or by using a fixture that
+builds a store; without the model it fails, not skips, with the sentence that
+says to run `make models`. Shared helpers live in :mod:`tests.support`.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from rag.settings import Settings
+from tests.support import SETTING_PREFIXES, SMALLEST_TIER, make_settings, missing_model
 
-REPO = Path(__file__).resolve().parents[1]
-# Models are exported once by `make models`; every test reuses them read-only.
-MODELS_DIR = Path(os.environ.get("RAG_MODELS_DIR", REPO / ".data" / "models")).resolve()
+# Test modules that still import helpers from here instead of tests.support.
+from tests.support import (  # noqa: F401
+    MODELS_DIR,
+    REPO,
+    free_port,
+    offline_settings,
+    stop_process,
+    with_fallback,
+)
 
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """The suite runs on the real models; without them it stops with what to run."""
-    missing = [
-        path
-        for path in (
-            MODELS_DIR / "all-MiniLM-L6-v2-onnx" / "manifest.json",
-            MODELS_DIR / "smollm2-135m-instruct-int4" / "genai_config.json",
-        )
-        if not path.is_file()
-    ]
-    if missing:
-        pytest.exit(
-            f"The models are not prepared ({', '.join(map(str, missing))} missing): "
-            "run `make models` first (`make test` does it).",
-            returncode=1,
-        )
+MODEL_MARKERS = {
+    "embedder": "needs the embedding model exported by `make models`",
+    "engine": "needs the embedded LLM built by `make models`",
+}
 
 
-SMALLEST_TIER = "smollm2-135m"
+def pytest_configure(config: pytest.Config) -> None:
+    for name, meaning in MODEL_MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {meaning}")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked with a model it needs fails with how to build it when it is missing."""
+    for kind in MODEL_MARKERS:
+        if item.get_closest_marker(kind) is not None and (problem := missing_model(kind)):
+            pytest.fail(problem, pytrace=False)
+
+
 # A developer's .env or shell must not change what the tests see.
 _LEAKY_ENV = [
-    name
-    for name in os.environ
-    if name.startswith(("RAG_", "LLM_", "CHROMA_", "FOUNDRY_")) and name != "RAG_MODELS_DIR"
+    name for name in os.environ if name.startswith(SETTING_PREFIXES) and name != "RAG_MODELS_DIR"
 ]
 
 
@@ -51,53 +58,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAG_ENGINE_MODEL", SMALLEST_TIER)
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
-    """Ask a server the test started to stop; kill it if it has not within ``timeout_s``."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def make_settings(tmp_path: Path, **overrides: object) -> Settings:
-    """Settings for a test: docs and data under ``tmp_path``, the shared models dir."""
-    docs = tmp_path / "docs"
-    docs.mkdir(parents=True, exist_ok=True)
-    values: dict[str, object] = {
-        "docs_dir": docs,
-        "data_dir": tmp_path / "data",
-        "models_dir_override": MODELS_DIR,
-        "engine_model": SMALLEST_TIER,
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
-
-
-def offline_settings(tmp_path: Path, **overrides: object) -> Settings:
-    """:func:`make_settings` with the embedded engine off: the model servers are fakes."""
-    return make_settings(tmp_path, **{"engine": "off", **overrides})
-
-
-def with_fallback(
-    root: Path, local_url: str, fallback_url: str, fallback_model: str, **overrides: object
-) -> Settings:
-    """:func:`offline_settings` with a local endpoint and a cloud fallback (both fakes)."""
-    return offline_settings(
-        root,
-        llm_base_url=local_url,
-        llm_fallback_base_url=fallback_url,
-        llm_fallback_model=fallback_model,
-        **overrides,
-    )
+@pytest.fixture(scope="session")
+def embedder_model() -> None:
+    """Fails the test with how to build the embedding model when it is missing."""
+    if problem := missing_model("embedder"):
+        pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture
@@ -119,7 +84,7 @@ def _ingest_cleanly(settings: Settings) -> None:
 
 
 @pytest.fixture(scope="session")
-def corpus_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def corpus_store(tmp_path_factory: pytest.TempPathFactory, embedder_model: None) -> Path:
     """A folder with docs/ (the Brightwater Kayaks corpus, tests/corpus.py) and data/."""
     from tests.corpus import build_corpus
 
@@ -136,7 +101,7 @@ def corpus_settings(corpus_store: Path) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def sample_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def sample_settings(tmp_path_factory: pytest.TempPathFactory, embedder_model: None) -> Settings:
     """Settings for a shared store of the sample documents shipped in docs/."""
     settings = make_settings(tmp_path_factory.mktemp("sample"), docs_dir=REPO / "docs")
     _ingest_cleanly(settings)

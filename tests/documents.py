@@ -170,3 +170,73 @@ def write_corpus(docs: Path, *, paragraphs: int = 1) -> dict[str, Path]:
         path.write_bytes(data)
         paths[source] = path
     return paths
+
+
+# --- hostile files: small on disk, or cheap to read, and very costly to process -----------
+
+_W_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+
+
+def zip_bomb_docx(inflated_mib: int, paragraph: str = "All work and no play. " * 8) -> bytes:
+    """A real .docx whose ``word/document.xml`` inflates to ``inflated_mib`` MiB of paragraphs.
+
+    The rest of the package comes from python-docx; the body is written straight
+    into the zip, so building it never holds the inflated text in memory. Its
+    paragraphs repeat, so the file is a few hundred KB.
+    """
+    import zipfile
+
+    base = zipfile.ZipFile(io.BytesIO(docx_bytes([("", "placeholder")])))
+    out = io.BytesIO()
+    row = f"<w:p><w:r><w:t>{paragraph}</w:t></w:r></w:p>".encode()
+    block = row * (1 << 20 // len(row) + 1)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as bomb:
+        for info in base.infolist():
+            if info.filename != "word/document.xml":
+                bomb.writestr(info, base.read(info.filename))
+                continue
+            with bomb.open("word/document.xml", "w", force_zip64=True) as body:
+                body.write(f'<?xml version="1.0"?><w:document xmlns:w="{_W_NS}"><w:body>'.encode())
+                for _ in range(inflated_mib * (1 << 20) // len(block)):
+                    body.write(block)
+                body.write(b"</w:body></w:document>")
+    return out.getvalue()
+
+
+def markup_heavy_html(total_mib: int, text_paragraphs: int = 60) -> bytes:
+    """An HTML page of about ``total_mib`` MiB that is nearly all markup and script.
+
+    ``text_paragraphs`` paragraphs of prose (under headings) are spread through it,
+    so it holds little text: few chunks, much parsing.
+    """
+    names = sorted(TOPICS)
+    noise = (
+        '<div class="wrap" data-track="{n}"><span class="x" style="color:#333">'
+        '<a href="/item/{n}?ref=nav&amp;s=1"><img src="/i/{n}.png" alt=""></a></span>'
+        "<script>window.t{n} = [1, 2, 3];</script></div>\n"
+    )
+    unit = "".join(noise.format(n=n) for n in range(40)).encode()
+    per_paragraph = max(total_mib * (1 << 20) // len(unit) // text_paragraphs, 1)
+    parts = [b"<html><head><title>Noisy page</title></head><body>"]
+    for i in range(text_paragraphs):
+        topic = names[i % len(names)]
+        parts.append(f"<h2>{topic} {i}</h2><p>{prose(topic)}</p>".encode())
+        parts.append(unit * per_paragraph)
+    parts.append(b"</body></html>")
+    return b"".join(parts)
+
+
+def text_heavy_html(total_mib: int) -> bytes:
+    """An HTML page of about ``total_mib`` MiB of paragraphs of prose, without any heading."""
+    names = sorted(TOPICS)
+    unit = "".join(f"<p>{prose(t)}</p>\n" for t in names).encode()
+    return b"<html><body>" + unit * (total_mib * (1 << 20) // len(unit)) + b"</body></html>"
+
+
+def unbroken_text(total_mib: float) -> bytes:
+    """``total_mib`` MiB of base64 on one line: not one space for WordPiece to split at."""
+    import base64
+    import random
+
+    raw = random.Random(9).randbytes(int(total_mib * (1 << 20) * 3 / 4))
+    return base64.b64encode(raw)

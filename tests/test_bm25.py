@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from rag.bm25 import (
     Bm25Index,
@@ -110,6 +111,7 @@ def test_old_index_folders_are_cleaned_up(settings: Settings) -> None:
     assert len(folders) <= 2  # the current one and its predecessor
 
 
+@pytest.mark.embedder
 def test_store_of_stopwords_only_has_no_bm25_hits_and_dense_search_still_works(
     settings: Settings,
 ) -> None:

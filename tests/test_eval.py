@@ -16,9 +16,8 @@ from rag.bm25 import rebuild_bm25_index
 from rag.retrieve import Hit
 from rag.settings import Settings
 from rag.store import Chunk, ChunkStore, bump_generation
-from tests.conftest import MODELS_DIR
 from tests.corpus import QA_DIR
-from tests.test_search_cli import run_cli
+from tests.support import MODELS_DIR, run_module
 
 FRUIT = [
     Chunk(id="a.md#0", source="a.md", index=0, text="apples apples apples"),
@@ -93,7 +92,7 @@ def test_k_cuts_off_later_ranks(
 
 def test_human_report_names_numbers_and_misses(fruit: tuple[Settings, Path]) -> None:
     settings, qa = fruit
-    out = run_cli(
+    out = run_module(
         "rag.eval", str(qa), "--mode", "bm25", "--data-dir", str(settings.data_dir), cwd=qa.parent
     )
     assert out.returncode == 0, out.stderr

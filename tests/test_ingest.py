@@ -15,7 +15,7 @@ from ingest.state import IngestState
 from rag.embed import get_embedder
 from rag.settings import Settings
 from rag.store import Chunk, ChunkStore, chunk_id, forget_cached_clients, read_generation
-from tests.conftest import make_settings
+from tests.support import make_settings
 from tests.documents import (
     certificate_encrypted_pdf_bytes,
     docx_bytes,
@@ -25,6 +25,8 @@ from tests.documents import (
     truncated_pdf_bytes,
     write_corpus,
 )
+
+pytestmark = pytest.mark.embedder
 
 CORPUS = [
     "bees é.docx",
@@ -78,13 +80,13 @@ def test_ingested_chunks_are_searchable_by_meaning(settings, corpus) -> None:  #
 def test_unchanged_file_is_not_parsed_again(settings, corpus, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     ingest(settings)
     parsed: list[str] = []
-    real_load = pipeline.load_document
+    real_read = pipeline.read_sections
 
-    def spy(source: str, data: bytes):  # type: ignore[no-untyped-def]
+    def spy(source: str, data: bytes, extraction):  # type: ignore[no-untyped-def]
         parsed.append(source)
-        return real_load(source, data)
+        return real_read(source, data, extraction)
 
-    monkeypatch.setattr(pipeline, "load_document", spy)
+    monkeypatch.setattr(pipeline, "read_sections", spy)
     generation = read_generation(settings)
     report = ingest(settings)
     assert parsed == []
@@ -324,14 +326,14 @@ def test_loader_raising_an_unexpected_exception_fails_only_that_file(  # type: i
 ) -> None:
     # No parser at hand raises an arbitrary exception on demand, so the loader is
     # wrapped for one file: it raises what pypdf raises for unsupported features.
-    real_load = pipeline.load_document
+    real_read = pipeline.read_sections
 
-    def load(source: str, data: bytes):  # type: ignore[no-untyped-def]
+    def read(source: str, data: bytes, extraction):  # type: ignore[no-untyped-def]
         if source == "sea/tides guide.pdf":
             raise NotImplementedError("only Standard PDF encryption handler is available")
-        return real_load(source, data)
+        return real_read(source, data, extraction)
 
-    monkeypatch.setattr(pipeline, "load_document", load)
+    monkeypatch.setattr(pipeline, "read_sections", read)
     report = ingest(settings)
     assert _errors(report) == {
         "sea/tides guide.pdf": "uses a feature the parser does not support "
@@ -460,3 +462,71 @@ def test_docx_and_html_chunks_keep_their_headings(settings) -> None:  # type: ig
     )
     ingest(settings)
     assert _chunks(settings)["h.docx#0"].heading == "Hives"
+
+
+# --- bounded cost: limits and batches (tests/test_ingest_limits.py measures memory) ---------
+
+
+def test_a_file_over_the_chunk_limit_is_refused_before_any_chunk_is_written(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch
+) -> None:
+    settings = make_settings(tmp_path, max_chunks_per_file=3)
+    (settings.docs_dir / "long.txt").write_text(prose("tides", 30))
+    (settings.docs_dir / "short.md").write_text("# Short\n\nOne line.")
+    written: list[str] = []
+    real_add = ChunkStore.add
+
+    def add(self, chunks, vectors):  # type: ignore[no-untyped-def]
+        written.extend(c.source for c in chunks)
+        return real_add(self, chunks, vectors)
+
+    monkeypatch.setattr(ChunkStore, "add", add)
+    report = ingest(settings)
+    assert _errors(report) == {
+        "long.txt": "too many chunks: more than 3 (raise RAG_MAX_CHUNKS_PER_FILE to ingest it, "
+        "or split the file)"
+    }
+    assert report.added == ["short.md"] and set(written) == {"short.md"}
+
+
+def test_a_file_that_grows_over_a_limit_loses_its_old_chunks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, max_text_mb=0.01)
+    notes = settings.docs_dir / "notes.md"
+    notes.write_text("# Notes\n\nShort for now.")
+    assert ingest(settings).added == ["notes.md"]
+    notes.write_text("# Notes\n\n" + prose("bees", 60))
+    report = ingest(settings)
+    assert _errors(report) == {
+        "notes.md": "too much text: more than 0.01 MB extracted (raise RAG_MAX_TEXT_MB to ingest "
+        "it, or split the file)"
+    }
+    assert _sources(settings) == set()
+
+
+def test_a_file_larger_than_a_batch_is_written_in_several_and_pending_until_its_last(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch
+) -> None:
+    # embed_batch=1: batches of 8 chunks, so the long file spans several of them.
+    settings = make_settings(tmp_path, embed_batch=1, chunk_tokens=32, chunk_overlap=0)
+    (settings.docs_dir / "a.md").write_text("# A\n\nalpha")
+    (settings.docs_dir / "long.txt").write_text(prose("tides", 12))
+    (settings.docs_dir / "z.md").write_text("# Z\n\nomega")
+    batches: list[tuple[int, dict[str, str]]] = []
+    real_add = ChunkStore.add
+
+    def add(self, chunks, vectors):  # type: ignore[no-untyped-def]
+        with IngestState(state_path(settings)) as state:
+            batches.append((len(chunks), {s: r.status for s, r in state.all().items()}))
+        return real_add(self, chunks, vectors)
+
+    monkeypatch.setattr(ChunkStore, "add", add)
+    report = ingest(settings)
+    assert report.added == ["a.md", "long.txt", "z.md"] and report.failed == []
+    assert len(batches) >= 4 and all(size <= 8 for size, _ in batches)
+    # While its chunks are being written, the long file is pending; the file before it is done.
+    middle = [statuses for _, statuses in batches[1:-1]]
+    assert all(s["long.txt"] == "pending" and s["a.md"] == "done" for s in middle)
+    counts: dict[str, int] = {}
+    for chunk in _chunks(settings).values():
+        counts[chunk.source] = counts.get(chunk.source, 0) + 1
+    assert counts["long.txt"] > 16 and report.chunks == sum(counts.values())

@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import MODELS_DIR, REPO
+import pytest
+
 from tests.documents import certificate_encrypted_pdf_bytes, write_corpus
+from tests.support import REPO, cli_env, run_module
 
 HOLD_LOCK = """
 import sys, time
@@ -22,29 +24,16 @@ with writer_lock(Settings(_env_file=None, data_dir=sys.argv[1])):
 """
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)  # conftest already dropped any RAG_/CHROMA_ settings of the developer
-    env.update(PYTHONPATH=str(REPO), RAG_MODELS_DIR=str(MODELS_DIR))
-    return env
-
-
 def run_ingest(
     *args: str | Path, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ingest", *map(str, args)],
-        cwd=cwd,
-        env=env or _env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_module("ingest", *args, cwd=cwd, env=env)
 
 
 def _hold_lock(data: Path, seconds: float) -> subprocess.Popen[str]:
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(data), str(seconds)],
-        env=_env(),
+        env=cli_env(),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -52,6 +41,7 @@ def _hold_lock(data: Path, seconds: float) -> subprocess.Popen[str]:
     return holder
 
 
+@pytest.mark.embedder
 def test_cli_prints_json_as_the_last_line_and_exits_0_then_2_on_failures(tmp_path: Path) -> None:
     docs, data = tmp_path / "docs", tmp_path / "data"
     write_corpus(docs)
@@ -80,6 +70,7 @@ def test_cli_prints_json_as_the_last_line_and_exits_0_then_2_on_failures(tmp_pat
     assert "Traceback" not in second.stderr
 
 
+@pytest.mark.embedder
 def test_cli_exits_2_when_one_pdf_has_an_unsupported_encryption(tmp_path: Path) -> None:
     docs, data = tmp_path / "docs", tmp_path / "data"
     write_corpus(docs)
@@ -97,10 +88,11 @@ def test_cli_exits_2_when_one_pdf_has_an_unsupported_encryption(tmp_path: Path) 
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.embedder
 def test_cli_with_another_data_dir_uses_the_default_models_of_the_repo(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     write_corpus(docs)
-    env = _env()
+    env = cli_env()
     del env["RAG_MODELS_DIR"]  # the default: .data/models under the working directory
     done = run_ingest(docs, "--data-dir", tmp_path / "elsewhere", "--json", cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr
@@ -120,6 +112,7 @@ def test_unexpected_error_is_one_line_on_stderr_and_exit_1(tmp_path: Path) -> No
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
+@pytest.mark.embedder
 def test_cli_prints_a_one_line_summary_and_each_failure(tmp_path: Path) -> None:
     docs, data = tmp_path / "docs", tmp_path / "data"
     docs.mkdir()
@@ -134,11 +127,12 @@ def test_cli_prints_a_one_line_summary_and_each_failure(tmp_path: Path) -> None:
     assert "\r" not in done.stderr, "no progress bar when stderr is not a terminal"
 
 
+@pytest.mark.embedder
 def test_cli_reads_docs_and_data_dirs_from_the_environment(tmp_path: Path) -> None:
     docs, data = tmp_path / "d", tmp_path / "store"
     docs.mkdir()
     (docs / "a.txt").write_text("alpha")
-    env = _env() | {"RAG_DOCS_DIR": str(docs), "RAG_DATA_DIR": str(data)}
+    env = cli_env() | {"RAG_DOCS_DIR": str(docs), "RAG_DATA_DIR": str(data)}
     done = run_ingest("--json", cwd=tmp_path, env=env)
     assert done.returncode == 0 and json.loads(done.stdout.splitlines()[-1])["added"] == 1
     assert (data / "chroma").is_dir()
@@ -155,11 +149,12 @@ def test_missing_embedding_model_exits_1_with_how_to_fix(tmp_path: Path) -> None
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "a.txt").write_text("alpha")
-    env = _env() | {"RAG_MODELS_DIR": str(tmp_path / "no-models")}
+    env = cli_env() | {"RAG_MODELS_DIR": str(tmp_path / "no-models")}
     done = run_ingest(docs, "--data-dir", tmp_path / "data", cwd=tmp_path, env=env)
     assert done.returncode == 1 and "make models" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.embedder
 def test_second_ingest_exits_with_a_clear_message_while_another_holds_the_lock(
     tmp_path: Path,
 ) -> None:
@@ -182,6 +177,7 @@ def test_second_ingest_exits_with_a_clear_message_while_another_holds_the_lock(
     assert run_ingest(docs, "--data-dir", data, cwd=tmp_path).returncode == 0
 
 
+@pytest.mark.embedder
 def test_second_ingest_waits_for_the_lock_when_a_timeout_is_set(tmp_path: Path) -> None:
     docs, data = tmp_path / "docs", tmp_path / "data"
     docs.mkdir()
@@ -189,7 +185,7 @@ def test_second_ingest_waits_for_the_lock_when_a_timeout_is_set(tmp_path: Path) 
     holder = _hold_lock(data, 2)
     start = time.monotonic()
     done = run_ingest(
-        docs, "--data-dir", data, "--json", cwd=tmp_path, env=_env() | {"RAG_LOCK_TIMEOUT": "60"}
+        docs, "--data-dir", data, "--json", cwd=tmp_path, env=cli_env() | {"RAG_LOCK_TIMEOUT": "60"}
     )
     holder.wait()
     assert done.returncode == 0, done.stderr
@@ -197,6 +193,7 @@ def test_second_ingest_waits_for_the_lock_when_a_timeout_is_set(tmp_path: Path) 
     assert time.monotonic() - start >= 1.0
 
 
+@pytest.mark.embedder
 def test_progress_bar_is_shown_on_a_terminal(tmp_path: Path) -> None:
     import fcntl
     import pty
@@ -211,7 +208,7 @@ def test_progress_bar_is_shown_on_a_terminal(tmp_path: Path) -> None:
     if pid == 0:  # the child: a terminal of 100 columns, as a user's
         fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
         os.chdir(tmp_path)
-        os.execve(sys.executable, argv, _env())
+        os.execve(sys.executable, argv, cli_env())
     output = b""
     while True:
         try:

@@ -21,11 +21,10 @@ import pytest
 
 from ingest.pipeline import ingest, state_path
 from rag.store import ChunkStore, forget_cached_clients
-from tests.conftest import make_settings
 from tests.documents import TOPICS, prose, write_corpus
-from tests.test_ingest_cli import _env
+from tests.support import cli_env, make_settings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.embedder]
 # Files are committed to the store in batches of 8 embedding batches; with batches
 # of 1 chunk, this small corpus is written in many commits, so kills land between
 # and inside them rather than only while embedding.
@@ -73,7 +72,7 @@ def _killed_run(
     proc = subprocess.Popen(
         [sys.executable, "-m", "ingest", str(docs), "--data-dir", str(data), "--json"],
         cwd=cwd,
-        env=_env() | SMALL_COMMITS,
+        env=cli_env(**SMALL_COMMITS),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

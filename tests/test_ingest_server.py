@@ -15,10 +15,10 @@ from ingest.pipeline import ingest
 from rag.embed import get_embedder
 from rag.retrieve import Retriever
 from rag.store import ChunkStore
-from tests.conftest import free_port, make_settings, stop_process
+from tests.support import free_port, make_settings, stop_process
 from tests.documents import write_corpus
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.embedder]
 # The `chroma` script installed next to this interpreter (whatever the venv is called).
 CHROMA = Path(sys.executable).parent / "chroma"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from rag.eval import evaluate, load_qa
 from rag.retrieve import Hit, Retriever, fuse, get_retriever, retrieve
 from rag.settings import Settings
 from rag.store import Chunk, ChunkStore
-from tests.conftest import MODELS_DIR, REPO, make_settings
+from tests.support import MODELS_DIR, REPO, cli_env, make_settings
 from tests.corpus import QA_DIR, index_folder
 
 
@@ -133,6 +132,7 @@ def _ingest_in_another_process(settings: Settings, folder: Path, rebuild_bm25: b
     subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, timeout=120)
 
 
+@pytest.mark.embedder
 @pytest.mark.parametrize("rebuild_bm25", [True, False], ids=["bm25-rebuilt", "bm25-stale"])
 def test_long_lived_retriever_sees_a_new_ingest(tmp_path: Path, rebuild_bm25: bool) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
@@ -187,15 +187,15 @@ def test_search_path_never_imports_torch(sample_settings: Settings) -> None:
         print(json.dumps({{"hits": len(hits), "torch": "torch" in sys.modules}}))
         """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "CHROMA_"))}
     out = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", script], cwd=REPO, env=cli_env(), capture_output=True, text=True,
         timeout=120, check=True,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"hits": 3, "torch": False}
 
 
+@pytest.mark.embedder
 def test_deleted_file_disappears_from_both_halves_after_reingest(tmp_path: Path) -> None:
     from ingest.pipeline import ingest
 
@@ -213,3 +213,9 @@ def test_deleted_file_disappears_from_both_halves_after_reingest(tmp_path: Path)
     for mode in ("hybrid", "dense", "bm25"):
         hits = retriever.search("zeppelin hangar", 5, mode=mode)  # type: ignore[arg-type]
         assert all(h.source == "keep.md" for h in hits), mode
+
+
+def test_a_hit_is_labelled_with_its_file_and_page_when_it_has_one() -> None:
+    pdf = fuse([(Chunk("guide.pdf#4", "guide.pdf", 4, "Raise the skeg.", page=3), 0.8)], [], 1, 60)
+    md = fuse([(_chunk("notes/faq.md#0"), 0.8)], [], 1, 60)
+    assert (pdf[0].label, md[0].label) == ("guide.pdf, page 3", "notes/faq.md")

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from rag.settings import Settings
-from tests.conftest import MODELS_DIR, REPO
-
-
-def run_cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m module`` the way a user does, isolated from the developer's settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "CHROMA_", "LLM_"))}
-    env.update(RAG_MODELS_DIR=str(MODELS_DIR), PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-    )
+from tests.support import REPO, run_module
 
 
 def test_json_prints_one_line_per_question_with_source_page_score_text(
     corpus_settings: Settings, tmp_path: Path
 ) -> None:
     questions = ["How long is the hull warranty?", "What is the nightly hotel limit in Zurich?"]
-    out = run_cli(
+    out = run_module(
         "rag.search", *questions, "--k", "3", "--json",
         "--data-dir", str(corpus_settings.data_dir), cwd=tmp_path,
     )
@@ -47,7 +34,7 @@ def test_json_prints_one_line_per_question_with_source_page_score_text(
 def test_human_output_ranks_hits_with_source_page_and_score(
     corpus_settings: Settings, tmp_path: Path
 ) -> None:
-    out = run_cli(
+    out = run_module(
         "rag.search", "how do I adjust the footrests?", "--k", "2",
         "--data-dir", str(corpus_settings.data_dir), cwd=tmp_path,
     )
@@ -59,7 +46,7 @@ def test_human_output_ranks_hits_with_source_page_and_score(
 
 
 def test_missing_store_prints_how_to_ingest_and_exits_1(tmp_path: Path) -> None:
-    out = run_cli(
+    out = run_module(
         "rag.search", "anything?", "--data-dir", str(tmp_path / "nowhere"),
         "--docs-dir", str(tmp_path / "my-docs"), cwd=tmp_path,
     )
@@ -74,7 +61,7 @@ def test_empty_store_prints_the_same_message(settings: Settings, tmp_path: Path)
     from rag.store import ChunkStore
 
     ChunkStore(settings)  # an existing but empty collection
-    out = run_cli(
+    out = run_module(
         "rag.search", "anything?", "--json", "--data-dir", str(settings.data_dir), cwd=tmp_path
     )
     assert out.returncode == 1
@@ -88,7 +75,7 @@ def test_unexpected_error_is_one_line_on_stderr_and_exit_1_for_search_and_eval(
     not_a_folder.write_text("a file where the data folder should be")
     qa = REPO / "tests" / "qa" / "sample_docs.jsonl"
     for module, args in (("rag.search", ["anything"]), ("rag.eval", [str(qa)])):
-        out = run_cli(module, *args, "--data-dir", str(not_a_folder), cwd=tmp_path)
+        out = run_module(module, *args, "--data-dir", str(not_a_folder), cwd=tmp_path)
         prefix = module.removeprefix("rag.")
         assert out.returncode == 1, out.stderr
         assert out.stderr.startswith(f"{prefix}: unexpected error ("), out.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ingest.pipeline import IngestReport
 from rag.answer import AnswerDone, AnswerStart
 from rag.catalog import Offer
 from rag.grounding import content_words, sentences
@@ -19,7 +18,6 @@ from rag.prompt import COMPACT, source_label, style_for
 from rag.retrieve import Hit
 from rag.routing import Kind, Provider, Reason, Route
 from rag.settings import Settings
-from rag.uploads import SavedUpload
 
 UPLOAD_KINDS = "PDF, Word (.docx), Markdown, HTML or text"
 BETTER_MODELS = (
@@ -169,29 +167,3 @@ def hits_table(hits: Sequence[Hit]) -> str:
         f"{n}. **{source_label(h)}** (score {h.score:.3f}) {h.text[:140].strip()}…"
         for n, h in enumerate(hits, start=1)
     )
-
-
-def upload_summary(
-    saved: Sequence[SavedUpload], report: IngestReport | None, problems: Sequence[str]
-) -> str:
-    """What happened to each dropped file, in sentences."""
-    failed = {f.path: f.error for f in report.failed} if report else {}
-    lines = []
-    for s in saved:
-        if s.name in failed:
-            lines.append(f"**{s.uploaded_as}** was saved but could not be read: {failed[s.name]}")
-        elif report is None:
-            continue
-        elif s.already_present:
-            lines.append(f"**{s.uploaded_as}** is already in the knowledge base (as `{s.name}`).")
-        elif s.renamed:
-            lines.append(
-                f"Added **{s.uploaded_as}** as `{s.name}`, because a different file already had "
-                "that name."
-            )
-        else:
-            lines.append(f"Added **{s.name}** to the knowledge base.")
-    lines.extend(problems)
-    if report is not None and any(not s.already_present and s.name not in failed for s in saved):
-        lines.append(f"{report.chunks} passages are searchable now; ask about them.")
-    return "\n\n".join(lines)
