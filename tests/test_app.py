@@ -356,7 +356,7 @@ async def test_an_upload_is_saved_safely_ingested_and_then_answers_questions(
     )
     assert not (tmp_path / "Launch Plan.md").exists()  # the ../ went nowhere
     assert "Added Launch Plan.md" in added and "searchable now" in added
-    assert "as `Launch Plan-2.md`" in renamed and "different file already had that name" in renamed
+    assert "as Launch Plan-2.md" in renamed and "different file already had that name" in renamed
 
     hits = retrieve("secret launch code word", settings=get_settings())
     assert hits[0].source == "Launch Plan.md"
