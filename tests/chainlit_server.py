@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MODELS_DIR, REPO, free_port, stop_process
+from tests.support import MODELS_DIR, REPO, free_port, stop_process
 
 CHAINLIT = Path(sys.executable).with_name("chainlit")
 START_TIMEOUT_S = 90

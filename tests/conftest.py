@@ -16,15 +16,6 @@ import pytest
 from rag.settings import Settings
 from tests.support import SETTING_PREFIXES, SMALLEST_TIER, make_settings, missing_model
 
-# Test modules that still import helpers from here instead of tests.support.
-from tests.support import (  # noqa: F401
-    MODELS_DIR,
-    REPO,
-    free_port,
-    offline_settings,
-    stop_process,
-    with_fallback,
-)
 
 MODEL_MARKERS = {
     "embedder": "needs the embedding model exported by `make models`",

@@ -11,7 +11,7 @@ from rag.errors import EndpointError, EndpointUnavailable
 from rag.prompt import PromptTooLong
 from rag.retrieve import Hit
 from rag.routing import DEFAULT_START_HINT, Kind, Reason
-from tests.conftest import offline_settings
+from tests.support import offline_settings
 from tests.fake_openai import FakeOpenAI
 
 QUESTION = "How many days of paid holiday do employees get?"

@@ -39,7 +39,7 @@ from rag.retrieve import Hit
 from rag.grounding import NOT_COVERED, Citation
 from rag.routing import Kind, Provider, Route
 from rag.settings import Settings
-from tests.conftest import MODELS_DIR, REPO, free_port, offline_settings, with_fallback
+from tests.support import MODELS_DIR, REPO, free_port, offline_settings, with_fallback
 from tests.corpus import QA_DIR, SAMPLE_DOCS, build_corpus
 from tests.fake_openai import FakeOpenAI
 

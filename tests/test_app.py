@@ -22,7 +22,7 @@ from rag.prompt import CONTEXT_HEAD, FULL_PASSAGES, build_prompt, estimate_token
 from rag.retrieve import retrieve
 from rag.settings import Settings, get_settings
 from tests.chat_session import ChatSession
-from tests.conftest import MODELS_DIR, REPO, make_settings
+from tests.support import MODELS_DIR, REPO, make_settings
 from tests.corpus import build_corpus
 from tests.fake_openai import FakeOpenAI
 from tests.foundry_fake import install_fake_foundry

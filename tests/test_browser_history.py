@@ -8,7 +8,7 @@ import pytest
 
 from rag.users import add_user
 from tests.chainlit_server import app_env, running_chainlit
-from tests.conftest import make_settings
+from tests.support import make_settings
 from tests.fake_openai import FakeOpenAI
 from tests.test_browser import ASSISTANT, CHROMIUM_FLAGS, HOLIDAYS, chromium, only_loopback  # noqa: F401
 

@@ -28,7 +28,7 @@ from rag.llm import Endpoint
 from rag.routing import Kind, Provider, Reason, Route
 from rag.settings import Settings
 from rag.web.compare_board import CompareBoard, CompareUsage, parse_compare_command
-from tests.conftest import MODELS_DIR, REPO, offline_settings, with_fallback
+from tests.support import MODELS_DIR, REPO, offline_settings, with_fallback
 from tests.fake_openai import FakeOpenAI
 from tests.foundry_fake import no_foundry
 

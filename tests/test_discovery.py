@@ -21,7 +21,7 @@ from rag.hosts import is_local_url
 from rag.llm import Endpoint, stream_chat, unavailable
 from rag.retrieve import Hit
 from rag.routing import DEFAULT_START_HINT, Kind, Provider, RouteRefused
-from tests.conftest import make_settings
+from tests.support import make_settings
 from tests.fake_openai import FakeOpenAI
 from tests.foundry_fake import FOUNDRY_IDS, install_fake_foundry, no_foundry, running_status
 

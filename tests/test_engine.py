@@ -27,7 +27,7 @@ from rag.errors import ModelMissing
 from rag.embedded_llm.tiers import TIERS
 from rag.llm import Endpoint
 from rag.settings import Settings
-from tests.conftest import REPO, make_settings
+from tests.support import REPO, make_settings
 
 SMALL = "smollm2-135m"
 
@@ -297,7 +297,7 @@ def test_engine_dies_when_its_parent_is_killed(tmp_path: Path, started_from: str
     parent_code = (
         "import sys, threading, time\n"
         "from rag.embedded_llm import EngineProcess\n"
-        "from tests.conftest import make_settings\n"
+        "from tests.support import make_settings\n"
         "from pathlib import Path\n"
         f"p = EngineProcess(make_settings(Path({str(tmp_path)!r}), engine_model={SMALL!r}))\n"
         f"{start}"
@@ -323,7 +323,7 @@ def test_shared_engine_is_stopped_when_the_app_exits(tmp_path: Path) -> None:
     app_code = (
         "from pathlib import Path\n"
         "from rag.embedded_llm import shared_engine\n"
-        "from tests.conftest import make_settings\n"
+        "from tests.support import make_settings\n"
         f"settings = make_settings(Path({str(tmp_path)!r}), engine_model={SMALL!r})\n"
         "engine = shared_engine(settings)\n"
         "engine.start()\n"

@@ -29,7 +29,7 @@ from rag.embedded_llm.build import (
 from rag.embedded_llm.model import ModelInfo, model_id
 from rag.embedded_llm.tiers import TIERS, SourceDamaged, join_parts, part_files
 from rag.settings import Settings, SettingsInvalid, _validated, get_settings
-from tests.conftest import MODELS_DIR, REPO, make_settings
+from tests.support import MODELS_DIR, REPO, make_settings
 
 BUILT = MODELS_DIR / "smollm2-135m-instruct-int4"
 DEFAULT_TIER = TIERS[Settings.model_fields["engine_model"].default]

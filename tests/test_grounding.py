@@ -15,7 +15,7 @@ from rag.prompt import CONTEXT_END, CONTEXT_HEAD, SYSTEM_PROMPT, build_prompt
 from rag.retrieve import Hit, retrieve
 from rag.settings import Settings, get_settings
 from tests.chat_session import ChatSession
-from tests.conftest import MODELS_DIR, offline_settings
+from tests.support import MODELS_DIR, offline_settings
 from tests.fake_openai import FakeOpenAI
 
 HOLIDAYS = "How many days of paid holiday do employees get?"

@@ -17,7 +17,7 @@ from rag.web.history import (
 )
 from tests.chainlit_server import app_env, running_chainlit
 from tests.chat_socket import ChatSocket
-from tests.conftest import make_settings
+from tests.support import make_settings
 from tests.fake_openai import FakeOpenAI
 
 HOLIDAYS = "How many days of paid holiday do employees get?"

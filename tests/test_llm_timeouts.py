@@ -23,7 +23,7 @@ from rag.errors import EndpointSilent, EndpointUnavailable, StreamInterrupted
 from rag.llm import Endpoint, list_models, stream_chat
 from rag.routing import DEFAULT_START_HINT
 from rag.settings import Settings
-from tests.conftest import free_port, make_settings, offline_settings, with_fallback
+from tests.support import free_port, make_settings, offline_settings, with_fallback
 from tests.fake_openai import FakeOpenAI
 
 QUESTION = "How many days of paid holiday does everyone get?"

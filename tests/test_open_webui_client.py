@@ -24,7 +24,7 @@ import pytest
 import rag.answer
 from ingest.pipeline import ingest
 from rag.settings import Settings
-from tests.conftest import offline_settings
+from tests.support import offline_settings
 from tests.fake_openai import FakeOpenAI
 from tests.test_openai_api import ApiServer
 

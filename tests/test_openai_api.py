@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse
 
 from rag.web.http_api import mount_openai_api
 from rag.settings import Settings
-from tests.conftest import offline_settings, with_fallback
+from tests.support import offline_settings, with_fallback
 from tests.fake_openai import FakeOpenAI
 
 REPLY = "Everyone gets 28 days of paid holiday [1]."

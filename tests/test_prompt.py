@@ -26,7 +26,7 @@ from rag.prompt import (
 )
 from rag.retrieve import Hit
 from rag.routing import Kind, Provider
-from tests.conftest import MODELS_DIR, make_settings
+from tests.support import MODELS_DIR, make_settings
 
 
 def hit(n: int, source: str = "guide.pdf", page: int | None = 3, words: int = 60) -> Hit:

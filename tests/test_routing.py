@@ -32,7 +32,7 @@ from rag.routing import (
 )
 from rag.settings import Settings
 from rag.web.chat_text import route_note
-from tests.conftest import make_settings, offline_settings
+from tests.support import make_settings, offline_settings
 from tests.fake_openai import FakeOpenAI
 from tests.foundry_fake import no_foundry
 

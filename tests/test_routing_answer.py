@@ -16,7 +16,7 @@ from rag.errors import EndpointUnavailable, RagError
 from rag.routing import Reason, RouteRefused
 from rag.settings import Settings
 from rag.web.chat_text import route_note
-from tests.conftest import offline_settings, with_fallback
+from tests.support import offline_settings, with_fallback
 from tests.fake_openai import FakeOpenAI
 from tests.foundry_fake import no_foundry
 

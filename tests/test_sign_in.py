@@ -16,7 +16,7 @@ from rag.users import add_user, check_password, list_users, remove_user, users_p
 from rag.web.sign_in import SignIn, SignInMissing, check_can_start, ensure_auth_secret, sign_in_mode
 from tests.chainlit_server import app_env, running_chainlit
 from tests.chat_socket import ChatSocket
-from tests.conftest import REPO, make_settings
+from tests.support import REPO, make_settings
 from tests.fake_openai import FakeOpenAI
 
 HOLIDAYS = "How many days of paid holiday do employees get?"
