@@ -191,6 +191,18 @@ async def stream_chat(
     stream: AsyncStream[ChatCompletionChunk] = await _first_reply(
         endpoint, request, deadlines, refused
     )
+    texts = _texts(endpoint, stream, deadlines)
+    try:
+        async for text in texts:
+            yield text
+    finally:
+        await texts.aclose()  # a caller that stops listening closes the HTTP stream now
+
+
+async def _texts(
+    endpoint: Endpoint, stream: AsyncStream[ChatCompletionChunk], deadlines: Deadlines
+) -> AsyncIterator[str]:
+    """The stream's text deltas, each within the deadline that applies to it."""
     received: list[str] = []
     chunks = 0
     try:
