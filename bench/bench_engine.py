@@ -37,7 +37,7 @@ from pathlib import Path
 import openai
 
 from rag.embedded_llm import EngineProcess, engine_available
-from rag.embedded_llm.tiers import TIERS, Tier, join_parts, packaged_file
+from rag.model_tiers import TIERS, Tier, join_parts, packaged_file
 from rag.settings import Settings, get_settings
 
 PASSAGES = [

@@ -25,6 +25,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rag.errors import RagError
+from rag.model_tiers import TIERS
 
 
 class SettingsInvalid(RagError):
@@ -117,7 +118,7 @@ class Settings(BaseSettings):
 
     # --- embedded engine (ONNX Runtime GenAI) --------------------------------
     engine: Literal["auto", "off"] = Field("auto", validation_alias=_env("RAG_ENGINE"))
-    # Which offline model the engine builds and serves (rag/embedded_llm/tiers.py).
+    # Which offline model the engine builds and serves (rag/model_tiers.py).
     engine_model: str = Field("qwen2.5-1.5b", validation_alias=_env("RAG_ENGINE_MODEL"))
     engine_model_dir_override: Path | None = Field(
         None, validation_alias=_env("RAG_ENGINE_MODEL_DIR")
@@ -190,9 +191,6 @@ class Settings(BaseSettings):
     @field_validator("engine_model")
     @classmethod
     def _known_tier(cls, value: str) -> str:
-        # Imported here: the engine package imports this module at its own import time.
-        from rag.embedded_llm.tiers import TIERS
-
         if value not in TIERS:
             choices = ", ".join(TIERS)
             raise ValueError(f"'{value}' is not an engine model tier; use one of {choices}")
@@ -223,8 +221,6 @@ class Settings(BaseSettings):
 
         ``RAG_ENGINE_MODEL_DIR`` when set, else the folder of the ``RAG_ENGINE_MODEL`` tier.
         """
-        from rag.embedded_llm.tiers import TIERS
-
         return self.engine_model_dir_override or self.models_dir / TIERS[self.engine_model].folder
 
     @property

