@@ -192,20 +192,20 @@ def test_a_pdf_source_opens_at_its_page_with_the_supporting_sentence_highlighted
             page.set_default_timeout(30_000)
             page.route("**/*", only_loopback)
             page.goto(running_app.url)
-            expect(page.locator(ASSISTANT).first).to_contain_text("drop a PDF")
+            expect(page.locator(ASSISTANT).first).to_contain_text("drop a PDF", timeout=30_000)
             page.locator("#chat-input").fill(PEDALS)
             page.locator("#chat-submit").click()
             answer = page.locator(ASSISTANT).last
-            expect(answer).to_contain_text("release it [")
-            expect(page.locator("#stop-button")).to_have_count(0)
-            expect(answer).to_contain_text("tidewater-12-manual.pdf, page 2")
+            expect(answer).to_contain_text("release it [", timeout=30_000)
+            expect(page.locator("#stop-button")).to_have_count(0, timeout=30_000)
+            expect(answer).to_contain_text("tidewater-12-manual.pdf, page 2", timeout=30_000)
             page.screenshot(path=str(tmp_path / "pdf-answer.png"))
             # The passage beside the answer, with the sentence that backs it in bold ...
-            expect(page.locator(".font-bold", has_text="push the pedal").first).to_be_visible()
+            expect(page.locator(".font-bold", has_text="push the pedal").first).to_be_visible(timeout=30_000)
             # ... and the PDF itself, opened at the cited page, its text rendered from the file.
             viewer = page.locator(".side-pdf").first
             expect(viewer).to_contain_text("2 / 6", timeout=60_000)
-            expect(viewer.locator('[data-page-number="2"]')).to_contain_text("push the pedal")
+            expect(viewer.locator('[data-page-number="2"]')).to_contain_text("push the pedal", timeout=30_000)
             page.screenshot(path=str(tmp_path / "pdf-source.png"))
         finally:
             browser.close()
