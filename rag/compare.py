@@ -37,12 +37,17 @@ import json
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer, format_sources
+from rag.answer import (
+    AnswerDelta,
+    AnswerDone,
+    AnswerStart,
+    answer,
+    format_sources,
+    on_this_machine,
+)
 from rag.catalog import model_catalog
 from rag.errors import RagError
-from rag.hosts import is_loopback_host
 from rag.llm import Message
 from rag.retrieve import Hit, retrieve
 from rag.routing import LOCAL_NAME, Kind, Route, qualified_name
@@ -116,11 +121,6 @@ def tokens_per_second(completion_tokens: int, ttft_s: float, total_s: float) -> 
     if completion_tokens <= 1 or decode_s <= 0:
         return 0.0
     return (completion_tokens - 1) / decode_s
-
-
-def on_this_machine(route: Route) -> bool:
-    """True for a loopback server: it shares this machine's CPU with every other local one."""
-    return is_loopback_host(urlsplit(route.endpoint.base_url).hostname)
 
 
 def pin_id(route: Route) -> str:
