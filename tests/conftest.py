@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rag.settings import Settings
-from tests.support import SETTING_PREFIXES, SMALLEST_TIER, make_settings, missing_model
+from tests.support import REPO, SETTING_PREFIXES, SMALLEST_TIER, make_settings, missing_model
 
 
 MODEL_MARKERS = {

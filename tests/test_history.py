@@ -95,7 +95,6 @@ def fake() -> FakeOpenAI:
 def test_a_chat_resumes_after_a_restart_and_the_follow_up_carries_its_history(
     tmp_path: Path, private_store: Path, fake: FakeOpenAI
 ) -> None:
-    data = private_store / "data"
     env = app_env(private_store, fake.base_url)
     with running_chainlit(tmp_path / "first", env) as app:
         with ChatSocket(app.url) as chat:
