@@ -66,7 +66,11 @@ def load_tokenizer(settings: Settings) -> Tokenizer:
     so both are disabled here. ``encode(text).ids`` includes ``[CLS]``/``[SEP]``; pass
     ``add_special_tokens=False`` to count only the text's tokens.
     """
-    embedder_dir = settings.embedder_dir
+    return tokenizer_at(settings.embedder_dir)
+
+
+def tokenizer_at(embedder_dir: Path) -> Tokenizer:
+    """:func:`load_tokenizer` for the exported model in ``embedder_dir``."""
     read_manifest(embedder_dir)
     path = embedder_dir / TOKENIZER_NAME
     if not path.is_file():

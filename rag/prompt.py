@@ -173,17 +173,17 @@ class TokenCounter:
 def token_counter(settings: Settings) -> TokenCounter:
     """The process-wide counter: WordPiece plus characters, or characters alone when the
     embedding model is not exported yet."""
-    return _counter_for(settings.embedder_dir.resolve(), settings)
+    return _counter_for(settings.embedder_dir.resolve())
 
 
 @functools.lru_cache(maxsize=4)
-def _counter_for(embedder_dir: Path, settings: Settings) -> TokenCounter:
-    # Keyed by the folder first: settings that differ elsewhere share one tokenizer
+def _counter_for(embedder_dir: Path) -> TokenCounter:
+    # Keyed by the folder alone: settings that differ elsewhere share one tokenizer
     # load (~90 ms), which would otherwise land inside the first answer's TTFT.
-    from rag.embed import load_tokenizer
+    from rag.embed import tokenizer_at
 
     try:
-        return TokenCounter(load_tokenizer(settings))
+        return TokenCounter(tokenizer_at(embedder_dir))
     except ModelMissing:
         return TokenCounter(None)
 
