@@ -54,7 +54,7 @@ from ingest.writer import BatchWriter, ChunkSpool, PreparedFile
 from rag.bm25 import rebuild_bm25_index
 from rag.errors import RagError
 from rag.settings import Settings
-from rag.store import ChunkStore, bump_generation
+from rag.store import EMBEDDED_TEXT_VERSION, ChunkStore, bump_generation
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -385,6 +385,7 @@ def vector_fingerprint(settings: Settings) -> str:
             "chunk_overlap": settings.chunk_overlap,
             "embed_max_tokens": settings.embed_max_tokens,
             "chunker_version": CHUNKER_VERSION,
+            "embedded_text_version": EMBEDDED_TEXT_VERSION,
         },
         sort_keys=True,
     )

@@ -145,7 +145,7 @@ class BatchWriter:
 
     def _write(self, files: list[PreparedFile], chunks: list[Chunk]) -> None:
         """Embed ``chunks``; mark the files starting in them pending; replace their chunks."""
-        vectors = self.embed([c.text for c in chunks])
+        vectors = self.embed([c.embedded_text() for c in chunks])
         new = [p for p in files if not p.started]
         if new:
             self.state.set_meta("dirty", "1")

@@ -24,7 +24,7 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,8 @@ import numpy as np
 from rag.errors import NoDocuments, RagError
 from rag.settings import Settings
 
+# Bump when Chunk.embedded_text changes: stores embedded the old way are re-embedded.
+EMBEDDED_TEXT_VERSION = 1
 # Chroma rejects batches above its max_batch_size (5461 for the embedded store).
 _WRITE_BATCH = 4000
 # get(limit=...) above a few thousand ids hits SQLite's variable limit.
@@ -49,6 +51,19 @@ class Chunk:
     page: int | None = None  # 1-based page for paged formats (PDF), else None
     heading: str | None = None  # nearest heading above the chunk, if any
     file_sha256: str = ""  # content hash of the source file the chunk came from
+
+    def embedded_text(self) -> str:
+        """What the embedder reads for this chunk: its file's title and heading, then its text.
+
+        A passage rarely repeats the name of what it describes ("It listens on
+        11434" under "Ollama" in configuration.md), so its place is embedded with
+        it. On the QA sets this raised hybrid recall@1 from 0.806 to 0.851 over
+        docs/ (67 questions) and cost one question of 50 on the test corpus (0.980
+        to 0.960). BM25 indexes the bare text: headings there lowered its recall@1.
+        """
+        title = PurePosixPath(self.source).stem.replace("-", " ").replace("_", " ")
+        place = f"{title} - {self.heading}" if self.heading else title
+        return f"{place}\n{self.text}"
 
     def metadata(self) -> dict[str, str | int]:
         """The Chroma metadata of this chunk: source, index, file hash, and page/heading if set."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -530,3 +531,18 @@ def test_a_file_larger_than_a_batch_is_written_in_several_and_pending_until_its_
     for chunk in _chunks(settings).values():
         counts[chunk.source] = counts.get(chunk.source, 0) + 1
     assert counts["long.txt"] > 16 and report.chunks == sum(counts.values())
+
+
+def test_a_store_embedded_without_file_titles_is_reembedded(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    from ingest.pipeline import state_path, vector_fingerprint
+    from ingest.state import IngestState
+
+    first = ingest(settings)
+    # What a store ingested before chunks carried their file title and heading recorded.
+    old = json.loads(vector_fingerprint(settings))
+    del old["embedded_text_version"]
+    with IngestState(state_path(settings)) as state:
+        state.set_meta("vectors", json.dumps(old, sort_keys=True))
+    report = ingest(settings)
+    assert sorted(report.updated) == CORPUS and report.chunks == first.chunks
+    assert "embedded_text_version None -> 1" in report.warnings[0].error

@@ -219,3 +219,19 @@ def test_a_hit_is_labelled_with_its_file_and_page_when_it_has_one() -> None:
     pdf = fuse([(Chunk("guide.pdf#4", "guide.pdf", 4, "Raise the skeg.", page=3), 0.8)], [], 1, 60)
     md = fuse([(_chunk("notes/faq.md#0"), 0.8)], [], 1, 60)
     assert (pdf[0].label, md[0].label) == ("guide.pdf, page 3", "notes/faq.md")
+
+
+def test_a_chunk_is_embedded_with_its_file_title_and_heading() -> None:
+    chunk = Chunk(id="guides/user-guide.md#3", source="guides/user-guide.md", index=3,
+                  text="Copy them into docs/.", heading="Adding files")  # fmt: skip
+    assert chunk.embedded_text() == "user guide - Adding files\nCopy them into docs/."
+    bare = Chunk(id="notes_2024.txt#0", source="notes_2024.txt", index=0, text="Hi")
+    assert bare.embedded_text() == "notes 2024\nHi"
+
+
+def test_embedding_where_a_passage_sits_puts_the_right_sample_doc_first(
+    sample_settings: Settings,
+) -> None:
+    # Measured: hybrid recall@1 on these 33 questions was 0.788 with bare chunk text.
+    report = evaluate(Retriever(sample_settings), load_qa(QA_DIR / "sample_docs.jsonl"), k=1)
+    assert report.recall >= 0.84, report.misses
