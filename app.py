@@ -36,6 +36,7 @@ from rag.web.chat_ui import (
     source_elements,
 )
 from rag.web.compare_board import parse_compare_command
+from rag.web.feedback_owner import guard_feedback
 from rag.web.history import AnswerRecord, data_layer, history_notice, keep_model, resumed_chat
 from rag.web.http_api import mount_openai_api
 from rag.web.sign_in import SignIn, loopback_user, password_user, set_up_sign_in
@@ -184,5 +185,6 @@ else:
 apply_upload_limit(get_settings())
 # Open WebUI and any OpenAI client chat with the documents at http://127.0.0.1:8000/v1.
 mount_openai_api(chainlit_server, get_settings())
+guard_feedback(chainlit_server)
 # Only this machine's pages (and RAG_ALLOWED_*) reach the chat socket; own files folder.
 guard_chat_server(chainlit_server, get_settings())

@@ -83,7 +83,7 @@ def fake() -> FakeOpenAI:
     server.stop()
 
 
-def test_two_users_see_only_their_own_chats(tmp_path: Path, private_store: Path, fake: FakeOpenAI) -> None:
+def test_two_users_see_and_rate_only_their_own_chats(tmp_path: Path, private_store: Path, fake: FakeOpenAI) -> None:
     settings = make_settings(private_store, data_dir=private_store / "data")
     add_user(settings, "ana", "correct horse")
     add_user(settings, "ben", "battery staple")
@@ -100,6 +100,7 @@ def test_two_users_see_only_their_own_chats(tmp_path: Path, private_store: Path,
                 rated = http.put("/feedback", json={"sessionId": ana.session_id, "feedback": {
                     "forId": answer_id, "threadId": ana_thread, "value": 0, "comment": "vague"}})
                 assert rated.status_code == 200
+                rating = rated.json()["feedbackId"]
         with ChatSocket(app.url, login=("ben", "battery staple")) as ben:
             with ben.http() as http:
                 listed = http.post("/project/threads", json={"pagination": {"first": 20}, "filter": {}})
@@ -109,6 +110,14 @@ def test_two_users_see_only_their_own_chats(tmp_path: Path, private_store: Path,
                 assert renamed.status_code == 401
                 deleted = http.request("DELETE", "/project/thread", json={"threadId": ana_thread})
                 assert deleted.status_code == 401
+                overruled = http.put("/feedback", json={"sessionId": ben.session_id, "feedback": {
+                    "forId": answer_id, "value": 1, "comment": "great"}})
+                assert overruled.status_code == 401
+                erased = http.request("DELETE", "/feedback", json={"feedbackId": rating})
+                assert erased.status_code == 401
+                unknown = http.put("/feedback", json={"sessionId": ben.session_id, "feedback": {
+                    "forId": "no-such-message", "value": 1}})
+                assert unknown.status_code == 404
         with pytest.raises(socketio.exceptions.ConnectionError):  # resuming ana's chat
             ChatSocket(app.url, login=("ben", "battery staple"), thread_id=ana_thread).connect()
         with ChatSocket(app.url, login=("ana", "correct horse")) as ana:
