@@ -36,6 +36,7 @@ from rag.web.chat_ui import (
     source_elements,
 )
 from rag.web.compare_board import parse_compare_command
+from rag.web.folder_watch import watch_docs_folder
 from rag.web.history import AnswerRecord, data_layer, history_notice, keep_model, resumed_chat
 from rag.web.http_api import mount_openai_api
 from rag.web.sign_in import SignIn, loopback_user, password_user, set_up_sign_in
@@ -186,3 +187,5 @@ apply_upload_limit(get_settings())
 mount_openai_api(chainlit_server, get_settings())
 # Only this machine's pages (and RAG_ALLOWED_*) reach the chat socket; own files folder.
 guard_chat_server(chainlit_server, get_settings())
+# Changes under the docs folder are ingested by themselves; open chats are told (RAG_WATCH).
+watch_docs_folder(get_settings())
