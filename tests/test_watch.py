@@ -21,6 +21,7 @@ import pytest
 from ingest.lock import writer_lock
 from ingest.pipeline import ingest
 from ingest.watch import QUIET_MS, FolderSynced, _DocsFilter, watch_docs
+from rag.settings import Settings
 from rag.store import ChunkStore
 from tests.chainlit_server import app_env, running_chainlit
 from tests.chat_socket import ChatSocket
@@ -50,11 +51,11 @@ class Notices:
 
 
 @asynccontextmanager
-async def watching(settings: object) -> AsyncIterator[Notices]:
+async def watching(settings: Settings) -> AsyncIterator[Notices]:
     """Run the watcher over ``settings.docs_dir`` for the block; stop it after."""
     notices = Notices()
     stop = asyncio.Event()
-    task = asyncio.create_task(watch_docs(settings, notices, stop_event=stop))  # type: ignore[arg-type]
+    task = asyncio.create_task(watch_docs(settings, notices, stop_event=stop))
     try:
         yield notices
     finally:
