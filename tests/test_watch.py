@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import pytest
 
 from ingest.lock import writer_lock
-from ingest.pipeline import ingest
+from ingest.pipeline import ingest, state_path
 from ingest.watch import QUIET_MS, FolderSynced, _DocsFilter, watch_docs
 from rag.settings import Settings
-from rag.store import ChunkStore
+from rag.store import ChunkStore, forget_cached_clients
 from tests.chainlit_server import app_env, running_chainlit
 from tests.chat_socket import ChatSocket
+from tests.documents import TOPICS, prose, write_corpus
 from tests.fake_openai import FakeOpenAI
 from tests.support import make_settings, run_module
 
@@ -88,8 +92,10 @@ async def test_files_there_at_start_then_a_burst_of_new_files_are_two_ingests(
         (settings.docs_dir / "empty.txt").write_bytes(b"")
         summaries = await notices.wait_for(2)
         await asyncio.sleep(3 * QUIET_MS / 1000)  # nothing else is on its way
-    assert summaries == ["1 file added", "3 files added, empty.txt could not be read "
-                         "(empty file: nothing to index)"]  # fmt: skip
+    assert summaries == [
+        "1 file added",
+        "3 files added, empty.txt could not be read (empty file: nothing to index)",
+    ]
     assert len(notices.seen) == 2
     assert ChunkStore(settings).count() == 4
 
@@ -212,28 +218,33 @@ def test_the_running_app_ingests_added_changed_and_deleted_files_and_tells_the_o
     (docs / "kayaks.md").write_text(KAYAKS)
     aquarium = docs / "aquarium.md"
     question = "How many litres does the zebrafish aquarium hold?"
-    has_aquarium = lambda hits: any(h["source"] == "aquarium.md" for h in hits)  # noqa: E731
-    with FakeOpenAI(models=["fake-model"], reply="It holds 340 litres [1].") as fake:
-        with running_chainlit(tmp_path, app_env(store, fake.base_url)) as app:
-            # Files there before the app started are ingested once it watches.
-            _poll_search(store, "sea kayak Osprey length", lambda hits: bool(hits))
-            with ChatSocket(app.url, timeout_s=WAIT_S) as chat:
-                aquarium.write_text(AQUARIUM)
-                assert _wait_notice(chat, 1) == f"{NOTICE} 1 file added."
-                hits = _poll_search(store, question, has_aquarium)
-                assert "340 litres" in hits[0]["text"]
-                chat.ask(question)  # the app's own search sees it too
-                assert "340 litres" in fake.requests[-1]["messages"][-1]["content"]
 
-                aquarium.write_text(AQUARIUM_BIGGER)
-                assert _wait_notice(chat, 2) == f"{NOTICE} 1 file updated."
-                hits = _poll_search(store, question, has_aquarium)
-                assert "512 litres" in hits[0]["text"] and "340" not in hits[0]["text"]
+    def has_aquarium(hits: list[dict]) -> bool:
+        return any(h["source"] == "aquarium.md" for h in hits)
 
-                aquarium.unlink()
-                assert _wait_notice(chat, 3) == f"{NOTICE} 1 file removed."
-                assert not has_aquarium(_search(store, question))
-                assert len(_notices(chat)) == 3
+    with (
+        FakeOpenAI(models=["fake-model"], reply="It holds 340 litres [1].") as fake,
+        running_chainlit(tmp_path, app_env(store, fake.base_url)) as app,
+    ):
+        # Files there before the app started are ingested once it watches.
+        _poll_search(store, "sea kayak Osprey length", lambda hits: bool(hits))
+        with ChatSocket(app.url, timeout_s=WAIT_S) as chat:
+            aquarium.write_text(AQUARIUM)
+            assert _wait_notice(chat, 1) == f"{NOTICE} 1 file added."
+            hits = _poll_search(store, question, has_aquarium)
+            assert "340 litres" in hits[0]["text"]
+            chat.ask(question)  # the app's own search sees it too
+            assert "340 litres" in fake.requests[-1]["messages"][-1]["content"]
+
+            aquarium.write_text(AQUARIUM_BIGGER)
+            assert _wait_notice(chat, 2) == f"{NOTICE} 1 file updated."
+            hits = _poll_search(store, question, has_aquarium)
+            assert "512 litres" in hits[0]["text"] and "340" not in hits[0]["text"]
+
+            aquarium.unlink()
+            assert _wait_notice(chat, 3) == f"{NOTICE} 1 file removed."
+            assert not has_aquarium(_search(store, question))
+            assert len(_notices(chat)) == 3
 
 
 @pytest.mark.slow
@@ -251,5 +262,50 @@ def test_with_rag_watch_0_the_running_app_ingests_nothing(tmp_path: Path) -> Non
             time.sleep(10)
             assert _search(store, "sea kayak Osprey length") == []
             assert _notices(chat) == []
-            assert "python -m ingest" in list(chat.messages().values())[0]
+            assert "python -m ingest" in next(iter(chat.messages().values()))
     assert not (store / "data" / "chroma").exists()
+
+
+def _statuses(settings: Settings) -> list[str]:
+    """The status of every source in the ingest state; [] while it is missing or locked."""
+    try:
+        with closing(sqlite3.connect(state_path(settings), timeout=0.05)) as db:
+            return [row[0] for row in db.execute("SELECT status FROM sources")]
+    except sqlite3.Error:
+        return []
+
+
+def _chunks(settings: Settings) -> list[tuple[str, str, str]]:
+    forget_cached_clients()  # another process wrote this store since we last opened it
+    return sorted((c.id, c.text, c.file_sha256) for c in ChunkStore(settings).iter_chunks())
+
+
+@pytest.mark.slow
+@pytest.mark.embedder
+def test_the_app_killed_mid_ingest_repairs_the_store_when_it_starts_again(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    write_corpus(store / "docs", paragraphs=3)
+    for topic in TOPICS:
+        (store / "docs" / "notes" / f"{topic}.md").parent.mkdir(exist_ok=True)
+        (store / "docs" / "notes" / f"{topic}.md").write_text(f"# {topic}\n\n{prose(topic, 6)}")
+    files = sum(1 for p in (store / "docs").rglob("*") if p.is_file())
+    victim = make_settings(store)
+    # One chunk per embedding batch: many small commits, so the kill lands among them.
+    with FakeOpenAI(models=["fake-model"]) as fake:
+        env = app_env(store, fake.base_url, RAG_EMBED_BATCH="1")
+        with running_chainlit(tmp_path / "first", env) as app:
+            deadline = time.monotonic() + WAIT_S
+            while "pending" not in _statuses(victim):
+                assert time.monotonic() < deadline, "the app never started to ingest"
+                time.sleep(0.01)
+            os.kill(app.pid, signal.SIGKILL)
+        left = _statuses(victim)
+        assert left.count("done") < files, f"the kill came after the ingest: {left}"
+        with running_chainlit(tmp_path / "second", env):
+            deadline = time.monotonic() + WAIT_S
+            while _statuses(victim).count("done") < files:
+                assert time.monotonic() < deadline, f"not repaired: {_statuses(victim)}"
+                time.sleep(0.5)
+    clean = make_settings(tmp_path / "clean", docs_dir=store / "docs")
+    ingest(clean)
+    assert _chunks(victim) == _chunks(clean)
