@@ -97,7 +97,20 @@ async def watch_docs(
         log.warning("Not watching %s: the folder does not exist (RAG_DOCS_DIR).", docs)
         return
     stop = stop_event or asyncio.Event()
-    syncer = _Syncer(settings, on_change, stop)
+    try:
+        await _follow(settings, _Syncer(settings, on_change, stop), stop)
+    except OSError as exc:  # e.g. the system's limit of inotify watches is reached
+        log.warning(
+            "Stopped watching %s (%s): run `python -m ingest` after changing it, or raise the "
+            "limit (sysctl fs.inotify.max_user_watches) and restart the app.",
+            docs,
+            exc,
+        )
+
+
+async def _follow(settings: Settings, syncer: _Syncer, stop: asyncio.Event) -> None:
+    """Ingest once the watches are in place, then after each burst of changes."""
+    docs = settings.docs_dir
     first = True
     async for changes in awatch(
         docs,
