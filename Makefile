@@ -1,7 +1,8 @@
 # Local RAG Chat. Two commands matter (see README.md):
 #   make chat   install, prepare models, ingest docs/, serve the chat on http://127.0.0.1:8000
 #   make test   install, prepare models, run the whole test suite
-# Everything is installed into .venv; models and the store live in .data/ (RAG_DATA_DIR).
+# Everything is installed into .venv; the store lives in .data/ (RAG_DATA_DIR), and the models in
+# .data/models, shared by every other RAG_DATA_DIR (RAG_MODELS_DIR moves them).
 
 PYTHON    ?= python3
 VENV      := .venv

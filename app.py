@@ -37,6 +37,7 @@ from rag.web.chat_ui import (
 )
 from rag.web.compare_board import parse_compare_command
 from rag.web.feedback_owner import guard_feedback
+from rag.web.folder_watch import watch_docs_folder
 from rag.web.history import AnswerRecord, data_layer, history_notice, keep_model, resumed_chat
 from rag.web.http_api import mount_openai_api
 from rag.web.sign_in import SignIn, loopback_user, password_user, set_up_sign_in
@@ -188,3 +189,5 @@ mount_openai_api(chainlit_server, get_settings())
 guard_feedback(chainlit_server)
 # Only this machine's pages (and RAG_ALLOWED_*) reach the chat socket; own files folder.
 guard_chat_server(chainlit_server, get_settings())
+# Changes under the docs folder are ingested by themselves; open chats are told (RAG_WATCH).
+watch_docs_folder(get_settings())

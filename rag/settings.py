@@ -28,6 +28,11 @@ from rag.errors import RagError
 from rag.model_tiers import TIERS
 
 
+# The project's own data folder, found from this file rather than from RAG_DATA_DIR or the
+# working directory: `make models` exports into it, and every data folder reads from it.
+SHARED_MODELS_DIR = Path(__file__).resolve().parents[1] / ".data" / "models"
+
+
 class SettingsInvalid(RagError):
     """A setting in the environment or ``.env`` has a value that cannot be used."""
 
@@ -52,8 +57,8 @@ class Settings(BaseSettings):
     # --- paths -----------------------------------------------------------
     docs_dir: Path = Field(Path("docs"), validation_alias=_env("RAG_DOCS_DIR"))
     data_dir: Path = Field(Path(".data"), validation_alias=_env("RAG_DATA_DIR"))
-    # Models are big and built once; tests point many throwaway data dirs at
-    # one models dir, so it is a setting of its own (default: DATA_DIR/models).
+    # Models are big and built once, and every knowledge base (data dir) uses the same
+    # ones, so they have a place of their own (default: see the models_dir property).
     models_dir_override: Path | None = Field(None, validation_alias=_env("RAG_MODELS_DIR"))
 
     # --- store -------------------------------------------------------------
@@ -71,6 +76,8 @@ class Settings(BaseSettings):
     max_text_mb: float = Field(10.0, gt=0, validation_alias=_env("RAG_MAX_TEXT_MB"))
     max_chunks_per_file: int = Field(10_000, ge=1, validation_alias=_env("RAG_MAX_CHUNKS_PER_FILE"))
     lock_timeout_s: float = Field(0.0, ge=0, validation_alias=_env("RAG_LOCK_TIMEOUT"))
+    # The chat app ingests changes under the docs folder by itself (ingest/watch.py).
+    watch: bool = Field(True, validation_alias=_env("RAG_WATCH"))
 
     # --- embeddings ----------------------------------------------------------
     embed_precision: Literal["fp32", "int8"] = Field(
@@ -207,8 +214,17 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        """Where exported models live (``RAG_MODELS_DIR``, default ``DATA_DIR/models``)."""
-        return self.models_dir_override or self.data_dir / "models"
+        """Where exported models live, shared by every data folder.
+
+        ``RAG_MODELS_DIR`` when set; else ``DATA_DIR/models`` when it holds models (an
+        install from before models were shared keeps using them, no rebuild); else the
+        project's own ``.data/models`` (:data:`SHARED_MODELS_DIR`), wherever the app runs
+        from and whatever ``RAG_DATA_DIR`` says, so a second knowledge base works at once.
+        """
+        if self.models_dir_override is not None:
+            return self.models_dir_override
+        own = self.data_dir / "models"
+        return own if _holds_models(own) else SHARED_MODELS_DIR
 
     @property
     def embedder_dir(self) -> Path:
@@ -247,6 +263,14 @@ class Settings(BaseSettings):
         if changes.get("data_dir") is not None and not changes.get("models_dir_override"):
             data["models_dir_override"] = self.models_dir
         return _validated(lambda: Settings(**data))
+
+
+def _holds_models(folder: Path) -> bool:
+    """Whether ``folder`` holds an exported model: a visible subfolder (builds are hidden)."""
+    try:
+        return any(child.is_dir() and not child.name.startswith(".") for child in folder.iterdir())
+    except OSError:  # missing, or not a folder: nothing there to use
+        return False
 
 
 def _comma_list(value: object) -> tuple[str, ...]:

@@ -48,6 +48,7 @@ def app_env(store: Path, llm_base_url: str, **extra: str) -> dict[str, str]:
 class RunningChainlit:
     url: str
     log: Path
+    pid: int = 0  # the app's process, for tests that kill it
 
 
 @contextmanager
@@ -76,7 +77,7 @@ def running_chainlit(workdir: Path, env: dict[str, str]) -> Iterator[RunningChai
         )
     try:
         _wait_for_health(url, proc, log)
-        yield RunningChainlit(url=url, log=log)
+        yield RunningChainlit(url=url, log=log, pid=proc.pid)
     finally:
         stop_process(proc)
 

@@ -93,7 +93,7 @@ def test_cli_with_another_data_dir_uses_the_default_models_of_the_repo(tmp_path:
     docs = tmp_path / "docs"
     write_corpus(docs)
     env = cli_env()
-    del env["RAG_MODELS_DIR"]  # the default: .data/models under the working directory
+    del env["RAG_MODELS_DIR"]  # the default: the project's own .data/models
     done = run_ingest(docs, "--data-dir", tmp_path / "elsewhere", "--json", cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["chunks"] > 0

@@ -38,8 +38,7 @@ def welcome(settings: Settings, local: Provider | None = None, model: str = "") 
         "sources (file and page), and the passages open beside the chat.\n\n"
         "- **Ask** a question in the box below.\n"
         f"- **Add a document:** drop a {UPLOAD_KINDS} file (up to {settings.upload_max_mb:g} MB) "
-        f"into the chat. Files live in `{settings.docs_dir}`; after changing that folder "
-        "yourself, run `python -m ingest`.\n"
+        f"into the chat. Files live in `{settings.docs_dir}`; {_after_changes(settings)}\n"
         "- **Switch models** with the settings button next to the input; the conversation "
         "is kept.\n"
         "- **Compare two models** on the same passages: `/compare MODEL_A MODEL_B your question`."
@@ -50,6 +49,22 @@ def welcome(settings: Settings, local: Provider | None = None, model: str = "") 
             small = style_for(local) is COMPACT
             text += f"\n\n{SMALL_MODEL_NOTICE if small else EMBEDDED_NOTICE}"
     return text
+
+
+def _after_changes(settings: Settings) -> str:
+    """What happens when the user changes the docs folder themselves."""
+    if settings.watch:
+        return "what you add, change or delete there is picked up by itself."
+    return "after changing that folder yourself, run `python -m ingest`."
+
+
+def folder_notice(summary: str) -> str:
+    """The notice in every open chat after the watched docs folder was ingested.
+
+    >>> folder_notice("2 files added, 1 updated")
+    '**Your documents changed:** 2 files added, 1 updated.'
+    """
+    return f"**Your documents changed:** {summary}."
 
 
 def opening(settings: Settings, offer: Offer) -> str:

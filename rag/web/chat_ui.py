@@ -31,6 +31,8 @@ from rag.web.compare_board import CompareBoard
 
 PANEL_REFRESH_S = 0.1
 SOURCES_TITLE = "Sources of the last answer"
+# A dropped file waits this long for another writer (the docs folder watch) before failing.
+UPLOAD_LOCK_WAIT_S = 120.0
 
 
 async def compare_models(models: list[str], question: str, settings: Settings) -> None:
@@ -116,8 +118,11 @@ async def add_uploads(elements: Sequence[cl.File], settings: Settings) -> None:
     progress = cl.Message(content=f"Adding {names} to the knowledge base…")
     await progress.send()
     files = [(Path(str(el.path)), el.name) for el in elements]
+    # The docs folder watch may be ingesting (this very drop, or a copy): wait for its turn.
+    wait = max(settings.lock_timeout_s, UPLOAD_LOCK_WAIT_S)
+    patient = settings.with_overrides(lock_timeout_s=wait)
     # Hashing, copying and ingesting would stall every chat on the event loop.
-    outcome = await asyncio.to_thread(ingest_uploads, files, settings)
+    outcome = await asyncio.to_thread(ingest_uploads, files, patient)
     progress.content = outcome.text
     await progress.update()
 
