@@ -10,7 +10,7 @@ writes the same files into a static folder. Both use one layout, relative to the
 - ``runtime/``: ONNX Runtime Web's wasm build and WebGPU build, copied by ``make web``
   from the npm package pinned in ``browser_search/package-lock.json``;
 - ``model/model.onnx``, ``model/tokenizer.json``: the embedder the server uses;
-- ``data/index.json`` (passages: file, page, heading, text) and ``data/vectors.bin``
+- ``data/index.json`` (passages: id, file, page, heading, text) and ``data/vectors.bin``
   (their unit vectors, float16 little-endian, one row per passage).
 
 The data routes hold the documents, so every ``/search`` route applies the chat
@@ -53,7 +53,7 @@ APP_FILES = ("search.js", "wordpiece.js")
 INDEX_PATH, VECTORS_PATH = "data/index.json", "data/vectors.bin"
 VECTOR_DTYPE = "float16"  # half the bytes of float32; scores move by about 1e-4
 ROUTE = "/search"
-CHAT_URL = "/"  # where "ask about this" sends the question (the chat reads ?q=)
+CHAT_URL = "/"  # where "ask about this" sends the question (Chainlit reads ?prompt=)
 
 
 class SearchRuntimeMissing(RagError):
@@ -110,8 +110,8 @@ class SearchIndex:
         passages, rows = [], []
         for chunk, vector in ChunkStore(settings).iter_vectors():
             passages.append(
-                {"source": chunk.source, "page": chunk.page, "heading": chunk.heading,
-                 "text": chunk.text}
+                {"id": chunk.id, "source": chunk.source, "page": chunk.page,
+                 "heading": chunk.heading, "text": chunk.text}
             )
             rows.append(vector)
         dim = int(manifest["dimension"])

@@ -124,7 +124,8 @@ function chatLink(text) {
   if (!chat) return null;
   const link = document.createElement("a");
   link.className = "ask";
-  link.href = `${chat}?q=${encodeURIComponent(text)}`;
+  // Chainlit puts a ?prompt= into its input box, ready to send.
+  link.href = `${chat}?prompt=${encodeURIComponent(text)}`;
   link.textContent = "ask about this";
   return link;
 }
