@@ -43,6 +43,21 @@ function halfToFloat(bits) {
   return out;
 }
 
+/** The rows of the `k` highest scores, best first (one pass: k is tiny, rows are many). */
+function topK(scores, k) {
+  const best = [];
+  for (let row = 0; row < scores.length; row++) {
+    if (best.length === k && scores[row] <= scores[best[k - 1]]) continue;
+    let at = best.length === k ? k - 1 : best.length;
+    while (at > 0 && scores[best[at - 1]] < scores[row]) {
+      best[at] = best[at - 1];
+      at -= 1;
+    }
+    best[at] = row;
+  }
+  return best.slice(0, k);
+}
+
 async function fetchOk(url) {
   const response = await fetch(url);
   if (!response.ok) throw new Error(`${url}: ${response.status} ${(await response.text()).slice(0, 300)}`);
@@ -111,8 +126,7 @@ async function start() {
       for (let d = 0, base = row * dim; d < dim; d++) dot += vector[d] * index.vectors[base + d];
       scores[row] = dot;
     }
-    const order = [...scores.keys()].sort((a, b) => scores[b] - scores[a]).slice(0, k);
-    const hits = order.map((row) => ({ ...index.meta.passages[row], score: scores[row] }));
+    const hits = topK(scores, k).map((row) => ({ ...index.meta.passages[row], score: scores[row] }));
     return { hits, embedMs, rankMs: performance.now() - t0 };
   }
 
