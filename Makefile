@@ -76,7 +76,7 @@ WEB_RUNTIME := ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threade
                ort.webgpu.min.mjs ort-wasm-simd-threaded.asyncify.mjs ort-wasm-simd-threaded.asyncify.wasm
 
 web:
-	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(WEB_DIR)/runtime/.installed; \
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) -s --no-print-directory $(WEB_DIR)/runtime/.installed; \
 	else echo "npm is not installed, so the in-browser search page (/search) has no runtime; everything else works."; fi
 
 $(WEB_DIR)/runtime/.installed: $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json

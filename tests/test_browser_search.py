@@ -93,7 +93,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory, playwright: Any) -> Iterat
 @pytest.fixture(scope="module")
 def wasm_page(browser: OfflineBrowser, app_url: str) -> Any:
     page = open_search_page(browser, f"{app_url}/search?ep=wasm")
-    assert page.locator("#status").get_attribute("data-provider") == "wasm", page.inner_text("#status")
+    assert page.locator("#status").get_attribute("data-provider") == "wasm", page.inner_text(
+        "#status"
+    )
     return page
 
 
@@ -130,7 +132,9 @@ def test_ask_about_this_opens_the_chat_with_the_question_in_its_input(
     chat.close()
 
 
-def test_browser_tokens_are_the_server_tokenizers(wasm_page: Any, sample_settings: Settings) -> None:
+def test_browser_tokens_are_the_server_tokenizers(
+    wasm_page: Any, sample_settings: Settings
+) -> None:
     texts = PARITY_QUESTIONS + [
         "Naïve résumé — “quotes”, 東京 and €5; a\u200bb\ufeffc\x0bd ^_^ $x+y=z",
         "x" * 150 + " unaffable ﬁne ½",
@@ -182,7 +186,9 @@ def test_search_data_refuses_foreign_pages_and_host_names(app_url: str) -> None:
     foreign = httpx.get(data, headers={"Origin": "http://evil.example"}, timeout=60)
     assert foreign.status_code == 403
     assert "RAG_ALLOWED_ORIGINS" in foreign.text
-    rebound = httpx.get(f"{app_url}/search/data/vectors.bin", headers={"Host": "evil.example"}, timeout=60)
+    rebound = httpx.get(
+        f"{app_url}/search/data/vectors.bin", headers={"Host": "evil.example"}, timeout=60
+    )
     assert rebound.status_code == 403
     assert "RAG_ALLOWED_HOSTS" in rebound.text
     page = httpx.get(f"{app_url}/search", headers={"Host": "evil.example"}, timeout=60)
@@ -197,7 +203,9 @@ def test_static_export_searches_from_a_plain_http_server(
     assert sorted(report.parts) == ["app", "data", "index.html", "model", "runtime"]
     with static_server(tmp_path / "site") as url:
         page = open_search_page(browser, f"{url}/index.html?ep=wasm")
-        assert page.locator("#status").get_attribute("data-provider") == "wasm", page.inner_text("#status")
+        assert page.locator("#status").get_attribute("data-provider") == "wasm", page.inner_text(
+            "#status"
+        )
         hits = search(page, ADD_FILES)
         assert hits[0]["source"] == "user-guide.md"
         assert "Add your own files" in hits[0]["text"]
@@ -234,7 +242,9 @@ def test_webgpu_embeds_like_the_server_when_chromium_offers_an_adapter(
         if not adapter:
             pytest.skip("this Chromium offers no WebGPU adapter, even a software one")
         page = open_search_page(gpu_browser, f"{app_url}/search?ep=webgpu")
-        assert page.locator("#status").get_attribute("data-provider") == "webgpu", page.inner_text("#status")
+        assert page.locator("#status").get_attribute("data-provider") == "webgpu", page.inner_text(
+            "#status"
+        )
         assert search(page, ADD_FILES)[0]["source"] == "user-guide.md"
         server = get_embedder(sample_settings).embed(PARITY_QUESTIONS)
         vectors = np.array([row["vector"] for row in embed(page, PARITY_QUESTIONS)])

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
 from rag.embed import TOKENIZER_NAME, read_manifest
-from rag.errors import RagError
+from rag.errors import NoDocuments, RagError
 from rag.settings import Settings
 from rag.store import ChunkStore, read_generation
 from rag.web.socket_guard import Caller, refusal
@@ -105,15 +105,25 @@ class SearchIndex:
 
     @classmethod
     def build(cls, settings: Settings) -> SearchIndex:
-        """Read every passage and its stored vector from the store (one pass, paged)."""
+        """Read every passage and its stored vector from the store (one pass, paged).
+
+        Raises :class:`rag.errors.NoDocuments` when nothing is ingested yet.
+        """
         manifest = read_manifest(settings.embedder_dir)
         passages, rows = [], []
         for chunk, vector in ChunkStore(settings).iter_vectors():
             passages.append(
-                {"id": chunk.id, "source": chunk.source, "page": chunk.page,
-                 "heading": chunk.heading, "text": chunk.text}
+                {
+                    "id": chunk.id,
+                    "source": chunk.source,
+                    "page": chunk.page,
+                    "heading": chunk.heading,
+                    "text": chunk.text,
+                }
             )
             rows.append(vector)
+        if not passages:
+            raise NoDocuments(str(settings.docs_dir))
         dim = int(manifest["dimension"])
         matrix = np.asarray(rows, dtype="<f2").reshape(len(rows), dim)
         meta = {
@@ -169,8 +179,9 @@ def create_search_router(settings: Settings) -> APIRouter:
                 index = await run_in_threadpool(cache.current)
                 if path == INDEX_PATH:
                     return Response(index.meta, media_type="application/json", headers=_ISOLATED)
-                return Response(index.vectors, media_type="application/octet-stream",
-                                headers=_ISOLATED)
+                return Response(
+                    index.vectors, media_type="application/octet-stream", headers=_ISOLATED
+                )
             file = static_files(settings).get(path)
         except RagError as exc:
             return PlainTextResponse(str(exc), status_code=503)

@@ -120,10 +120,11 @@ async function start() {
   async function search(text, k = 5) {
     const { vector, ms: embedMs } = await embed(text);
     const t0 = performance.now();
+    const rows = index.vectors;
     const scores = new Float32Array(index.meta.count);
-    for (let row = 0; row < scores.length; row++) {
+    for (let row = 0, base = 0; row < scores.length; row++, base += dim) {
       let dot = 0;
-      for (let d = 0, base = row * dim; d < dim; d++) dot += vector[d] * index.vectors[base + d];
+      for (let d = 0; d < dim; d++) dot += vector[d] * rows[base + d];
       scores[row] = dot;
     }
     const hits = topK(scores, k).map((row) => ({ ...index.meta.passages[row], score: scores[row] }));
