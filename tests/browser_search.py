@@ -2,7 +2,7 @@
 
 Shared by the browser search tests and ``bench/bench_browser.py``. The page's
 ``window.ragSearch`` object (``rag/web/browser_search/search.js``) does the work;
-these helpers wait for it and call it.
+the functions below wait for it and call it.
 
 >>> with sync_playwright() as pw, offline_chromium(pw, tmp_path) as browser:   # doctest: +SKIP
 ...     page = open_search_page(browser, "http://127.0.0.1:8000/search?ep=wasm")
