@@ -18,11 +18,11 @@ TEST_ENGINE_MODEL := smollm2-135m
 # Machines prepared for this project carry the CPU torch wheel in /opt/wheels.
 FIND_LINKS := $(if $(wildcard /opt/wheels/*.whl),--find-links /opt/wheels)
 
-.PHONY: chat test install install-dev models test-models ingest serve bench browser clean
+.PHONY: chat test install install-dev models test-models ingest serve bench browser web clean
 
-chat: install models ingest serve
+chat: install models web ingest serve
 
-test: install-dev test-models browser
+test: install-dev test-models browser web
 	$(PY) -m pytest
 
 $(VENV)/bin/python:
@@ -70,5 +70,21 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is not installed and we are not root: the browser test will be skipped"; fi; }
 
+# The in-browser search page's runtime: ONNX Runtime Web from the npm registry, checked against
+# the lockfile's integrity hashes (npm ci), and only the files the page loads copied beside it.
+WEB_DIR     := rag/web/browser_search
+WEB_RUNTIME := ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm \
+               ort.webgpu.min.mjs ort-wasm-simd-threaded.asyncify.mjs ort-wasm-simd-threaded.asyncify.wasm
+
+web:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) -s --no-print-directory $(WEB_DIR)/runtime/.installed; \
+	else echo "npm is not installed, so the in-browser search page (/search) has no runtime; everything else works."; fi
+
+$(WEB_DIR)/runtime/.installed: $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json
+	cd $(WEB_DIR) && npm ci --ignore-scripts --no-audit --no-fund --prefer-offline --loglevel=error
+	mkdir -p $(WEB_DIR)/runtime
+	cp $(addprefix $(WEB_DIR)/node_modules/onnxruntime-web/dist/,$(WEB_RUNTIME)) $(WEB_DIR)/runtime/
+	touch $@
+
 clean:
-	rm -rf $(VENV) .data
+	rm -rf $(VENV) .data $(WEB_DIR)/node_modules $(WEB_DIR)/runtime

@@ -40,6 +40,7 @@ from rag.web.feedback_owner import guard_feedback
 from rag.web.folder_watch import watch_docs_folder
 from rag.web.history import AnswerRecord, data_layer, history_notice, keep_model, resumed_chat
 from rag.web.http_api import mount_openai_api
+from rag.web.search_page import mount_search_page
 from rag.web.sign_in import SignIn, loopback_user, password_user, set_up_sign_in
 from rag.web.socket_guard import guard_chat_server
 
@@ -187,6 +188,8 @@ apply_upload_limit(get_settings())
 # Open WebUI and any OpenAI client chat with the documents at http://127.0.0.1:8000/v1.
 mount_openai_api(chainlit_server, get_settings())
 guard_feedback(chainlit_server)
+# The search page at /search embeds questions in the browser (ONNX Runtime Web).
+mount_search_page(chainlit_server, get_settings())
 # Only this machine's pages (and RAG_ALLOWED_*) reach the chat socket; own files folder.
 guard_chat_server(chainlit_server, get_settings())
 # Changes under the docs folder are ingested by themselves; open chats are told (RAG_WATCH).

@@ -183,6 +183,21 @@ class ChunkStore:
                 yield Chunk.from_record(i, d, dict(m or {}))
             offset += len(ids)
 
+    def iter_vectors(self, page_size: int = _READ_PAGE) -> Iterator[tuple[Chunk, np.ndarray]]:
+        """Every chunk with its stored unit vector, page by page (for the browser search index)."""
+        offset = 0
+        while True:
+            res = self._collection.get(
+                include=["documents", "metadatas", "embeddings"], limit=page_size, offset=offset
+            )
+            ids = res["ids"]
+            if not ids:
+                return
+            rows = zip(ids, res["documents"], res["metadatas"], res["embeddings"], strict=True)
+            for i, d, m, v in rows:
+                yield Chunk.from_record(i, d, dict(m or {})), np.asarray(v, dtype=np.float32)
+            offset += len(ids)
+
     def reset(self) -> None:
         """Drop and recreate the collection (``python -m ingest --rebuild``)."""
         from chromadb.errors import NotFoundError
