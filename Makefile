@@ -74,6 +74,8 @@ browser:
 # offline (no model downloads, no update checks) and talks only to our /v1 on $(PORT).
 OPENWEBUI_VENV := .venv-openwebui
 OPENWEBUI_PORT ?= 8080
+# Its users, chats and settings (a SQLite database); tests point it elsewhere.
+OPENWEBUI_DATA ?= $(CURDIR)/$(OPENWEBUI_VENV)/data
 
 $(OPENWEBUI_VENV)/.installed: | $(UV)
 	$(UV) venv --python python3.11 $(OPENWEBUI_VENV)
@@ -99,7 +101,7 @@ OPENWEBUI_AUTH ?= False
 openwebui: openwebui-install
 	cd $(OPENWEBUI_VENV) && $(OPENWEBUI_ENV) \
 	  OPENAI_API_BASE_URL=http://127.0.0.1:$(PORT)/v1 OPENAI_API_KEY="$${RAG_API_KEY:-none}" \
-	  DATA_DIR="$(CURDIR)/$(OPENWEBUI_VENV)/data" \
+	  DATA_DIR="$(OPENWEBUI_DATA)" \
 	  bin/open-webui serve --host 127.0.0.1 --port $(OPENWEBUI_PORT)
 
 clean:
