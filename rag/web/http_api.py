@@ -364,19 +364,32 @@ async def _sse(
     cid, created = completion_id("chatcmpl-rag"), now()
     yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
     try:
+        async for event in _sse_answer(events, cid, created, model, trailer):
+            yield event
+    finally:
+        # Also when the client leaves while the model is thinking: the model server stops.
+        await events.aclose()
+
+
+async def _sse_answer(
+    events: AsyncGenerator[AnswerEvent, None], cid: str, created: int, model: str, trailer: bool
+) -> AsyncGenerator[str, None]:
+    """:func:`_sse` after its opening chunk: the route, the text, the sources, the end."""
+    try:
         start = await anext(events)
     except StopAsyncIteration:
         start = None
     except RagError as exc:
         for event in _not_begun(api_error(exc), cid, created, model):
             yield event
-        await events.aclose()
+        return
+    except Exception:  # noqa: BLE001 - the status is sent: the failure must be told in the stream
+        log.exception("answer stream failed before it began")
+        for event in _not_begun(_INTERNAL, cid, created, model):
+            yield event
         return
     if not isinstance(start, AnswerStart):
-        empty = api_refusal(
-            502, "The model server ended the answer before it began.", "empty", "server_error"
-        )
-        for event in _not_begun(empty, cid, created, model):
+        for event in _not_begun(_EMPTY, cid, created, model):
             yield event
         return
     yield _chunk(cid, created, model, {"content": ""}, rag=route_field(start.route))
@@ -392,9 +405,7 @@ async def _sse(
         broke = api_error(exc)
     except Exception:  # noqa: BLE001 - a client must get a finished stream, not a cut one
         log.exception("answer stream failed")
-        broke = api_refusal(500, "internal error.", "internal_error", "server_error")
-    finally:
-        await events.aclose()
+        broke = _INTERNAL
     if broke is not None:
         note = f"\n\n[The answer stopped early: {broke.message}]"
         yield _chunk(cid, created, model, {"content": note})
@@ -405,6 +416,17 @@ async def _sse(
     else:
         yield _chunk(cid, created, model, {}, "stop", rag=rag_field(start, done, not trailer))
     yield SSE_DONE
+
+
+_EMPTY = api_refusal(
+    502, "The model server ended the answer before it began.", "empty", "server_error"
+)
+_INTERNAL = api_refusal(
+    500,
+    "The RAG server failed on this request; its log has the details.",
+    "internal_error",
+    "server_error",
+)
 
 
 def _cut_off(error: WireError, rag: dict[str, Any]) -> str:
