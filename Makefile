@@ -102,6 +102,7 @@ openwebui: openwebui-install
 	cd $(OPENWEBUI_VENV) && $(OPENWEBUI_ENV) \
 	  OPENAI_API_BASE_URL=http://127.0.0.1:$(PORT)/v1 OPENAI_API_KEY="$${RAG_API_KEY:-none}" \
 	  DATA_DIR="$(OPENWEBUI_DATA)" \
+	  CORS_ALLOW_ORIGIN="http://127.0.0.1:$(OPENWEBUI_PORT);http://localhost:$(OPENWEBUI_PORT)" \
 	  bin/open-webui serve --host 127.0.0.1 --port $(OPENWEBUI_PORT)
 
 clean:
