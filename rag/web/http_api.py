@@ -352,19 +352,23 @@ def route_field(route: Route | None) -> dict[str, Any]:
 
 
 async def _sse(
-    events: AsyncGenerator[AnswerEvent, None], model: str, trailer: bool
+    events: AsyncGenerator[AnswerEvent, None],
+    model: str,
+    trailer: bool,
+    check: Callable[[], Awaitable[None]],
 ) -> AsyncGenerator[str, None]:
     """A streamed answer as SSE, its first bytes sent before retrieval and the model start.
 
     A client that waits a long time for the model's first token (a CPU model, a busy
-    server) sees the stream open at once. What goes wrong before the answer begins is
+    server) sees the stream open at once; even the model check (``check``, which asks
+    the model server for its list) runs after that. What goes wrong before the answer begins is
     told in the stream (:func:`_not_begun`); a break midway ends with an ``error``
     event (:func:`_cut_off`), never with ``finish_reason: "stop"``.
     """
     cid, created = completion_id("chatcmpl-rag"), now()
     yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
     try:
-        async for event in _sse_answer(events, cid, created, model, trailer):
+        async for event in _sse_answer(events, cid, created, model, trailer, check):
             yield event
     finally:
         # Also when the client leaves while the model is thinking: the model server stops.
@@ -372,13 +376,23 @@ async def _sse(
 
 
 async def _sse_answer(
-    events: AsyncGenerator[AnswerEvent, None], cid: str, created: int, model: str, trailer: bool
+    events: AsyncGenerator[AnswerEvent, None],
+    cid: str,
+    created: int,
+    model: str,
+    trailer: bool,
+    check: Callable[[], Awaitable[None]],
 ) -> AsyncGenerator[str, None]:
     """:func:`_sse` after its opening chunk: the route, the text, the sources, the end."""
     try:
+        await check()
         start = await anext(events)
     except StopAsyncIteration:
         start = None
+    except WireError as exc:
+        for event in _not_begun(exc, cid, created, model):
+            yield event
+        return
     except RagError as exc:
         for event in _not_begun(api_error(exc), cid, created, model):
             yield event
@@ -480,7 +494,6 @@ async def _check_model(model: str, settings: Settings) -> None:
 async def chat_completions(request: Request, settings: Settings) -> Response:
     """``POST /v1/chat/completions``: the handler behind the route (see the module docstring)."""
     chat = parse_chat_request(await read_json(request))
-    await _check_model(chat.model, settings)
     if chat.housekeeping is not None:
         events = direct(
             chat.housekeeping, settings, model=chat.model, generation=chat.generation
@@ -495,12 +508,13 @@ async def chat_completions(request: Request, settings: Settings) -> Response:
         )
     trailer = chat.housekeeping is None  # housekeeping wants bare JSON back
     if chat.stream:
-        # No headers depend on the route: they leave before the model's first token.
+        # No headers depend on the model or route: they leave before the model server is asked.
         return StreamingResponse(
-            _sse(events, chat.model, trailer),
+            _sse(events, chat.model, trailer, lambda: _check_model(chat.model, settings)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
+    await _check_model(chat.model, settings)
     try:
         start = await anext(events)
     except StopAsyncIteration:
