@@ -10,7 +10,7 @@ PY        := $(VENV)/bin/python
 UV        := $(VENV)/bin/uv
 HOST      ?= 127.0.0.1
 PORT      ?= 8000
-# The offline model the embedded engine builds and serves (rag/embedded_llm/tiers.py):
+# The offline model the embedded engine builds and serves (rag/model_tiers.py):
 # qwen2.5-1.5b, qwen2.5-0.5b or smollm2-135m. `make chat ENGINE_MODEL=qwen2.5-0.5b` picks another.
 ENGINE_MODEL ?= $(or $(RAG_ENGINE_MODEL),qwen2.5-1.5b)
 # The test suite runs on the smallest tier for speed; one test serves the default tier.
@@ -18,7 +18,7 @@ TEST_ENGINE_MODEL := smollm2-135m
 # Machines prepared for this project carry the CPU torch wheel in /opt/wheels.
 FIND_LINKS := $(if $(wildcard /opt/wheels/*.whl),--find-links /opt/wheels)
 
-.PHONY: chat test install install-dev models test-models ingest serve bench browser web clean
+.PHONY: chat test install install-dev models test-models ingest serve bench browser web openwebui openwebui-install clean
 
 chat: install models web ingest serve
 
@@ -85,6 +85,42 @@ $(WEB_DIR)/runtime/.installed: $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.j
 	mkdir -p $(WEB_DIR)/runtime
 	cp $(addprefix $(WEB_DIR)/node_modules/onnxruntime-web/dist/,$(WEB_RUNTIME)) $(WEB_DIR)/runtime/
 	touch $@
+
+# Open WebUI as a client of our API, in a virtual environment of its own (its dependency tree
+# clashes with ours). torch is pinned to our version so the CPU wheel is reused; the start is
+# offline (no model downloads, no update checks) and talks only to our /v1 on $(PORT).
+OPENWEBUI_VENV := .venv-openwebui
+OPENWEBUI_PORT ?= 8080
+# Its users, chats and settings (a SQLite database); tests point it elsewhere.
+OPENWEBUI_DATA ?= $(CURDIR)/$(OPENWEBUI_VENV)/data
+
+$(OPENWEBUI_VENV)/.installed: | $(UV)
+	$(UV) venv --python python3.11 $(OPENWEBUI_VENV)
+	$(UV) pip install --python $(OPENWEBUI_VENV)/bin/python $(FIND_LINKS) open-webui==0.12.4 torch==2.13.0
+	touch $@
+
+openwebui-install: $(OPENWEBUI_VENV)/.installed
+
+# Its offline switches: no model downloads (OFFLINE_MODE implies HF_HUB_OFFLINE), no update
+# check, no telemetry; no Ollama; our API does the retrieval, so it loads no embedding model.
+# Config comes from these variables on every start (not from its database), so a changed PORT applies.
+OPENWEBUI_ENV := OFFLINE_MODE=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+	RAG_EMBEDDING_MODEL_AUTO_UPDATE=False RAG_RERANKING_MODEL_AUTO_UPDATE=False \
+	WHISPER_MODEL_AUTO_UPDATE=False ENABLE_VERSION_UPDATE_CHECK=False \
+	SCARF_NO_ANALYTICS=true DO_NOT_TRACK=true ANONYMIZED_TELEMETRY=False \
+	ENABLE_OLLAMA_API=False ENABLE_OPENAI_API=True \
+	RAG_EMBEDDING_ENGINE=openai BYPASS_EMBEDDING_AND_RETRIEVAL=True \
+	ENABLE_PERSISTENT_CONFIG=False WEBUI_AUTH=$(OPENWEBUI_AUTH)
+# One person on loopback needs no Open WebUI account; `make openwebui OPENWEBUI_AUTH=True` asks for one.
+OPENWEBUI_AUTH ?= False
+
+# It writes its secret key to the folder it starts in: that is its own, not the repository.
+openwebui: openwebui-install
+	cd $(OPENWEBUI_VENV) && $(OPENWEBUI_ENV) \
+	  OPENAI_API_BASE_URL=http://127.0.0.1:$(PORT)/v1 OPENAI_API_KEY="$${RAG_API_KEY:-none}" \
+	  DATA_DIR="$(OPENWEBUI_DATA)" \
+	  CORS_ALLOW_ORIGIN="http://127.0.0.1:$(OPENWEBUI_PORT);http://localhost:$(OPENWEBUI_PORT)" \
+	  bin/open-webui serve --host 127.0.0.1 --port $(OPENWEBUI_PORT)
 
 clean:
 	rm -rf $(VENV) .data $(WEB_DIR)/node_modules $(WEB_DIR)/runtime

@@ -10,12 +10,14 @@ Deadlines are sub-second through the settings, so the suite stays fast.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from rag.answer import AnswerDone, answer
@@ -212,3 +214,38 @@ def test_the_first_token_wait_is_read_from_llm_first_token_timeout(
     assert Settings(_env_file=None).llm_first_token_timeout_s == 7.5
     monkeypatch.delenv("LLM_FIRST_TOKEN_TIMEOUT")
     assert Settings(_env_file=None).llm_first_token_timeout_s == 60.0
+
+
+def test_a_streamed_api_client_sees_the_stream_open_while_the_server_hangs(
+    corpus_store: Path, hanging: HangingServer
+) -> None:
+    from tests.test_openai_api import ApiServer
+
+    settings = offline_settings(
+        corpus_store,
+        llm_base_url=hanging.base_url,
+        llm_model="phi-local",
+        routing="local-only",
+        llm_first_token_timeout_s=3.0,
+    )
+    question = [{"role": "user", "content": QUESTION}]
+    body = {"model": "phi-local", "stream": True, "messages": question}
+    with ApiServer(settings) as api:
+        started = time.monotonic()
+        url = f"{api.url}/v1/chat/completions"
+        with httpx.stream("POST", url, json=body, timeout=60) as response:
+            lines = (line for line in response.iter_lines() if line.startswith("data: "))
+            opened = json.loads(next(lines)[len("data: ") :])
+            opened_after = time.monotonic() - started
+            rest = list(lines)
+        ended_after = time.monotonic() - started
+    assert opened["choices"][0]["delta"]["role"] == "assistant"
+    # Listing its models and then the answer each wait 3 s; the stream opened before either.
+    assert opened_after < 2.0 and ended_after >= 5.0, (opened_after, ended_after)
+    text = "".join(
+        c["delta"].get("content") or ""
+        for line in rest
+        if line != "data: [DONE]"
+        for c in json.loads(line[len("data: ") :]).get("choices", [])
+    )
+    assert f"{hanging.base_url} accepted the request but sent nothing for 3 s" in text

@@ -8,11 +8,13 @@ ingested by the real ingest into a temporary data dir.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -28,6 +30,7 @@ from tests.fake_openai import FakeOpenAI
 
 REPLY = "Everyone gets 28 days of paid holiday [1]."
 QUESTION = "How many days of paid holiday does everyone get?"
+STREAMED = {"model": "phi-local", "stream": True, "messages": [{"role": "user", "content": QUESTION}]}
 
 
 class ApiServer:
@@ -131,13 +134,40 @@ def test_streamed_answer_arrives_in_chunks_and_ends_with_sources(
             },
         ) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
-            assert response.headers["x-rag-endpoint"] == "configured"
             body = response.read().decode()
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.startswith(REPLY) and "\n\nSources:\n[1] " in text
     assert len(chunks) > 5
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert body.rstrip().endswith("data: [DONE]")
+    # Headers leave before the route is known: who answers rides on the first text chunk.
+    tagged = [e["rag"] for e in _events(body) if "rag" in e]
+    assert tagged[0]["endpoint"] == "configured" and tagged[0]["model"] == "phi-local"
+    assert tagged[-1]["sources"][0]["n"] == 1
+
+
+def _events(body: str) -> list[dict[str, Any]]:
+    """The JSON events of an SSE body, without the final ``[DONE]``."""
+    lines = [line[len("data: ") :] for line in body.splitlines() if line.startswith("data: ")]
+    return [json.loads(line) for line in lines if line != "[DONE]"]
+
+
+def test_a_streamed_answer_opens_before_the_models_first_token(corpus_store: Path) -> None:
+    with FakeOpenAI(models=["phi-local"], reply=REPLY, first_token_delay_s=4.0) as slow:
+        with ApiServer(offline_settings(corpus_store, llm_base_url=slow.base_url)) as api:
+            started = time.monotonic()
+            url = f"{api.url}/v1/chat/completions"
+            with httpx.stream("POST", url, json=STREAMED, timeout=60) as response:
+                lines = response.iter_lines()
+                opened = next(line for line in lines if line.startswith("data: "))
+                opened_after = time.monotonic() - started
+                first_text = next(line for line in lines if "Everyone" in line)
+                text_after = time.monotonic() - started
+                rest = "\n".join(lines)
+    assert json.loads(opened[len("data: ") :])["choices"][0]["delta"]["role"] == "assistant"
+    # The model's 4 s wait comes after the stream opened, not before it.
+    assert text_after - opened_after > 3.0, (opened_after, text_after)
+    assert first_text and "Sources:" in rest and rest.rstrip().endswith("data: [DONE]")
 
 
 def test_earlier_messages_become_history_without_old_sources(
@@ -288,21 +318,64 @@ def test_a_model_pinned_to_the_fallback_is_answered_there(
     assert local.requests == [] and cloud.models_called == ["gpt-cloud"]
 
 
-def test_a_stream_breaking_midway_ends_cleanly_with_a_note(
+def test_a_stream_breaking_midway_keeps_its_text_and_ends_with_an_error_not_stop(
     corpus_store: Path, cloud: FakeOpenAI
 ) -> None:
     with FakeOpenAI(models=["phi-local"], reply=REPLY, break_after_tokens=3) as breaking:
         with ApiServer(offline_settings(corpus_store, llm_base_url=breaking.base_url)) as api:
-            chunks = list(
-                api.client().chat.completions.create(
-                    model="phi-local", messages=[{"role": "user", "content": QUESTION}], stream=True
-                )
+            chunks = []
+            stream = api.client().chat.completions.create(
+                model="phi-local", messages=[{"role": "user", "content": QUESTION}], stream=True
             )
+            # The SDK raises the stream's error event once the text before it is read.
+            with pytest.raises(openai.APIError, match="The answer from") as err:
+                for piece in stream:
+                    chunks.append(piece)
+            raw = httpx.post(f"{api.url}/v1/chat/completions", json=STREAMED, timeout=60).text
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.startswith("Everyone gets 28 ")
     assert "[The answer stopped early: The answer from" in text
     assert "\n\nSources:\n[1] " in text
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.choices[0].finish_reason != "stop" for c in chunks if c.choices)
+    assert err.value.body["code"] == "stream_interrupted"
+    last = _events(raw)[-1]
+    assert last["error"]["code"] == "stream_interrupted" and last["rag"]["endpoint"] == "configured"
+    assert raw.rstrip().endswith("data: [DONE]")
+
+
+def test_a_stream_cut_off_by_llm_timeout_ends_with_an_error_naming_it(corpus_store: Path) -> None:
+    long_reply = " ".join(["Everyone gets 28 days of paid holiday [1]."] * 20)
+    with FakeOpenAI(models=["phi-local"], reply=long_reply, token_delay_s=0.3) as trickling:
+        settings = offline_settings(
+            corpus_store, llm_base_url=trickling.base_url, llm_timeout_s=3.0
+        )
+        with ApiServer(settings) as api:
+            chunks = []
+            stream = api.client().chat.completions.create(
+                model="phi-local", messages=[{"role": "user", "content": QUESTION}], stream=True
+            )
+            with pytest.raises(openai.APIError, match="LLM_TIMEOUT"):
+                for piece in stream:
+                    chunks.append(piece)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("Everyone gets") and len(text) < len(long_reply)
+    assert "[The answer stopped early:" in text
+    assert all(c.choices[0].finish_reason != "stop" for c in chunks if c.choices)
+
+
+def test_a_streamed_request_that_cannot_begin_raises_its_sentence(
+    corpus_store: Path, local: FakeOpenAI, cloud: FakeOpenAI
+) -> None:
+    with ApiServer(_both(corpus_store, local, cloud, routing="local-only")) as api:
+        stream = api.client().chat.completions.create(
+            model="fallback:gpt-cloud",
+            messages=[{"role": "user", "content": QUESTION}],
+            stream=True,
+        )
+        with pytest.raises(openai.APIError, match="local-only") as err:
+            list(stream)
+    assert err.value.body["code"] == "local_only"
+    assert cloud.requests == []
 
 
 # --- browsers and foreign callers ---------------------------------------------------------

@@ -103,6 +103,48 @@ def test_refused_handshake_names_the_setting_that_opens_it(app: RunningChainlit)
     assert httpx.get(handshake, headers={"Origin": app.url}, timeout=10).status_code == 200
 
 
+# Chainlit's own HTTP routes: the page, its settings and translations, the sign-in config,
+# an element file, uploads. Each answers whoever asks unless the app guards it.
+CHAINLIT_ROUTES = [
+    ("GET", "/"),
+    ("GET", "/login"),
+    ("GET", "/project/settings?language=en-US"),
+    ("GET", "/project/translations?language=en-US"),
+    ("GET", "/auth/config"),
+    ("GET", "/public/elements/Compare.jsx"),
+    ("GET", "/project/file/some-id?session_id=some-session"),
+    ("POST", "/project/file?session_id=some-session"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "path"), CHAINLIT_ROUTES)
+def test_dns_rebinding_page_gets_403_with_a_sentence_on_every_chat_route(
+    app: RunningChainlit, method: str, path: str
+) -> None:
+    rebound = f"evil.example:{_port(app)}"
+    refused = httpx.request(method, f"{app.url}{path}", headers={"Host": rebound}, timeout=30)
+    assert refused.status_code == 403
+    assert "not 'evil.example" in refused.text and "RAG_ALLOWED_HOSTS" in refused.text
+    foreign = httpx.request(method, f"{app.url}{path}", headers={"Origin": EVIL}, timeout=30)
+    assert foreign.status_code == 403 and "RAG_ALLOWED_ORIGINS" in foreign.text
+    # Addressed by a loopback name, the same request reaches Chainlit.
+    own = httpx.request(method, f"{app.url}{path}", headers={"Origin": app.url}, timeout=30)
+    assert own.status_code != 403 or "RAG_ALLOWED" not in own.text
+
+
+@pytest.mark.slow
+def test_chat_page_serves_loopback_names_and_the_api_keeps_its_own_host_rule(
+    app: RunningChainlit,
+) -> None:
+    for host in (f"127.0.0.1:{_port(app)}", f"localhost:{_port(app)}", f"[::1]:{_port(app)}"):
+        page = httpx.get(f"{app.url}/", headers={"Host": host}, timeout=30)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    # /v1 judges its callers itself: its own sentence (RAG_API_KEY opens other names).
+    api = httpx.get(f"{app.url}/v1/models", headers={"Host": "evil.example"}, timeout=30)
+    assert api.status_code == 403 and "RAG_API_KEY" in api.json()["error"]["message"]
+
+
 @pytest.mark.slow
 def test_origin_and_host_the_operator_listed_may_use_the_chat_socket(
     corpus_store: Path, local: FakeOpenAI, tmp_path: Path
@@ -121,6 +163,9 @@ def test_origin_and_host_the_operator_listed_may_use_the_chat_socket(
         _assert_answers(ChatSocket(app.url, origin=f"http://{named}", host=named))
         _assert_refused(ChatSocket(app.url, origin=EVIL), local)
         _assert_refused(ChatSocket(app.url, origin=intranet, host="evil.example"), local)
+        # The page itself follows the same lists.
+        assert httpx.get(f"{app.url}/", headers={"Host": named}, timeout=30).status_code == 200
+        assert httpx.get(f"{app.url}/", headers={"Host": "other.lan"}, timeout=30).status_code == 403
 
 
 @pytest.mark.slow

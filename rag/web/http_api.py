@@ -11,7 +11,8 @@ documents through two routes:
   comes from :func:`rag.answer.answer` through the routed endpoint. The answer
   ends with a ``Sources:`` list (file and page) so every client shows citations.
   Which endpoint answered is in the ``X-RAG-Endpoint``/``X-RAG-Model``/``X-RAG-Route``
-  headers and in an extra ``rag`` field of the body (OpenAI clients ignore it);
+  headers (not streamed) and in an extra ``rag`` field of the body (OpenAI clients
+  ignore it; streamed, on the first text chunk and the last one);
   when routing sent the question somewhere other than the local model, the
   answer also says so in one line.
 
@@ -25,6 +26,9 @@ with the library's sentence: 400 malformed or the question does not fit the
 context window (``context_length_exceeded``), 401 bad key, 403 refused by
 ``local-only`` or a foreign origin/host, 404 unknown model, 409 no documents,
 502 the model server failed, 503 no model server answered. Never a traceback.
+A streamed response opens at once, before retrieval and the model's first token,
+so its errors arrive in the stream: an OpenAI ``error`` event (which the ``openai``
+SDK raises), also when the answer breaks midway, after the text so far.
 
 The chat app mounts it into Chainlit's FastAPI app::
 
@@ -309,13 +313,9 @@ def rag_field(
     start: AnswerStart, done: AnswerDone | None, housekeeping: bool = False
 ) -> dict[str, Any]:
     """The extra ``rag`` field: who answered and the sources, for clients that look."""
-    route = done.route if done else start.route
     return {
         "housekeeping": housekeeping,
-        "endpoint": route.provider.name if route else None,
-        "model": route.model if route else None,
-        "local": route.provider.on_premises if route else True,
-        "reason": route.reason.value if route else "not-covered",
+        **route_field(done.route if done else start.route),
         "covered": not (done and done.refused),
         "sources": [{"n": n, "source": h.source, "page": h.page} for n, h in cited(start, done)],
     }
@@ -340,12 +340,75 @@ def _chunk(
     return sse(chunk(cid, created, model, delta, finish, **extra))
 
 
+def route_field(route: Route | None) -> dict[str, Any]:
+    """Who answers, as the ``rag`` field of a stream's first text chunk: a stream's headers
+    leave before the route is known, so this is where a streamed client finds it."""
+    return {
+        "endpoint": route.provider.name if route else None,
+        "model": route.model if route else None,
+        "local": route.provider.on_premises if route else True,
+        "reason": route.reason.value if route else "not-covered",
+    }
+
+
 async def _sse(
-    events: AsyncGenerator[AnswerEvent, None], start: AnswerStart, model: str, trailer: bool
+    events: AsyncGenerator[AnswerEvent, None],
+    model: str,
+    trailer: bool,
+    check: Callable[[], Awaitable[None]],
 ) -> AsyncGenerator[str, None]:
+    """A streamed answer as SSE, its first bytes sent before retrieval and the model start.
+
+    A client that waits a long time for the model's first token (a CPU model, a busy
+    server) sees the stream open at once; even the model check (``check``, which asks
+    the model server for its list) runs after that. What goes wrong before the answer begins is
+    told in the stream (:func:`_not_begun`); a break midway ends with an ``error``
+    event (:func:`_cut_off`), never with ``finish_reason: "stop"``.
+    """
     cid, created = completion_id("chatcmpl-rag"), now()
-    done: AnswerDone | None = None
     yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+    try:
+        async for event in _sse_answer(events, cid, created, model, trailer, check):
+            yield event
+    finally:
+        # Also when the client leaves while the model is thinking: the model server stops.
+        await events.aclose()
+
+
+async def _sse_answer(
+    events: AsyncGenerator[AnswerEvent, None],
+    cid: str,
+    created: int,
+    model: str,
+    trailer: bool,
+    check: Callable[[], Awaitable[None]],
+) -> AsyncGenerator[str, None]:
+    """:func:`_sse` after its opening chunk: the route, the text, the sources, the end."""
+    try:
+        await check()
+        start = await anext(events)
+    except StopAsyncIteration:
+        start = None
+    except WireError as exc:
+        for event in _not_begun(exc, cid, created, model):
+            yield event
+        return
+    except RagError as exc:
+        for event in _not_begun(api_error(exc), cid, created, model):
+            yield event
+        return
+    except Exception:  # noqa: BLE001 - the status is sent: the failure must be told in the stream
+        log.exception("answer stream failed before it began")
+        for event in _not_begun(_INTERNAL, cid, created, model):
+            yield event
+        return
+    if not isinstance(start, AnswerStart):
+        for event in _not_begun(_EMPTY, cid, created, model):
+            yield event
+        return
+    yield _chunk(cid, created, model, {"content": ""}, rag=route_field(start.route))
+    done: AnswerDone | None = None
+    broke: WireError | None = None
     try:
         async for event in events:
             if isinstance(event, AnswerDelta):
@@ -353,45 +416,60 @@ async def _sse(
             elif isinstance(event, AnswerDone):
                 done = event
     except RagError as exc:
-        # Headers are gone already: the break is told in the text, then the stream ends cleanly.
-        yield _chunk(cid, created, model, {"content": f"\n\n[The answer stopped early: {exc}]"})
+        broke = api_error(exc)
     except Exception:  # noqa: BLE001 - a client must get a finished stream, not a cut one
         log.exception("answer stream failed")
-        yield _chunk(
-            cid, created, model, {"content": "\n\n[The answer stopped early: internal error.]"}
-        )
-    finally:
-        await events.aclose()
+        broke = _INTERNAL
+    if broke is not None:
+        note = f"\n\n[The answer stopped early: {broke.message}]"
+        yield _chunk(cid, created, model, {"content": note})
     if trailer:
         yield _chunk(cid, created, model, {"content": sources_trailer(start, done)})
-    yield _chunk(cid, created, model, {}, "stop", rag=rag_field(start, done, not trailer))
+    if broke is not None:
+        yield _cut_off(broke, rag_field(start, done, not trailer))
+    else:
+        yield _chunk(cid, created, model, {}, "stop", rag=rag_field(start, done, not trailer))
     yield SSE_DONE
 
 
-def _sentence_stream(error: WireError, model: str) -> StreamingResponse:
-    """A streamed request that cannot be answered, told as the answer's text.
+_EMPTY = api_refusal(
+    502, "The model server ended the answer before it began.", "empty", "server_error"
+)
+_INTERNAL = api_refusal(
+    500,
+    "The RAG server failed on this request; its log has the details.",
+    "internal_error",
+    "server_error",
+)
 
-    Open WebUI shows a failed stream's status as a bare error; as text, the
-    person reads which server to start. The final chunk carries the error too.
+
+def _cut_off(error: WireError, rag: dict[str, Any]) -> str:
+    """The last event of a stream that broke midway: an OpenAI ``error`` event.
+
+    The ``openai`` SDK raises ``APIError`` with its message once the text before it
+    has been read; Open WebUI keeps the text and marks the message failed. A
+    ``finish_reason: "stop"`` would tell both that the answer was complete.
     """
-    cid, created = completion_id("chatcmpl-rag"), now()
+    code = "stream_interrupted" if error.code == "endpoint_error" else error.code
+    return sse({"error": {**error.body()["error"], "code": code}, "rag": rag})
 
-    events = [
-        _chunk(cid, created, model, {"role": "assistant", "content": ""}),
-        _chunk(cid, created, model, {"content": error.message}),
-        _chunk(cid, created, model, {}, "stop", rag={"endpoint": None, **error.body()}),
-        SSE_DONE,
-    ]
 
-    async def body() -> AsyncGenerator[str, None]:
-        for event in events:
-            yield event
+def _not_begun(error: WireError, cid: str, created: int, model: str) -> list[str]:
+    """The rest of a stream whose answer never began.
 
-    return StreamingResponse(
-        body(),
-        media_type="text/event-stream",
-        headers={"X-RAG-Endpoint": "none", "Cache-Control": "no-cache"},
-    )
+    No model server answered: the sentence is the answer's text, where Open WebUI
+    shows it (a bare error tells a person nothing about which server to start),
+    and the final chunk carries the error too. Anything else (no documents, a
+    question too long, a route refused) is an ``error`` event, which OpenAI
+    clients raise as the error they would have had from a status code.
+    """
+    if error.code == "endpoint_unavailable":
+        return [
+            _chunk(cid, created, model, {"content": error.message}),
+            _chunk(cid, created, model, {}, "stop", rag={"endpoint": None, **error.body()}),
+            SSE_DONE,
+        ]
+    return [sse({**error.body(), "rag": {"endpoint": None}}), SSE_DONE]
 
 
 async def _check_model(model: str, settings: Settings) -> None:
@@ -416,7 +494,6 @@ async def _check_model(model: str, settings: Settings) -> None:
 async def chat_completions(request: Request, settings: Settings) -> Response:
     """``POST /v1/chat/completions``: the handler behind the route (see the module docstring)."""
     chat = parse_chat_request(await read_json(request))
-    await _check_model(chat.model, settings)
     if chat.housekeeping is not None:
         events = direct(
             chat.housekeeping, settings, model=chat.model, generation=chat.generation
@@ -429,27 +506,24 @@ async def chat_completions(request: Request, settings: Settings) -> Response:
             history=chat.history,
             generation=chat.generation,
         )
+    trailer = chat.housekeeping is None  # housekeeping wants bare JSON back
+    if chat.stream:
+        # No headers depend on the model or route: they leave before the model server is asked.
+        return StreamingResponse(
+            _sse(events, chat.model, trailer, lambda: _check_model(chat.model, settings)),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+    await _check_model(chat.model, settings)
     try:
         start = await anext(events)
     except StopAsyncIteration:
         raise api_refusal(
             502, "The model server ended the answer before it began.", "empty", "server_error"
         ) from None
-    except EndpointUnavailable as exc:
-        if chat.stream:
-            return _sentence_stream(api_error(exc), chat.model)
-        raise api_error(exc) from exc
     except RagError as exc:
         raise api_error(exc) from exc
     assert isinstance(start, AnswerStart)
-
-    trailer = chat.housekeeping is None  # housekeeping wants bare JSON back
-    if chat.stream:
-        return StreamingResponse(
-            _sse(events, start, chat.model, trailer),
-            media_type="text/event-stream",
-            headers={**_headers(start.route), "Cache-Control": "no-cache"},
-        )
     return await _whole(events, start, chat.model, trailer)
 
 

@@ -1,4 +1,4 @@
-"""Keep foreign web pages off the chat's websocket; give each app instance its own files.
+"""Keep foreign web pages off the chat's websocket and routes; give each instance its own files.
 
 **The socket.** Chainlit 2.12 builds its socket.io server with
 ``cors_allowed_origins=[]``, which turns python-engineio's origin check off, so
@@ -12,6 +12,8 @@ passes :func:`refusal` first, and a refused one gets a 403 before socket.io
 sees it, so no chat session or event exists for it. The rule is the one the
 ``/v1`` API applies: this machine's loopback origins and host names, plus what
 the operator lists in ``RAG_ALLOWED_ORIGINS`` and ``RAG_ALLOWED_HOSTS``.
+:class:`ChatHttpGuard` applies the same rule to Chainlit's other HTTP routes
+(the page, uploads, element files), all but ``/v1``, which checks its own callers.
 
 **The files.** Chainlit keeps session files (uploads, the sources shown beside
 an answer) in ``<cwd>/.files`` and deletes that folder when it stops, which
@@ -204,6 +206,48 @@ def guard_chat_socket(server: Starlette, socket_path: str, settings: Settings) -
     )
 
 
+# --- every other HTTP route ----------------------------------------------------------------------
+
+
+class ChatHttpGuard:
+    """Starlette middleware on Chainlit's app: every HTTP route gets the socket's policy.
+
+    Chainlit's own routes (the page, ``/project/*``, uploads, ``/auth/*``, element
+    files) answer whoever asks, so a DNS-rebinding page could read them as
+    same-origin. A refused caller gets a 403 with :meth:`Refusal.sentence`. The
+    ``/v1`` API is left to its own check (a key opens it to other names), and
+    websockets to :class:`ChatSocketGuard`. The settings live on ``server.state``,
+    so a ``-w`` reload can replace them after the middleware stack is built.
+    """
+
+    def __init__(self, app: ASGIApp, server: Starlette) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _judged_elsewhere(scope.get("path", "")):
+            settings: Settings = self.server.state.rag_http_guard_settings
+            refused = refusal(Caller.from_scope(scope), settings)
+            if refused is not None:
+                log.warning("Refused a chat request: %s", refused.sentence())
+                await _refuse(scope, receive, send, refused)
+                return
+        await self.app(scope, receive, send)
+
+
+def _judged_elsewhere(path: str) -> bool:
+    """True for the OpenAI-compatible API, which checks its callers itself."""
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def guard_http_routes(server: Starlette, settings: Settings) -> None:
+    """Add :class:`ChatHttpGuard` to ``server`` once; a second call only replaces the settings."""
+    server.state.rag_http_guard_settings = settings
+    if not any(m.cls is ChatHttpGuard for m in server.user_middleware):
+        # Outermost, ahead of Chainlit's CORS layer: a refused preflight is refused too.
+        server.add_middleware(ChatHttpGuard, server=server)
+
+
 # --- each instance its own files folder -----------------------------------------------------------
 
 
@@ -315,10 +359,12 @@ def own_files_dir_at_start(server: Starlette, settings: Settings) -> None:
 def guard_chat_server(server: Starlette, settings: Settings) -> None:
     """Everything this module does to Chainlit's server, for app.py's one call at import.
 
-    Keeps foreign pages off the chat socket (:func:`guard_chat_socket`) and gives
-    this instance its own files folder once it starts (:func:`own_files_dir_at_start`).
+    Keeps foreign pages off the chat socket (:func:`guard_chat_socket`) and off its
+    other HTTP routes (:func:`guard_http_routes`), and gives this instance its own
+    files folder once it starts (:func:`own_files_dir_at_start`).
     """
     from chainlit.server import SOCKET_IO_PATH
 
     guard_chat_socket(server, SOCKET_IO_PATH, settings)
+    guard_http_routes(server, settings)
     own_files_dir_at_start(server, settings)
