@@ -157,6 +157,31 @@ async def test_a_file_the_upload_ingested_is_not_ingested_again(tmp_path: Path) 
     assert len(ids) == len(set(ids)) == 2
 
 
+@pytest.mark.embedder
+def test_threads_opening_one_store_at_once_all_get_a_working_client(tmp_path: Path) -> None:
+    # The chat's search and the watcher's ingest open the store at the same moment at start-up.
+    settings = make_settings(tmp_path)
+    ChunkStore(settings)
+    for _ in range(5):
+        forget_cached_clients()
+        barrier = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def open_store() -> None:
+            barrier.wait()
+            try:
+                ChunkStore(settings).count()
+            except Exception as exc:  # noqa: BLE001 - collected, then asserted
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+
+
 def test_only_changes_that_can_matter_to_an_ingest_wake_the_watcher(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, data_dir=tmp_path / "docs" / "store")
     docs = settings.docs_dir
