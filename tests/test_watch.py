@@ -249,7 +249,7 @@ def test_the_running_app_ingests_added_changed_and_deleted_files_and_tells_the_o
 
     with (
         FakeOpenAI(models=["fake-model"], reply="It holds 340 litres [1].") as fake,
-        running_chainlit(tmp_path, app_env(store, fake.base_url)) as app,
+        running_chainlit(tmp_path, app_env(store, fake.base_url, RAG_WATCH="1")) as app,
     ):
         # Files there before the app started are ingested once it watches.
         _poll_search(store, "sea kayak Osprey length", lambda hits: bool(hits))
@@ -317,7 +317,7 @@ def test_the_app_killed_mid_ingest_repairs_the_store_when_it_starts_again(tmp_pa
     victim = make_settings(store)
     # One chunk per embedding batch: many small commits, so the kill lands among them.
     with FakeOpenAI(models=["fake-model"]) as fake:
-        env = app_env(store, fake.base_url, RAG_EMBED_BATCH="1")
+        env = app_env(store, fake.base_url, RAG_WATCH="1", RAG_EMBED_BATCH="1")
         with running_chainlit(tmp_path / "first", env) as app:
             deadline = time.monotonic() + WAIT_S
             while "pending" not in _statuses(victim):
