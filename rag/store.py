@@ -21,6 +21,7 @@ vectors instead of Chroma's cached index.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -213,6 +214,11 @@ class ChunkStore:
         )
 
 
+# Chroma's process-wide cache of local clients is not thread-safe: two threads opening one
+# store at once (a chat's search and the docs folder watch's ingest) break each other's client.
+_CLIENT_CACHE = threading.Lock()
+
+
 def _open_client(settings: Settings) -> Any:
     # Imported here: chromadb takes ~0.6 s to import and the CLIs print help without it.
     import chromadb
@@ -231,7 +237,8 @@ def _open_client(settings: Settings) -> Any:
                 " or unset CHROMA_HOST to use the local store."
             ) from exc
     settings.chroma_dir.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+    with _CLIENT_CACHE:
+        return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
 
 
 def forget_cached_clients() -> None:
@@ -242,7 +249,8 @@ def forget_cached_clients() -> None:
     """
     from chromadb.api.shared_system_client import SharedSystemClient
 
-    SharedSystemClient.clear_system_cache()
+    with _CLIENT_CACHE:
+        SharedSystemClient.clear_system_cache()
 
 
 def _generation_file(settings: Settings) -> Path:

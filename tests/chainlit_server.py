@@ -28,7 +28,9 @@ def app_env(store: Path, llm_base_url: str, **extra: str) -> dict[str, str]:
     """The environment for an app over ``store`` (docs/ and data/) talking to ``llm_base_url``.
 
     The developer's own RAG_/LLM_/CHAINLIT_ variables are left out, and the
-    embedded engine is off: the model server is the given (fake) one.
+    embedded engine is off: the model server is the given (fake) one. The docs
+    folder watch is off too (``RAG_WATCH=1`` in ``extra`` turns it on): a store
+    copied to another path is re-ingested whole by the watcher's first ingest.
     """
     prefixes = ("RAG_", "LLM_", "CHAINLIT_", "FOUNDRY_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
@@ -38,9 +40,10 @@ def app_env(store: Path, llm_base_url: str, **extra: str) -> dict[str, str]:
         RAG_DATA_DIR=str(store / "data"),
         RAG_MODELS_DIR=str(MODELS_DIR),
         RAG_ENGINE="off",
+        RAG_WATCH="0",
         LLM_BASE_URL=llm_base_url,
-        **extra,
     )
+    env.update(extra)
     return env
 
 

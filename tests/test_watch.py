@@ -157,6 +157,31 @@ async def test_a_file_the_upload_ingested_is_not_ingested_again(tmp_path: Path) 
     assert len(ids) == len(set(ids)) == 2
 
 
+@pytest.mark.embedder
+def test_threads_opening_one_store_at_once_all_get_a_working_client(tmp_path: Path) -> None:
+    # The chat's search and the watcher's ingest open the store at the same moment at start-up.
+    settings = make_settings(tmp_path)
+    ChunkStore(settings)
+    for _ in range(5):
+        forget_cached_clients()
+        barrier = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def open_store() -> None:
+            barrier.wait()
+            try:
+                ChunkStore(settings).count()
+            except Exception as exc:  # noqa: BLE001 - collected, then asserted
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+
+
 def test_only_changes_that_can_matter_to_an_ingest_wake_the_watcher(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, data_dir=tmp_path / "docs" / "store")
     docs = settings.docs_dir
@@ -224,7 +249,7 @@ def test_the_running_app_ingests_added_changed_and_deleted_files_and_tells_the_o
 
     with (
         FakeOpenAI(models=["fake-model"], reply="It holds 340 litres [1].") as fake,
-        running_chainlit(tmp_path, app_env(store, fake.base_url)) as app,
+        running_chainlit(tmp_path, app_env(store, fake.base_url, RAG_WATCH="1")) as app,
     ):
         # Files there before the app started are ingested once it watches.
         _poll_search(store, "sea kayak Osprey length", lambda hits: bool(hits))
@@ -292,7 +317,7 @@ def test_the_app_killed_mid_ingest_repairs_the_store_when_it_starts_again(tmp_pa
     victim = make_settings(store)
     # One chunk per embedding batch: many small commits, so the kill lands among them.
     with FakeOpenAI(models=["fake-model"]) as fake:
-        env = app_env(store, fake.base_url, RAG_EMBED_BATCH="1")
+        env = app_env(store, fake.base_url, RAG_WATCH="1", RAG_EMBED_BATCH="1")
         with running_chainlit(tmp_path / "first", env) as app:
             deadline = time.monotonic() + WAIT_S
             while "pending" not in _statuses(victim):
