@@ -34,6 +34,7 @@ from __future__ import annotations
 import heapq
 import math
 import re
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -394,6 +395,7 @@ def publish(
     index instead of rebuilding it; if the process dies before the commit, the
     index keeps its old stamp and the next reader or ingest repairs it.
     """
+    _remove_folder_indexes(index_dir(settings))
     index = Bm25Index.open(index_path(settings))
     try:
         with index.transaction():
@@ -442,6 +444,17 @@ def load_bm25_index(settings: Settings, store: ChunkStore | None = None) -> Bm25
         if index.generation != generation:
             index.replace_all(_chunks_of(settings, store), generation)
     return index
+
+
+def _remove_folder_indexes(root: Path) -> None:
+    """Delete the saved-folder indexes (``idx-*``, ``CURRENT``) of the format before SQLite."""
+    if not root.is_dir():
+        return
+    for child in root.iterdir():
+        if child.is_dir() and child.name.startswith("idx-"):
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.name == "CURRENT":
+            child.unlink(missing_ok=True)
 
 
 def _chunks_of(settings: Settings, store: ChunkStore | None) -> Iterator[Chunk]:

@@ -115,6 +115,14 @@ def test_index_of_an_older_format_is_rebuilt_from_the_store(settings: Settings) 
     assert [c.source for c, _ in index.search("skeg", 5)] == ["manual.pdf"]
 
 
+def test_publish_removes_the_folder_indexes_of_the_previous_format(settings: Settings) -> None:
+    root = index_path(settings).parent
+    (root / "idx-0123456789ab").mkdir(parents=True)
+    (root / "CURRENT").write_text("idx-0123456789ab")
+    publish(settings, ChunkStore(settings), {})
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith("index.sqlite3")) == []
+
+
 def test_reader_waits_for_a_publishing_writer_instead_of_rebuilding(settings: Settings) -> None:
     store = _fill(settings, _chunks())
     rebuild_bm25_index(settings, store)
