@@ -81,12 +81,12 @@ def tokenizer_at(embedder_dir: Path) -> Tokenizer:
     return tokenizer
 
 
-def session_options(threads: int, *, spin: bool = False) -> ort.SessionOptions:
+def session_options(threads: int, *, spin: bool = True) -> ort.SessionOptions:
     """onnxruntime options for the embedder: ``threads`` inside each op, full graph optimisation.
 
-    ``spin`` lets idle worker threads busy-wait for the next op. It is off: on a machine
-    where the chat's model, Chroma or other work want the same cores, spinning threads
-    burn the time they need (bench_embed measures both).
+    ``spin`` lets idle worker threads busy-wait for the next op (onnxruntime's default).
+    It stays on: two interleaved runs on a crowded machine disagreed on which is faster
+    (bench_embed measures both), so there is no case yet for changing it.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
