@@ -143,7 +143,7 @@ class Bm25Index:
 
     @classmethod
     def open(cls, path: Path) -> Bm25Index:
-        """The index in ``path``, created empty when missing; an older format is emptied."""
+        """The index in ``path``, created empty when missing; one of another format is dropped."""
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(
             path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -155,8 +155,8 @@ class Bm25Index:
     @classmethod
     def from_chunks(cls, chunks: Iterable[Chunk], generation: str) -> Bm25Index:
         """An in-memory index of ``chunks`` (tests, benchmarks, one-off searches)."""
-        index = cls(_prepared(sqlite3.connect(":memory:", isolation_level=None,
-                                              check_same_thread=False)))
+        db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        index = cls(_prepared(db))
         with index.transaction():
             index.replace_all(chunks, generation)
         return index
@@ -328,6 +328,8 @@ class _Transaction:
 
 def _prepared(db: sqlite3.Connection) -> sqlite3.Connection:
     """``db`` with the schema in place; an index of another format is dropped first."""
+    if _format(db) == str(INDEX_FORMAT):
+        return db  # no write lock: a reader never waits here for a writer
     db.execute("BEGIN IMMEDIATE")
     try:
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -345,6 +347,14 @@ def _prepared(db: sqlite3.Connection) -> sqlite3.Connection:
         db.execute("ROLLBACK")
         raise
     return db
+
+
+def _format(db: sqlite3.Connection) -> str | None:
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+    except sqlite3.OperationalError:  # no meta table yet: a new file
+        return None
+    return row[0] if row else None
 
 
 def _lucene_score(
