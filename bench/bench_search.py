@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.bm25 import Bm25Index, tokenize
+from rag.bm25 import Bm25Index, index_path, tokenize
 from rag.retrieve import Retriever
 from rag.settings import Settings
 from rag.store import Chunk, ChunkStore, bump_generation, read_generation
@@ -147,7 +147,10 @@ def build_store(settings: Settings, texts: list[tuple[str, str]]) -> dict[str, f
     timings["chroma_add_s"] = time.perf_counter() - t0
     bump_generation(settings)
     t0 = time.perf_counter()
-    Bm25Index(chunks, read_generation(settings)).save(settings)
+    index = Bm25Index.open(index_path(settings))
+    with index.transaction():
+        index.replace_all(chunks, read_generation(settings))
+    index.close()
     timings["bm25_build_s"] = time.perf_counter() - t0
     return timings
 

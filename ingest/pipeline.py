@@ -13,7 +13,8 @@
    (:mod:`ingest.writer`), so memory holds one batch whatever the file's size;
 4. deletes the chunks of files that disappeared (not of those in a folder that
    could not be listed: that folder is reported in ``failed``);
-5. when anything changed: bumps the store generation and rebuilds the BM25 index.
+5. when anything changed: bumps the store generation and updates the BM25 index
+   in place: only the sources whose hash the index does not hold are re-read.
 
 The state records the settings that decide what chunks and vectors are (model
 checksum, precision, chunk sizes: :func:`vector_fingerprint`); when they change,
@@ -51,10 +52,10 @@ from ingest.report import Failure, IngestReport
 from ingest.scan import SourceFile, scan_docs
 from ingest.state import IngestState, SourceState
 from ingest.writer import BatchWriter, ChunkSpool, PreparedFile
-from rag.bm25 import rebuild_bm25_index
+from rag.bm25 import publish
 from rag.errors import RagError
 from rag.settings import Settings
-from rag.store import EMBEDDED_TEXT_VERSION, ChunkStore, bump_generation
+from rag.store import EMBEDDED_TEXT_VERSION, ChunkStore
 
 if TYPE_CHECKING:
     from rag.embed import Embedder
@@ -190,6 +191,8 @@ class _IngestRun:
                 return reingest
         self.state.set_meta("rebuild", "1")
         self.state.set_meta("dirty", "1")
+        # Re-ingested files keep their hashes, so the BM25 index must re-read everything.
+        self.state.set_meta("bm25_rebuild", "1")
         self.store.reset()
         self.state.clear()
         self.state.set_meta("store", key)
@@ -308,9 +311,10 @@ class _IngestRun:
         self.report.removed.append(source)
 
     def _publish(self) -> None:
-        """Tell readers the store changed: new generation, fresh BM25 index."""
-        bump_generation(self.settings)
-        rebuild_bm25_index(self.settings, self.store)
+        """Tell readers the store changed: new generation, BM25 index updated to match."""
+        done = {s: r.sha256 for s, r in self.state.all().items() if r.status == "done"}
+        publish(self.settings, self.store, done, rebuild=bool(self.state.get_meta("bm25_rebuild")))
+        self.state.set_meta("bm25_rebuild", None)
         self.state.set_meta("dirty", None)
 
     # --- helpers bound to this run -------------------------------------------

@@ -81,6 +81,22 @@ def tokenizer_at(embedder_dir: Path) -> Tokenizer:
     return tokenizer
 
 
+def session_options(threads: int, *, spin: bool = True) -> ort.SessionOptions:
+    """onnxruntime options for the embedder: ``threads`` inside each op, full graph optimisation.
+
+    ``spin`` lets idle worker threads busy-wait for the next op (onnxruntime's default).
+    It stays on: two interleaved runs on a crowded machine disagreed on which is faster
+    (bench_embed measures both), so there is no case yet for changing it.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # One request at a time per session; parallelism is inside each op.
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return options
+
+
 class Embedder:
     """Embeds texts into L2-normalised float32 vectors with the exported ONNX model.
 
@@ -120,13 +136,10 @@ class Embedder:
         self._tokenizer.enable_truncation(max_length=self.max_tokens)
         # Padding is done per batch after sorting by length (see embed), not by the tokenizer.
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = settings.threads or os.cpu_count() or 1
-        # One request at a time per session; parallelism is inside each op.
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            str(model_path),
+            sess_options=session_options(settings.threads or os.cpu_count() or 1),
+            providers=["CPUExecutionProvider"],
         )
         self._inputs = [i.name for i in self._session.get_inputs()]
         unknown = set(self._inputs) - set(_INPUT_NAMES)

@@ -170,12 +170,15 @@ class ChunkStore:
             for i, d, m, dist in zip(ids, docs, metas, dists, strict=True)
         ]
 
-    def iter_chunks(self, page_size: int = _READ_PAGE) -> Iterator[Chunk]:
-        """Every chunk in the store, read page by page (for the BM25 index and audits)."""
+    def iter_chunks(
+        self, page_size: int = _READ_PAGE, *, source: str | None = None
+    ) -> Iterator[Chunk]:
+        """Every chunk in the store (or of one ``source``), read page by page (BM25, audits)."""
+        where = {"source": source} if source is not None else None
         offset = 0
         while True:
             res = self._collection.get(
-                include=["documents", "metadatas"], limit=page_size, offset=offset
+                where=where, include=["documents", "metadatas"], limit=page_size, offset=offset
             )
             ids = res["ids"]
             if not ids:
@@ -198,6 +201,10 @@ class ChunkStore:
             for i, d, m, v in rows:
                 yield Chunk.from_record(i, d, dict(m or {})), np.asarray(v, dtype=np.float32)
             offset += len(ids)
+
+    def chunks_of(self, source: str) -> list[Chunk]:
+        """The chunks of one source file, in chunk order (none when it has none)."""
+        return sorted(self.iter_chunks(source=source), key=lambda c: c.index)
 
     def reset(self) -> None:
         """Drop and recreate the collection (``python -m ingest --rebuild``)."""

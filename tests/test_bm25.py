@@ -1,16 +1,21 @@
-"""The BM25 index: tokenisation, exact-word matches, persistence with the generation stamp."""
+"""The BM25 index: tokenisation, exact-word matches, persistence with the generation stamp,
+and incremental updates that stay equal to a full rebuild."""
 
 from __future__ import annotations
 
-import json
+import random
+import sqlite3
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from rag.bm25 import (
     Bm25Index,
-    index_dir,
+    index_path,
     load_bm25_index,
+    publish,
     rebuild_bm25_index,
     tokenize,
 )
@@ -49,14 +54,14 @@ def test_tokenize_lowercases_drops_stopwords_and_splits_identifiers() -> None:
 
 
 def test_exact_identifier_ranks_its_chunk_first() -> None:
-    index = Bm25Index(_chunks(), generation="g1")
+    index = Bm25Index.from_chunks(_chunks(), generation="g1")
     hits = index.search("port 11434", 3)
     assert hits[0][0].source == "ollama.md"
     assert hits[0][1] > 0
 
 
 def test_chunks_sharing_no_word_with_the_query_are_not_returned() -> None:
-    index = Bm25Index(_chunks(), generation="g1")
+    index = Bm25Index.from_chunks(_chunks(), generation="g1")
     assert [c.source for c, _ in index.search("skeg", 10)] == ["manual.pdf"]
     assert index.search("zeppelin", 10) == []
     assert index.search("the and of", 10) == []  # only stopwords
@@ -65,18 +70,15 @@ def test_chunks_sharing_no_word_with_the_query_are_not_returned() -> None:
 def test_rebuild_saves_index_stamped_with_store_generation(settings: Settings) -> None:
     store = _fill(settings, _chunks())
     assert rebuild_bm25_index(settings, store) == 3
-    root = index_dir(settings)
-    folder = root / (root / "CURRENT").read_text()
-    meta = json.loads((folder / "meta.json").read_text())
-    assert meta["generation"] == read_generation(settings)
-    assert meta["count"] == 3
+    index = Bm25Index.open(index_path(settings))
+    assert index.generation == read_generation(settings) != ""
+    assert len(index) == 3
 
 
 def test_saved_index_keeps_page_and_source_of_each_chunk(settings: Settings) -> None:
     _fill(settings, _chunks())
     rebuild_bm25_index(settings)
-    loaded = Bm25Index.load(settings)
-    assert loaded is not None
+    loaded = Bm25Index.open(index_path(settings))
     chunk, _ = loaded.search("skeg landing", 1)[0]
     assert (chunk.id, chunk.source, chunk.page) == ("manual.pdf#0", "manual.pdf", 2)
     assert chunk.text == TEXTS["manual.pdf"]
@@ -93,7 +95,7 @@ def test_loader_rebuilds_when_stamp_does_not_match_store(settings: Settings) -> 
     assert index.generation == read_generation(settings)
     assert [c.source for c, _ in index.search("zeppelin", 5)] == ["new.md"]
     # ... and the rebuilt index was saved, so the next reader loads it as is.
-    assert Bm25Index.load(settings).generation == read_generation(settings)
+    assert Bm25Index.open(index_path(settings)).generation == read_generation(settings)
 
 
 def test_empty_store_gives_an_empty_index_without_errors(settings: Settings) -> None:
@@ -103,12 +105,40 @@ def test_empty_store_gives_an_empty_index_without_errors(settings: Settings) -> 
     assert index.search("anything", 5) == []
 
 
-def test_old_index_folders_are_cleaned_up(settings: Settings) -> None:
+def test_index_of_an_older_format_is_rebuilt_from_the_store(settings: Settings) -> None:
     store = _fill(settings, _chunks())
-    for _ in range(4):
-        rebuild_bm25_index(settings, store)
-    folders = [p for p in index_dir(settings).iterdir() if p.is_dir()]
-    assert len(folders) <= 2  # the current one and its predecessor
+    rebuild_bm25_index(settings, store)
+    with sqlite3.connect(index_path(settings)) as db:
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'format'")
+    index = load_bm25_index(settings, store)
+    assert len(index) == 3 and index.generation == read_generation(settings)
+    assert [c.source for c, _ in index.search("skeg", 5)] == ["manual.pdf"]
+
+
+def test_publish_removes_the_folder_indexes_of_the_previous_format(settings: Settings) -> None:
+    root = index_path(settings).parent
+    (root / "idx-0123456789ab").mkdir(parents=True)
+    (root / "CURRENT").write_text("idx-0123456789ab")
+    publish(settings, ChunkStore(settings), {})
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith("index.sqlite3")) == []
+
+
+def test_reader_waits_for_a_publishing_writer_instead_of_rebuilding(settings: Settings) -> None:
+    store = _fill(settings, _chunks())
+    rebuild_bm25_index(settings, store)
+    writer = Bm25Index.open(index_path(settings))
+    loaded: list[Bm25Index] = []
+    with writer.transaction():
+        # The writer's generation is visible before its index commits.
+        generation = bump_generation(settings)
+        reader = threading.Thread(target=lambda: loaded.append(load_bm25_index(settings, store)))
+        reader.start()
+        time.sleep(0.5)
+        assert not loaded  # blocked on the write lock, not rebuilding from a stale stamp
+        writer.replace_sources({"ollama.md": []}, generation)
+    reader.join(timeout=60)
+    assert len(loaded[0]) == 2  # the writer's index, not a rebuild from the store's 3 chunks
+    assert loaded[0].generation == generation
 
 
 @pytest.mark.embedder
@@ -127,8 +157,104 @@ def test_store_of_stopwords_only_has_no_bm25_hits_and_dense_search_still_works(
 
     index = load_bm25_index(settings)
     assert len(index) == 1 and index.search("there then", 5) == []
-    saved = Bm25Index.load(settings)
-    assert saved is not None and saved.generation == read_generation(settings)
+    saved = Bm25Index.open(index_path(settings))
+    assert saved.generation == read_generation(settings)
     hits = Retriever(settings).search("is it there", 3)
     assert [(h.source, h.bm25_rank) for h in hits] == [("filler.txt", None)]
     assert hits[0].dense_rank == 1
+
+
+# --- incremental updates --------------------------------------------------------------
+
+_WORDS = [f"w{n}" for n in range(60)] + ["skeg", "paddle", "rudder", "hatch", "spray", "deck"]
+_QUERIES = ["skeg paddle", "w1 w2 w3", "rudder hatch w7", "spray deck", "w10", "w33 w34 deck"]
+
+
+def _random_file(rng: random.Random, source: str) -> list[Chunk]:
+    """A source of 1-6 chunks of random words, with a hash that changes on every edit."""
+    sha = f"{rng.getrandbits(64):016x}"
+    return [
+        Chunk(
+            id=f"{source}#{i}",
+            source=source,
+            index=i,
+            text=" ".join(rng.choices(_WORDS, k=rng.randint(3, 40))),
+            file_sha256=sha,
+        )
+        for i in range(rng.randint(1, 6))
+    ]
+
+
+def _write(store: ChunkStore, chunks: list[Chunk]) -> None:
+    store.delete_source(chunks[0].source)
+    vectors = np.eye(len(chunks), 384, dtype=np.float32)
+    store.add(chunks, vectors)
+
+
+def _top(index: Bm25Index) -> list[list[tuple[str, float]]]:
+    return [[(c.id, round(s, 9)) for c, s in index.search(q, 8)] for q in _QUERIES]
+
+
+def test_incremental_index_equals_a_full_rebuild_after_random_adds_edits_and_deletes(
+    settings: Settings,
+) -> None:
+    rng = random.Random(11)
+    store = ChunkStore(settings)
+    files: dict[str, list[Chunk]] = {}
+    for round_no in range(12):
+        for _ in range(rng.randint(1, 4)):  # new files
+            source = f"doc{round_no}-{rng.randint(0, 999)}.md"
+            files[source] = _random_file(rng, source)
+            _write(store, files[source])
+        for source in rng.sample(sorted(files), k=min(2, len(files))):  # edited files
+            files[source] = _random_file(rng, source)
+            _write(store, files[source])
+        for source in rng.sample(sorted(files), k=min(rng.randint(0, 2), len(files) - 1)):
+            store.delete_source(source)  # deleted files
+            del files[source]
+        wanted = {s: chunks[0].file_sha256 for s, chunks in files.items()}
+        publish(settings, store, wanted)
+
+        incremental = Bm25Index.open(index_path(settings))
+        full = Bm25Index.from_chunks(store.iter_chunks(), generation="full")
+        assert len(incremental) == len(full) == sum(len(c) for c in files.values())
+        assert incremental.sources() == wanted
+        assert _top(incremental) == _top(full), f"round {round_no}"
+        assert incremental.generation == read_generation(settings)
+        incremental.close()
+
+
+def test_publish_reads_back_only_the_sources_whose_hash_changed(settings: Settings) -> None:
+    rng = random.Random(3)
+    store = ChunkStore(settings)
+    files = {f"f{n}.md": _random_file(rng, f"f{n}.md") for n in range(20)}
+    for chunks in files.values():
+        _write(store, chunks)
+    first = publish(settings, store, {s: c[0].file_sha256 for s, c in files.items()})
+    assert len(first.reindexed) == 20
+
+    files["f3.md"] = _random_file(rng, "f3.md")
+    _write(store, files["f3.md"])
+    store.delete_source("f7.md")
+    del files["f7.md"]
+    update = publish(settings, store, {s: c[0].file_sha256 for s, c in files.items()})
+    assert (update.reindexed, update.dropped) == (("f3.md",), ("f7.md",))
+    assert update.chunks == len(files["f3.md"]) and not update.full
+
+
+def test_an_ingest_killed_before_publishing_is_caught_up_by_the_next_publish(
+    settings: Settings,
+) -> None:
+    rng = random.Random(5)
+    store = ChunkStore(settings)
+    a, b = _random_file(rng, "a.md"), _random_file(rng, "b.md")
+    _write(store, a)
+    publish(settings, store, {"a.md": a[0].file_sha256})
+    # A killed run wrote b.md and edited a.md but never published.
+    _write(store, b)
+    a = _random_file(rng, "a.md")
+    _write(store, a)
+    update = publish(settings, store, {"a.md": a[0].file_sha256, "b.md": b[0].file_sha256})
+    assert update.reindexed == ("a.md", "b.md")
+    index = Bm25Index.open(index_path(settings))
+    assert _top(index) == _top(Bm25Index.from_chunks(store.iter_chunks(), generation=""))

@@ -158,13 +158,12 @@ def test_store_changed_behind_the_states_back_is_rebuilt(settings, corpus) -> No
 
 
 def test_ingest_rebuilds_the_bm25_index_for_the_new_generation(settings, corpus) -> None:  # type: ignore[no-untyped-def]
-    from rag.bm25 import Bm25Index
+    from rag.bm25 import Bm25Index, index_path
 
     report = ingest(settings)
-    index = Bm25Index.load(settings)
-    assert index is not None
+    index = Bm25Index.open(index_path(settings))
     assert index.generation == read_generation(settings) != ""
-    assert len(index.chunks) == report.chunks
+    assert len(index) == report.chunks
 
 
 def test_missing_docs_folder_is_a_clear_fatal_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
