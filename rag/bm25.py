@@ -114,7 +114,7 @@ class Bm25Index:
         folder.mkdir()
         if self._bm25 is not None:
             self._bm25.save(str(folder), show_progress=False)
-        records = [[c.id, c.source, c.index, c.page, c.heading, c.text] for c in self.chunks]
+        records = [[c.id, c.source, c.index, c.page, c.heading, c.text, c.ocr] for c in self.chunks]
         (folder / _CHUNKS).write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
         meta = {
             "format": INDEX_FORMAT,
@@ -150,9 +150,10 @@ class Bm25Index:
         except (OSError, ValueError):
             # Removed by a concurrent save, or damaged: the caller rebuilds.
             return None
+        # Records saved before OCR existed have no seventh field: not OCR'd.
         chunks = [
-            Chunk(id=i, source=s, index=n, page=p, heading=h, text=t)
-            for i, s, n, p, h, t in records
+            Chunk(id=i, source=s, index=n, page=p, heading=h, text=t, ocr=bool(rest and rest[0]))
+            for i, s, n, p, h, t, *rest in records
         ]
         return cls(chunks, str(meta.get("generation", "")), bm25)
 

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     max_text_mb: float = Field(10.0, gt=0, validation_alias=_env("RAG_MAX_TEXT_MB"))
     max_chunks_per_file: int = Field(10_000, ge=1, validation_alias=_env("RAG_MAX_CHUNKS_PER_FILE"))
     lock_timeout_s: float = Field(0.0, ge=0, validation_alias=_env("RAG_LOCK_TIMEOUT"))
+    # OCR of PDF pages without a text layer and of .png/.jpg files (ingest/ocr.py).
+    ocr: bool = Field(True, validation_alias=_env("RAG_OCR"))
+    # A scanned page costs seconds on a CPU; past this, a file's remaining pages are skipped.
+    ocr_seconds_per_file: float = Field(
+        300.0, gt=0, validation_alias=_env("RAG_OCR_SECONDS_PER_FILE")
+    )
 
     # --- embeddings ----------------------------------------------------------
     embed_precision: Literal["fp32", "int8"] = Field(

@@ -49,11 +49,12 @@ class Chunk:
     page: int | None = None  # 1-based page for paged formats (PDF), else None
     heading: str | None = None  # nearest heading above the chunk, if any
     file_sha256: str = ""  # content hash of the source file the chunk came from
+    ocr: bool = False  # read by OCR from a scanned page or an image
 
-    def metadata(self) -> dict[str, str | int]:
-        """The Chroma metadata of this chunk: source, index, file hash, and page/heading if set."""
+    def metadata(self) -> dict[str, str | int | bool]:
+        """The Chroma metadata of this chunk: source, index, file hash, and page/heading/ocr if set."""
         # Chroma metadata values cannot be None, so absent fields are omitted.
-        meta: dict[str, str | int] = {
+        meta: dict[str, str | int | bool] = {
             "source": self.source,
             "index": self.index,
             "file_sha256": self.file_sha256,
@@ -62,6 +63,8 @@ class Chunk:
             meta["page"] = self.page
         if self.heading:
             meta["heading"] = self.heading
+        if self.ocr:
+            meta["ocr"] = True
         return meta
 
     @classmethod
@@ -76,6 +79,7 @@ class Chunk:
             page=int(page) if page is not None else None,
             heading=meta.get("heading") or None,
             file_sha256=str(meta.get("file_sha256", "")),
+            ocr=bool(meta.get("ocr", False)),
         )
 
 
