@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ingest.document import LoadError
-from rag.errors import RagError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -71,8 +70,8 @@ _SPACE_BOOST = 8.0
 _MAX_IMAGE_PIXELS = 100_000_000
 
 
-class OcrUnavailable(RagError):
-    """OCR was needed but its package is not installed."""
+class OcrUnavailable(LoadError):
+    """OCR was needed but its package is not installed (the file fails, the run goes on)."""
 
 
 @dataclass
@@ -138,9 +137,10 @@ class Ocr:
             try:
                 from rapidocr_onnxruntime import RapidOCR
             except ImportError as exc:
+                # "need OCR" (loaders.NEEDS_OCR): the file is read again once it is installed.
                 raise OcrUnavailable(
-                    "OCR needs the rapidocr-onnxruntime package, which is not installed: run "
-                    "make install (or set RAG_OCR=0 to skip scanned pages and images)."
+                    "scanned pages and images need OCR, and its package rapidocr-onnxruntime is "
+                    f"not installed ({exc}): run make install, or set RAG_OCR=0 to skip them"
                 ) from exc
             # -1 is ONNX Runtime's own default, one thread per core, like RAG_THREADS=0.
             threads = self.threads or -1

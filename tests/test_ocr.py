@@ -215,3 +215,23 @@ def _gif_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (40, 20), 255).save(buffer, "GIF")
     return buffer.getvalue()
+
+
+async def test_an_answer_citing_an_image_shows_the_picture_beside_its_ocr_text(tmp_path: Path) -> None:
+    import chainlit as cl
+
+    from rag.answer import AnswerDone, AnswerStart
+    from rag.grounding import Citation
+    from rag.web.chat_ui import source_elements
+    from tests.chat_session import ChatSession
+
+    settings = make_settings(tmp_path)
+    (settings.docs_dir / "receipt.jpg").write_bytes(image_bytes("Invoice 4471 was paid.", "JPEG"))
+    hit = Hit("receipt.jpg#0", "receipt.jpg", 1, None, "Invoice 4471 was paid.", 1.0, ocr=True)
+    start = AnswerStart(None, [hit], 10, 0, 0)
+    done = AnswerDone(None, "It was paid [1].", 0.1, 0.2, 5, sources=[Citation(1, hit)])
+    async with ChatSession():  # Chainlit elements need a session to belong to
+        elements, _title = source_elements(start, done, settings)
+    assert [type(e) for e in elements] == [cl.Text, cl.Image]
+    assert elements[0].name == "[1] receipt.jpg, page 1 (OCR)"
+    assert elements[1].path == str(settings.docs_dir / "receipt.jpg")
