@@ -54,7 +54,9 @@ def _read(label: str, data: bytes, dpi: int, boost: float) -> _Run:
 
 def main(argv: list[str] | None = None) -> str:
     """Run the benchmark; returns the markdown section for RESULTS.md."""
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_ocr", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_ocr", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="the default setting only")
     args = parser.parse_args(argv)
     defaults = (ocr_module.OCR_DPI, ocr_module._SPACE_BOOST)
@@ -73,15 +75,20 @@ def main(argv: list[str] | None = None) -> str:
     return _section(rows, load, peak_mb, defaults)
 
 
-def _section(rows: list[tuple[int, float, _Run]], load: float, peak_mb: float, defaults: tuple[int, float]) -> str:
+def _section(
+    rows: list[tuple[int, float, _Run]], load: float, peak_mb: float, defaults: tuple[int, float]
+) -> str:
     lines = [
         "## OCR of scanned pages (bench_ocr)",
         "",
-        f"{len(SCANNED_PAGES)} A4 pages of known sentences drawn at 200 dpi (tests/scans.py), "
-        "in image-only PDFs, read through `load_document` with RapidOCR (PP-OCRv4, "
-        f"rapidocr-onnxruntime 1.4.4). Load average at the start: {load:.1f} on 2 cores, so "
-        "wall times are those of a busy machine; CPU s/page is steadier. "
-        f"Default: {defaults[0]} dpi, space boost {defaults[1]:g}. Peak RSS of the whole run: {peak_mb:.0f} MB.",
+        (
+            f"{len(SCANNED_PAGES)} A4 pages of known sentences drawn at 200 dpi (tests/scans.py), "
+            "in image-only PDFs, read through `load_document` with RapidOCR (PP-OCRv4, "
+            f"rapidocr-onnxruntime 1.4.4). Load average at the start: {load:.1f} on 2 cores, "
+            "so wall times are those of a busy machine; CPU s/page is steadier. Default: "
+            f"{defaults[0]} dpi, space boost {defaults[1]:g}. Peak RSS of the whole run: "
+            f"{peak_mb:.0f} MB."
+        ),
         "",
         "| render dpi | space boost | scan | pages | pages/s (wall) | CPU s/page | word accuracy (mean / min) |",
         "|---|---|---|---|---|---|---|",

@@ -14,6 +14,9 @@ file. HTML goes through lxml's event parser (no tree at all); a ``.docx`` is rea
 with ``lxml.etree.iterparse`` straight from its zip member, after the zip
 directory showed that the member stays under ``RAG_MAX_INFLATED_MB``.
 
+PDF pages without a text layer and ``.png``/``.jpg`` files are read by OCR
+(:mod:`ingest.ocr`) when the :class:`~ingest.limits.Extraction` carries a reader.
+
 A file that cannot be turned into text raises :class:`LoadError` whose message
 is one sentence naming the problem ("encrypted PDF: cannot read without a
 password"); the pipeline reports it under the file's name and goes on.
@@ -451,7 +454,7 @@ def read_pdf(data: bytes, extraction: Extraction) -> Iterator[Section]:
             ocr = False
             if len(text) < _MIN_TEXT_LAYER_CHARS and extraction.ocr is not None:
                 scanned += 1
-                if read := _ocr_page(images, number, extraction):
+                if read := _ocr_page(images, number, extraction.ocr, extraction.warnings):
                     text, ocr = read, True
             if text:
                 found = True
@@ -477,18 +480,17 @@ def read_pdf(data: bytes, extraction: Extraction) -> Iterator[Section]:
         raise LoadError("PDF has no extractable text")
 
 
-def _ocr_page(images: PdfPageImages, number: int, extraction: Extraction) -> str:
+def _ocr_page(images: PdfPageImages, number: int, ocr: FileOcr, warnings: list[str]) -> str:
     """The OCR text of page ``number``; ``""`` when the budget is spent or it cannot render."""
-    assert extraction.ocr is not None
-    if extraction.ocr.expired:
-        extraction.ocr.skipped.append(number)
+    if ocr.expired:
+        ocr.skipped.append(number)
         return ""
     try:
         pixels = images.page(number)
     except LoadError as exc:
-        extraction.warnings.append(f"{exc} and was skipped")
+        warnings.append(f"{exc} and was skipped")
         return ""
-    return extraction.ocr.read(pixels).strip()
+    return ocr.read(pixels).strip()
 
 
 def read_image(data: bytes, extraction: Extraction) -> Iterator[Section]:

@@ -28,7 +28,7 @@ import io
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from ingest.document import LoadError
 
@@ -112,7 +112,9 @@ class Ocr:
         if not settings.ocr:
             return None
         return cls(
-            seconds_per_file=settings.ocr_seconds_per_file, threads=settings.threads, on_page=on_page
+            seconds_per_file=settings.ocr_seconds_per_file,
+            threads=settings.threads,
+            on_page=on_page,
         )
 
     def for_file(self) -> FileOcr:
@@ -223,7 +225,7 @@ class PdfPageImages:
         self._data = data
         self._document: Any = None
 
-    def __enter__(self) -> PdfPageImages:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -29,15 +29,21 @@ _A4_INCHES = (8.27, 11.69)
 # Sentences with words no other test document uses, so a search for them finds
 # only the scan. One list per page of the generated scans.
 SCANNED_PAGES: tuple[str, ...] = (
-    "The lighthouse keeper logged every passing schooner in a leather ledger. "
-    "Invoice 4471 for brass fittings was paid on the ninth of March. "
-    "Replacement lenses arrive from the foundry in Whitby each autumn.",
-    "Our warehouse in Harrogate ships walnut furniture within three working days. "
-    "Customers may return unopened parcels within thirty days for a full refund. "
-    "Questions about delivery go to the courier desk before noon.",
-    "The orchard produced eleven crates of russet apples this season. "
-    "Frost damaged the quince trees near the northern wall in February. "
-    "Beekeepers moved the hives to the meadow beside the mill pond.",
+    (
+        "The lighthouse keeper logged every passing schooner in a leather ledger. "
+        "Invoice 4471 for brass fittings was paid on the ninth of March. "
+        "Replacement lenses arrive from the foundry in Whitby each autumn."
+    ),
+    (
+        "Our warehouse in Harrogate ships walnut furniture within three working days. "
+        "Customers may return unopened parcels within thirty days for a full refund. "
+        "Questions about delivery go to the courier desk before noon."
+    ),
+    (
+        "The orchard produced eleven crates of russet apples this season. "
+        "Frost damaged the quince trees near the northern wall in February. "
+        "Beekeepers moved the hives to the meadow beside the mill pond."
+    ),
 )
 
 
@@ -48,7 +54,9 @@ def _font(size_px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size_px)
 
 
-def page_image(text: str, *, dpi: int = 200, font_pt: float = 12, noisy: bool = False) -> Image.Image:
+def page_image(
+    text: str, *, dpi: int = 200, font_pt: float = 12, noisy: bool = False
+) -> Image.Image:
     """An A4 page (greyscale) with ``text`` wrapped at one-inch margins, as a scanner sees it.
 
     ``noisy`` adds what real scans have: a grey paper tone, speckles, a slight
@@ -91,7 +99,9 @@ def _age(image: Image.Image) -> Image.Image:
     return image.rotate(0.5, fillcolor=230, resample=Image.Resampling.BICUBIC)
 
 
-def scanned_pdf(pages: list[str] | tuple[str, ...], *, dpi: int = 200, noisy: bool = False) -> bytes:
+def scanned_pdf(
+    pages: list[str] | tuple[str, ...], *, dpi: int = 200, noisy: bool = False
+) -> bytes:
     """A PDF of bitmap pages only: no text layer, as a scanner without OCR writes it."""
     images = [page_image(text, dpi=dpi, noisy=noisy) for text in pages]
     buffer = io.BytesIO()

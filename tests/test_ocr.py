@@ -36,7 +36,9 @@ ORCHARD = "orchard russet apples quince beekeepers"
 
 
 @pytest.fixture(scope="module")
-def scanned_store(tmp_path_factory: pytest.TempPathFactory, embedder_model: None) -> tuple[Settings, IngestReport]:
+def scanned_store(
+    tmp_path_factory: pytest.TempPathFactory, embedder_model: None
+) -> tuple[Settings, IngestReport]:
     """A docs folder with a half-scanned PDF, a JPEG and a transparent PNG, ingested once."""
     settings = make_settings(tmp_path_factory.mktemp("ocr"))
     docs = settings.docs_dir
@@ -81,7 +83,11 @@ def test_ocr_chunks_say_so_in_their_stored_metadata(
         ("notes.png", 1): True,
     }
     raw = ChunkStore(settings)._collection.get(where={"ocr": True}, include=["metadatas"])
-    assert sorted(m["source"] for m in raw["metadatas"]) == ["letters.pdf", "notes.png", "receipt.jpg"]
+    assert sorted(m["source"] for m in raw["metadatas"]) == [
+        "letters.pdf",
+        "notes.png",
+        "receipt.jpg",
+    ]
 
 
 def test_image_files_become_one_page_documents_found_by_their_words(
@@ -175,7 +181,12 @@ def test_a_run_without_scans_never_imports_the_ocr_engine_or_the_pdf_renderer(
         "print(sorted(m for m in ('rapidocr_onnxruntime', 'pypdfium2', 'cv2') if m in sys.modules))\n"
     )
     run = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "[]"
@@ -217,7 +228,9 @@ def _gif_bytes() -> bytes:
     return buffer.getvalue()
 
 
-async def test_an_answer_citing_an_image_shows_the_picture_beside_its_ocr_text(tmp_path: Path) -> None:
+async def test_an_answer_citing_an_image_shows_the_picture_beside_its_ocr_text(
+    tmp_path: Path,
+) -> None:
     import chainlit as cl
 
     from rag.answer import AnswerDone, AnswerStart
