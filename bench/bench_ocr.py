@@ -108,17 +108,22 @@ def _section(
             f"rapidocr-onnxruntime 1.4.4). Load average at the start: {load:.1f} on 2 cores, "
             "so wall times are those of a busy machine; CPU s/page is steadier. Default: "
             f"{defaults[0]} dpi, space boost {defaults[1]:g}. Peak RSS of the whole run: "
-            f"{peak_mb:.0f} MB (a new engine per row). OCR adds {installed_mb():.0f} MB to the "
-            "install (RapidOCR and its models, headless OpenCV, pyclipper, shapely, six, pypdfium2)."
+            f"{peak_mb:.0f} MB (a new engine per row). OCR adds {installed_mb():.0f} MB to "
+            "the install (RapidOCR and its models, headless OpenCV, pyclipper, shapely, six, "
+            "pypdfium2)."
         ),
         "",
-        "| render dpi | space boost | scan | pages | pages/s (wall) | CPU s/page | word accuracy (mean / min) |",
+        (
+            "| render dpi | space boost | scan | pages | pages/s (wall) | CPU s/page "
+            "| word accuracy (mean / min) |"
+        ),
         "|---|---|---|---|---|---|---|",
     ]
     for dpi, boost, run in rows:
         mark = " (default)" if (dpi, boost) == defaults else ""
         lines.append(
-            f"| {dpi}{mark} | {boost:g} | {run.label} | {run.pages} | {run.pages / run.wall_s:.2f} | "
+            f"| {dpi}{mark} | {boost:g} | {run.label} | {run.pages} | "
+            f"{run.pages / run.wall_s:.2f} | "
             f"{run.cpu_s / max(run.pages, 1):.1f} | {statistics.mean(run.accuracies):.3f} / "
             f"{min(run.accuracies):.3f} |"
         )

@@ -46,13 +46,13 @@ class Chunk:
     source: str  # path relative to the docs folder, with "/" separators
     index: int  # position of the chunk within its source
     text: str
-    page: int | None = None  # 1-based page for paged formats (PDF), else None
+    page: int | None = None  # 1-based page for paged formats (PDF, image), else None
     heading: str | None = None  # nearest heading above the chunk, if any
     file_sha256: str = ""  # content hash of the source file the chunk came from
     ocr: bool = False  # read by OCR from a scanned page or an image
 
     def metadata(self) -> dict[str, str | int | bool]:
-        """The Chroma metadata of this chunk: source, index, file hash, and page/heading/ocr if set."""
+        """The Chroma metadata of this chunk: source, index, hash; page, heading, ocr if set."""
         # Chroma metadata values cannot be None, so absent fields are omitted.
         meta: dict[str, str | int | bool] = {
             "source": self.source,

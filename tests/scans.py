@@ -110,7 +110,7 @@ def scanned_pdf(
 
 
 def mixed_pdf(pages: list[tuple[str, str]], *, dpi: int = 200) -> bytes:
-    """A PDF whose pages are ``("text", words)`` (a text layer) or ``("scan", words)`` (a bitmap)."""
+    """A PDF of ``("text", words)`` pages (a text layer) and ``("scan", words)`` ones (a bitmap)."""
     from pypdf import PdfReader, PdfWriter
 
     writer = PdfWriter()

@@ -178,7 +178,8 @@ def test_a_run_without_scans_never_imports_the_ocr_engine_or_the_pdf_renderer(
         f"settings = make_settings(Path({str(tmp_path)!r}))\n"
         "assert ingest(settings).failed == []\n"
         "retrieve('tide table', settings=settings)\n"
-        "print(sorted(m for m in ('rapidocr_onnxruntime', 'pypdfium2', 'cv2') if m in sys.modules))\n"
+        "heavy = ('rapidocr_onnxruntime', 'pypdfium2', 'cv2')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     run = subprocess.run(
         [sys.executable, "-c", script],
