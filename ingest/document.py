@@ -24,13 +24,15 @@ class LoadError(RagError):
 class Section:
     """Text under one heading on one page.
 
-    ``page`` is 1-based for paged formats (PDF) and ``None`` otherwise;
-    ``heading`` is the nearest heading above the text (``None`` before the first).
+    ``page`` is 1-based for paged formats (PDF, images) and ``None`` otherwise;
+    ``heading`` is the nearest heading above the text (``None`` before the first);
+    ``ocr`` says the text was read from the page's pixels, not from a text layer.
     """
 
     text: str
     page: int | None = None
     heading: str | None = None
+    ocr: bool = False
 
 
 @dataclass(frozen=True)

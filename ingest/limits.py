@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from ingest.document import LoadError
 
 if TYPE_CHECKING:
+    from ingest.ocr import FileOcr
     from rag.settings import Settings
 
 _MB = 1024 * 1024
@@ -68,11 +69,15 @@ class Limits:
 
 @dataclass
 class Extraction:
-    """The running account of one file being read: its limits, its text so far, its warnings."""
+    """The running account of one file being read: its limits, its text so far, its warnings.
+
+    ``ocr`` reads pages without a text layer and images; ``None`` when OCR is off.
+    """
 
     limits: Limits = field(default_factory=Limits)
     warnings: list[str] = field(default_factory=list)
     chars: int = 0
+    ocr: FileOcr | None = None
 
     def add(self, text: str) -> str:
         """Count ``text`` as extracted and return it; :class:`LoadError` once over the limit.

@@ -14,6 +14,9 @@ file. HTML goes through lxml's event parser (no tree at all); a ``.docx`` is rea
 with ``lxml.etree.iterparse`` straight from its zip member, after the zip
 directory showed that the member stays under ``RAG_MAX_INFLATED_MB``.
 
+PDF pages without a text layer and ``.png``/``.jpg`` files are read by OCR
+(:mod:`ingest.ocr`) when the :class:`~ingest.limits.Extraction` carries a reader.
+
 A file that cannot be turned into text raises :class:`LoadError` whose message
 is one sentence naming the problem ("encrypted PDF: cannot read without a
 password"); the pipeline reports it under the file's name and goes on.
@@ -38,14 +41,18 @@ from typing import Any
 
 from ingest.document import Document, LoadError, Section
 from ingest.limits import Extraction, Limits
+from ingest.ocr import IMAGE_SUFFIXES, FileOcr, PdfPageImages, load_image
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "LOADERS",
+    "NEEDS_OCR",
     "SUPPORTED_SUFFIXES",
     "LoadError",
     "decode_text",
     "load_document",
     "read_sections",
+    "supported_suffixes",
 ]
 
 # --- plain text ---------------------------------------------------------------
@@ -411,11 +418,22 @@ def _captured_pypdf_log() -> Iterator[list[str]]:
         logger.propagate = old_propagate
 
 
+# The words every "this file needs OCR" error holds: the ingest state remembers failed
+# files by hash and does not parse them again, except these once OCR can read them.
+NEEDS_OCR = "need OCR"
+# A page with fewer characters than this in its text layer (none, or a stamped page
+# number over a scan) is read by OCR instead.
+_MIN_TEXT_LAYER_CHARS = 10
+
+
 def read_pdf(data: bytes, extraction: Extraction) -> Iterator[Section]:
     """A PDF, one section per page with its 1-based page number.
 
     Pages are extracted one at a time; a page that fails is skipped with a
-    warning. When fewer pages come out than the file declares (pypdf silently
+    warning. A page without a text layer is rendered and read by OCR when
+    ``extraction.ocr`` is set (its section says ``ocr=True``), until the file's
+    OCR time budget runs out; the pages left unread are named in a warning.
+    When fewer pages come out than the file declares (pypdf silently
     skips a damaged page tree) the document carries a warning saying so.
     Empty, truncated, encrypted and not-really-PDF files raise :class:`LoadError`.
     """
@@ -425,17 +443,24 @@ def read_pdf(data: bytes, extraction: Extraction) -> Iterator[Section]:
         raise LoadError(
             "not a PDF: the file does not start with %PDF- (is it another format renamed to .pdf?)"
         )
-    extracted, found = 0, False
-    with _captured_pypdf_log() as pypdf_messages:
+    extracted, found, scanned = 0, False, 0
+    with _captured_pypdf_log() as pypdf_messages, PdfPageImages(data) as images:
         reader, declared, pages = _open_pdf(data)
         for number in range(1, pages + 1):
             text = _page_text(reader, number, extraction.warnings)
             if text is None:
                 continue
             extracted += 1
+            ocr = False
+            if len(text) < _MIN_TEXT_LAYER_CHARS and extraction.ocr is not None:
+                scanned += 1
+                if read := _ocr_page(images, number, extraction.ocr, extraction.warnings):
+                    text, ocr = read, True
             if text:
                 found = True
-                yield Section(extraction.add(text), page=number)
+                yield Section(extraction.add(text), page=number, ocr=ocr)
+    if extraction.ocr is not None and (warning := extraction.ocr.skipped_warning()):
+        extraction.warnings.append(warning)
     if declared is not None and extracted < declared:
         why = f" ({pypdf_messages[0]})" if pypdf_messages else ""
         extraction.warnings.append(
@@ -445,9 +470,37 @@ def read_pdf(data: bytes, extraction: Extraction) -> Iterator[Section]:
     if not found:
         if pages == 0:
             raise LoadError("damaged PDF: no pages could be read")
-        raise LoadError(
-            "PDF has no extractable text (scanned images need OCR, which is not supported)"
-        )
+        if extraction.ocr is None:
+            raise LoadError(
+                f"PDF has no extractable text (scanned pages {NEEDS_OCR}, which is off: "
+                "set RAG_OCR=1 to read them)"
+            )
+        if scanned:
+            raise LoadError("PDF has no text layer and OCR found no text on its pages")
+        raise LoadError("PDF has no extractable text")
+
+
+def _ocr_page(images: PdfPageImages, number: int, ocr: FileOcr, warnings: list[str]) -> str:
+    """The OCR text of page ``number``; ``""`` when the budget is spent or it cannot render."""
+    if ocr.expired:
+        ocr.skipped.append(number)
+        return ""
+    try:
+        pixels = images.page(number)
+    except LoadError as exc:
+        warnings.append(f"{exc} and was skipped")
+        return ""
+    return ocr.read(pixels).strip()
+
+
+def read_image(data: bytes, extraction: Extraction) -> Iterator[Section]:
+    """A ``.png`` or ``.jpg`` file: one page, read by OCR (``ocr=True``, page 1)."""
+    if extraction.ocr is None:
+        raise LoadError(f"image files {NEEDS_OCR}, which is off: set RAG_OCR=1 to read them")
+    text = extraction.ocr.read(load_image(data)).strip()
+    if not text:
+        raise LoadError("OCR found no text in the image")
+    yield Section(extraction.add(text), page=1, ocr=True)
 
 
 def _open_pdf(data: bytes) -> tuple[Any, int | None, int]:
@@ -713,8 +766,18 @@ LOADERS: dict[str, Loader] = {
     ".htm": read_html,
     ".pdf": read_pdf,
     ".docx": read_docx,
+    **dict.fromkeys(IMAGE_SUFFIXES, read_image),
 }
 SUPPORTED_SUFFIXES = frozenset(LOADERS)
+
+
+def supported_suffixes(ocr: bool) -> frozenset[str]:
+    """The suffixes that are ingested: images only when OCR (``RAG_OCR``) is on.
+
+    >>> ".png" in supported_suffixes(True), ".png" in supported_suffixes(False)
+    (True, False)
+    """
+    return SUPPORTED_SUFFIXES if ocr else SUPPORTED_SUFFIXES - IMAGE_SUFFIXES
 
 
 def read_sections(source: str, data: bytes, extraction: Extraction) -> Iterator[Section]:
@@ -746,13 +809,16 @@ def _with_text(sections: Iterator[Section]) -> Iterator[Section]:
         raise LoadError("no text found: the file is blank or holds only markup")
 
 
-def load_document(source: str, data: bytes, limits: Limits | None = None) -> Document:
+def load_document(
+    source: str, data: bytes, limits: Limits | None = None, ocr: FileOcr | None = None
+) -> Document:
     """Load ``data`` whole with the loader for ``source``'s suffix (case-insensitive).
 
-    ``limits`` bound what the file may cost (none by default). Raises
+    ``limits`` bound what the file may cost (none by default); ``ocr`` reads scanned
+    pages and images (none by default: they fail or are skipped). Raises
     :class:`LoadError` for empty files, files without any text, and anything
     the format's loader cannot read.
     """
-    extraction = Extraction(limits or Limits())
+    extraction = Extraction(limits or Limits(), ocr=ocr)
     sections = tuple(read_sections(source, data, extraction))
     return Document(source, sections, tuple(extraction.warnings))

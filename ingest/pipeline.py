@@ -41,13 +41,14 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ingest.chunker import CHUNKER_VERSION, Chunker
 from ingest.document import LoadError
 from ingest.limits import Extraction, Limits
-from ingest.loaders import read_sections
+from ingest.loaders import NEEDS_OCR, read_sections, supported_suffixes
 from ingest.lock import writer_lock
+from ingest.ocr import Ocr, OcrStats
 from ingest.report import Failure, IngestReport
 from ingest.scan import SourceFile, scan_docs
 from ingest.state import IngestState, SourceState
@@ -113,6 +114,9 @@ class _IngestRun:
         self._embedder: Embedder | None = None
         self._max_bytes = int(settings.max_file_mb * 1024 * 1024)
         self._limits = Limits.from_settings(settings)
+        # One engine for the whole run, loaded by the first page that needs it.
+        self._ocr = Ocr.from_settings(settings, on_page=self._count_ocr_page)
+        self._bar: Any = None  # the tqdm bar when progress is shown
         self._writer = BatchWriter(
             store,
             state,
@@ -128,7 +132,7 @@ class _IngestRun:
         repaired = self._repair_pending()
         self._audit()
         known = self.state.all()
-        scan = scan_docs(self.settings.docs_dir)
+        scan = scan_docs(self.settings.docs_dir, supported_suffixes(self.settings.ocr))
         seen = {f.source for f in scan.files} | {f.path for f in scan.failed}
 
         for failure in scan.failed:
@@ -252,7 +256,9 @@ class _IngestRun:
             if previous.status == "done":
                 self.report.unchanged.append(source)
                 return None
-            if previous.status == "failed" and previous.error:
+            # A file that failed for want of OCR is read again once OCR is on.
+            retry = self._ocr is not None and NEEDS_OCR in previous.error
+            if previous.status == "failed" and previous.error and not retry:
                 self.report.failed.append(Failure(source, previous.error))
                 return None
         try:
@@ -276,7 +282,7 @@ class _IngestRun:
 
     def _spool(self, source: str, data: bytes, sha: str) -> tuple[ChunkSpool, list[str]]:
         """Load and chunk ``data`` into a spool, within the file limits; and the load warnings."""
-        extraction = Extraction(self._limits)
+        extraction = Extraction(self._limits, ocr=self._ocr.for_file() if self._ocr else None)
         spool = ChunkSpool(source, sha, self.settings.data_dir)
         try:
             sections = read_sections(source, data, extraction)
@@ -339,7 +345,14 @@ class _IngestRun:
             return files
         from tqdm import tqdm
 
-        return tqdm(files, desc="ingest", unit="file", file=sys.stderr, leave=False)  # type: ignore[return-value]
+        self._bar = tqdm(files, desc="ingest", unit="file", file=sys.stderr, leave=False)
+        return self._bar  # type: ignore[no-any-return]
+
+    def _count_ocr_page(self, stats: OcrStats) -> None:
+        """After each page read by OCR: count it in the report and on the progress bar."""
+        self.report.ocr_pages = stats.pages
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{stats.pages} pages OCR'd", refresh=True)
 
 
 def read_source(path: Path, max_bytes: int, max_mb: float) -> bytes:

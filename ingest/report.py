@@ -28,6 +28,7 @@ class IngestReport:
     failed: list[Failure] = field(default_factory=list)
     warnings: list[Failure] = field(default_factory=list)
     chunks: int = 0
+    ocr_pages: int = 0  # pages (and images) read by OCR in this run
 
     @property
     def changed(self) -> bool:
@@ -48,9 +49,11 @@ class IngestReport:
     def summary(self) -> str:
         """One line for people, e.g. ``Ingested 12 files: 3 added, ...; 345 chunks in store.``"""
         files = len(self.added) + len(self.updated) + len(self.unchanged) + len(self.failed)
+        n = self.ocr_pages
+        ocr = f" {n} page{'s' if n != 1 else ''} read by OCR." if n else ""
         return (
             f"Ingested {files} file{'s' if files != 1 else ''}: {len(self.added)} added, "
             f"{len(self.updated)} updated, {len(self.removed)} removed, "
             f"{len(self.unchanged)} unchanged, {len(self.failed)} failed; "
-            f"{self.chunks} chunk{'s' if self.chunks != 1 else ''} in store."
+            f"{self.chunks} chunk{'s' if self.chunks != 1 else ''} in store.{ocr}"
         )

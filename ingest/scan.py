@@ -9,7 +9,7 @@ is reported in ``Scan.unlisted``: its files are unknown, not deleted.
 
 >>> import tempfile
 >>> docs = Path(tempfile.mkdtemp())
->>> for name in ("guide/install.md", "user guide.pdf", ".git/notes.md", "photo.jpg"):
+>>> for name in ("guide/install.md", "user guide.pdf", ".git/notes.md", "photo.gif"):
 ...     (docs / name).parent.mkdir(parents=True, exist_ok=True)
 ...     _ = (docs / name).write_text("text")
 >>> [f.source for f in scan_docs(docs).files]
@@ -44,8 +44,12 @@ class Scan:
     unlisted: list[Failure] = field(default_factory=list)
 
 
-def scan_docs(docs_dir: Path) -> Scan:
-    """Every supported file under ``docs_dir``, sorted by source path."""
+def scan_docs(docs_dir: Path, suffixes: frozenset[str] = SUPPORTED_SUFFIXES) -> Scan:
+    """Every file under ``docs_dir`` with one of ``suffixes`` (lower case), sorted by source path.
+
+    ``suffixes`` defaults to every supported type; the ingest leaves images out when
+    OCR is off (:func:`~ingest.loaders.supported_suffixes`).
+    """
     root = docs_dir.resolve()
     scan = Scan()
 
@@ -69,7 +73,7 @@ def scan_docs(docs_dir: Path) -> Scan:
         dirnames.sort()
         for name in filenames:
             path = here / name
-            if name.startswith(".") or Path(name).suffix.lower() not in SUPPORTED_SUFFIXES:
+            if name.startswith(".") or Path(name).suffix.lower() not in suffixes:
                 continue
             source = path.relative_to(docs_dir).as_posix()
             if not _is_utf8(source):

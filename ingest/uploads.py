@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ingest.loaders import SUPPORTED_SUFFIXES
+from ingest.loaders import IMAGE_SUFFIXES, supported_suffixes
 from ingest.pipeline import ingest
 from ingest.report import IngestReport
 from rag.errors import RagError
@@ -168,8 +168,12 @@ def add_uploads(files: Sequence[tuple[Path, str]], settings: Settings) -> Upload
 def _check_acceptable(source: Path, name: str, safe: str, settings: Settings) -> None:
     """Refuse an upload of a type no loader reads, an empty one, or one over the size limit."""
     suffix = PurePosixPath(safe).suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        kinds = ", ".join(sorted(SUPPORTED_SUFFIXES))
+    if suffix in IMAGE_SUFFIXES and not settings.ocr:
+        raise UploadRejected(
+            f"{name} was not added: images are read by OCR, which is off (set RAG_OCR=1)."
+        )
+    if suffix not in supported_suffixes(settings.ocr):
+        kinds = ", ".join(sorted(supported_suffixes(settings.ocr)))
         raise UploadRejected(
             f"{name} was not added: {suffix or 'files without an extension'} cannot be read. "
             f"Supported types: {kinds}."

@@ -57,7 +57,7 @@ class ChunkSpool:
 
     def append(self, chunk: Chunk) -> None:
         """Add the next chunk of the file (``chunk.index`` counts up from 0)."""
-        record = [chunk.index, chunk.page, chunk.heading, chunk.text]
+        record = [chunk.index, chunk.page, chunk.heading, chunk.text, chunk.ocr]
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._count += 1
 
@@ -66,7 +66,7 @@ class ChunkSpool:
         self._file.flush()
         self._file.seek(0)
         for line in self._file:
-            index, page, heading, text = json.loads(line)
+            index, page, heading, text, ocr = json.loads(line)
             yield Chunk(
                 id=chunk_id(self.source, index),
                 source=self.source,
@@ -75,6 +75,7 @@ class ChunkSpool:
                 page=page,
                 heading=heading,
                 file_sha256=self.file_sha256,
+                ocr=ocr,
             )
 
     def close(self) -> None:

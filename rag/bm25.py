@@ -46,7 +46,7 @@ from rag.settings import Settings
 from rag.store import Chunk, ChunkStore, bump_generation, read_generation
 
 # Bump when tokenisation or the schema changes: an index of another format is rebuilt.
-INDEX_FORMAT = 3
+INDEX_FORMAT = 4
 # Runs of 2+ letters/digits. Underscores split, so RAG_DOCS_DIR also matches "docs dir".
 _TOKEN = re.compile(r"[^\W_]{2,}")
 # The English stopwords of bm25s, which this index used before FTS5.
@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     text TEXT NOT NULL,
     file_sha256 TEXT NOT NULL,
     tokens TEXT NOT NULL,
-    ntokens INTEGER NOT NULL
+    ntokens INTEGER NOT NULL,
+    ocr INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS chunks_by_source ON chunks (source);
 -- Tokens come from tokenize(), joined by spaces: FTS5 only splits them again,
@@ -87,7 +88,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS term_docs USING fts5vocab (terms, 'row');
 # FTS5's own bm25() picks the candidates; they are scored again below (see search).
 _MATCHES = "SELECT bm25(terms), rowid FROM terms WHERE terms MATCH ?"
 _ROWS = """
-SELECT id, source, idx, page, heading, text, file_sha256, ntokens, tokens
+SELECT id, source, idx, page, heading, text, file_sha256, ntokens, tokens, ocr
 FROM chunks WHERE rowid IN ({marks})
 """
 # Lucene's BM25, as bm25s computed it before: FTS5's bm25() has k1=1.2 and an idf that is
@@ -273,12 +274,12 @@ class Bm25Index:
         tokens = [tokenize(indexed_text(c)) for c in chunks]
         rows = [
             (last + n, c.id, c.source, c.index, c.page, c.heading, c.text, c.file_sha256,
-             " ".join(t), len(t))
+             " ".join(t), len(t), int(c.ocr))
             for n, (c, t) in enumerate(zip(chunks, tokens, strict=True), start=1)
         ]
         self._db.executemany(
             "INSERT INTO chunks (rowid, id, source, idx, page, heading, text, file_sha256,"
-            " tokens, ntokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " tokens, ntokens, ocr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         self._db.executemany(
@@ -384,7 +385,9 @@ def _lucene_score(
 
 def _chunk(row: tuple) -> Chunk:  # type: ignore[type-arg]
     chunk_id, source, index, page, heading, text, sha = row[:7]
-    return Chunk(chunk_id, source, index, text, page=page, heading=heading, file_sha256=sha)
+    return Chunk(
+        chunk_id, source, index, text, page=page, heading=heading, file_sha256=sha, ocr=bool(row[9])
+    )
 
 
 def publish(

@@ -58,11 +58,16 @@ class Hit:
     # Cosine similarity to the question when the dense half returned this chunk: the
     # relevance gate's signal (RRF scores only say how chunks rank against each other).
     similarity: float | None = None
+    ocr: bool = False  # the text was read by OCR from a scanned page or an image
 
     @property
     def label(self) -> str:
-        """Where the passage comes from, for people and the model: ``guide.pdf, page 3``."""
-        return f"{self.source}, page {self.page}" if self.page is not None else self.source
+        """Where the passage comes from, for people and the model: ``guide.pdf, page 3``.
+
+        OCR'd text says so (``scan.pdf, page 3 (OCR)``): its words may be misread.
+        """
+        where = f"{self.source}, page {self.page}" if self.page is not None else self.source
+        return f"{where} (OCR)" if self.ocr else where
 
 
 def fuse(
@@ -112,6 +117,7 @@ def _hit(
         dense_rank=dense_rank,
         bm25_rank=bm25_rank,
         similarity=similarity,
+        ocr=chunk.ocr,
     )
 
 

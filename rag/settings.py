@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     lock_timeout_s: float = Field(0.0, ge=0, validation_alias=_env("RAG_LOCK_TIMEOUT"))
     # The chat app ingests changes under the docs folder by itself (ingest/watch.py).
     watch: bool = Field(True, validation_alias=_env("RAG_WATCH"))
+    # OCR of PDF pages without a text layer and of .png/.jpg files (ingest/ocr.py).
+    ocr: bool = Field(True, validation_alias=_env("RAG_OCR"))
+    # A scanned page costs seconds on a CPU; past this, a file's remaining pages are skipped.
+    ocr_seconds_per_file: float = Field(
+        300.0, gt=0, validation_alias=_env("RAG_OCR_SECONDS_PER_FILE")
+    )
 
     # --- embeddings ----------------------------------------------------------
     embed_precision: Literal["fp32", "int8"] = Field(

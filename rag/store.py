@@ -49,9 +49,10 @@ class Chunk:
     source: str  # path relative to the docs folder, with "/" separators
     index: int  # position of the chunk within its source
     text: str
-    page: int | None = None  # 1-based page for paged formats (PDF), else None
+    page: int | None = None  # 1-based page for paged formats (PDF, image), else None
     heading: str | None = None  # nearest heading above the chunk, if any
     file_sha256: str = ""  # content hash of the source file the chunk came from
+    ocr: bool = False  # read by OCR from a scanned page or an image
 
     def embedded_text(self) -> str:
         """What the embedder reads for this chunk: its file's title and heading, then its text.
@@ -66,10 +67,10 @@ class Chunk:
         place = f"{title} - {self.heading}" if self.heading else title
         return f"{place}\n{self.text}"
 
-    def metadata(self) -> dict[str, str | int]:
-        """The Chroma metadata of this chunk: source, index, file hash, and page/heading if set."""
+    def metadata(self) -> dict[str, str | int | bool]:
+        """The Chroma metadata of this chunk: source, index, hash; page, heading, ocr if set."""
         # Chroma metadata values cannot be None, so absent fields are omitted.
-        meta: dict[str, str | int] = {
+        meta: dict[str, str | int | bool] = {
             "source": self.source,
             "index": self.index,
             "file_sha256": self.file_sha256,
@@ -78,6 +79,8 @@ class Chunk:
             meta["page"] = self.page
         if self.heading:
             meta["heading"] = self.heading
+        if self.ocr:
+            meta["ocr"] = True
         return meta
 
     @classmethod
@@ -92,6 +95,7 @@ class Chunk:
             page=int(page) if page is not None else None,
             heading=meta.get("heading") or None,
             file_sha256=str(meta.get("file_sha256", "")),
+            ocr=bool(meta.get("ocr", False)),
         )
 
 

@@ -423,7 +423,7 @@ def test_hidden_files_and_unsupported_types_are_ignored_silently(settings) -> No
     (docs / ".git").mkdir()
     (docs / ".git" / "notes.md").write_text("# git internals")
     (docs / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
-    (docs / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+    (docs / "photo.gif").write_bytes(b"GIF89a")
     (docs / "readme.md").write_text("# Readme\n\nhello")
     report = ingest(settings)
     assert report.added == ["readme.md"] and report.failed == []

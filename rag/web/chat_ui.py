@@ -18,6 +18,7 @@ import chainlit as cl
 from chainlit.config import config as chainlit_config
 from chainlit.input_widget import Select
 
+from ingest.ocr import IMAGE_SUFFIXES
 from ingest.uploads import add_uploads as ingest_uploads
 from rag.answer import AnswerDone, AnswerStart
 from rag.catalog import Offer, model_catalog
@@ -77,7 +78,8 @@ def source_elements(
     start: AnswerStart, done: AnswerDone, settings: Settings
 ) -> tuple[list[cl.Element], str]:
     """The sidebar for an answer: its cited passages with the supporting sentences in bold,
-    and a PDF opened at the cited page; or the closest matches when nothing was covered."""
+    and a PDF opened at the cited page (an image shown); or the closest matches when nothing
+    was covered."""
     if done.refused:
         return passage_elements(start.hits), "Closest matches (not sources)"
     elements: list[cl.Element] = []
@@ -88,6 +90,9 @@ def source_elements(
         pdf = settings.docs_dir / hit.source
         if hit.page is not None and pdf.suffix.lower() == ".pdf" and pdf.is_file():
             elements.append(cl.Pdf(name=f"{label} (PDF)", path=str(pdf), page=hit.page, display="side"))
+        elif pdf.suffix.lower() in IMAGE_SUFFIXES and pdf.is_file():
+            # The picture beside its OCR'd text, so a misread word can be checked.
+            elements.append(cl.Image(name=f"{label} (image)", path=str(pdf), display="side"))
     return elements, SOURCES_TITLE
 
 
