@@ -20,7 +20,7 @@ from ingest.ocr import FileOcr, Ocr, describe_pages, load_image
 from ingest.pipeline import ingest
 from ingest.report import IngestReport
 from ingest.uploads import UploadRejected, add_uploads, save_upload
-from rag.bm25 import Bm25Index
+from rag.bm25 import Bm25Index, index_path
 from rag.retrieve import Hit, Retriever
 from rag.settings import Settings
 from rag.store import Chunk, ChunkStore
@@ -109,10 +109,13 @@ def test_a_bm25_only_hit_keeps_its_ocr_label_through_the_saved_index(tmp_path: P
         Chunk("scan.pdf#0", "scan.pdf", 0, "brass fittings invoice", page=3, ocr=True),
         Chunk("notes.md#0", "notes.md", 0, "kayak rental desk"),
     ]
-    Bm25Index(chunks, "g1").save(settings)
-    loaded = Bm25Index.load(settings)
-    assert loaded is not None
-    assert [(c.id, c.ocr) for c in loaded.chunks] == [("scan.pdf#0", True), ("notes.md#0", False)]
+    index = Bm25Index.open(index_path(settings))
+    with index.transaction():
+        index.replace_all(chunks, "g1")
+    index.close()
+    loaded = Bm25Index.open(index_path(settings))
+    found = [c for q in ("brass invoice", "kayak desk") for c, _ in loaded.search(q, 1)]
+    assert [(c.id, c.ocr) for c in found] == [("scan.pdf#0", True), ("notes.md#0", False)]
 
 
 def test_with_ocr_off_a_scan_fails_with_the_setting_and_images_are_skipped_until_it_is_on(
