@@ -127,10 +127,11 @@ async def summarize(
         return
     parts = pack(chunks, _room(window, NOTE_TOKENS, names, counter), counter)
     notes = await _map(question, parts, routes, names, settings, counter, on_progress)
-    groups = _groups(notes, window, names, counter)
+    groups = _groups(notes, window, settings.answer_tokens, names, counter)
     while len(groups) > 1:
         notes = await _combine(question, groups, routes, names, settings, counter, on_progress)
-        groups = _groups(notes, window, names, counter)
+        groups = _groups(notes, window, settings.answer_tokens, names, counter)
+    notes = groups[0]
     if on_progress is not None:
         what = f"writing the answer from the notes on {len(parts)} parts"
         await on_progress(Progress(len(parts), len(parts), what))
@@ -249,17 +250,33 @@ async def _combine(
 
 
 def _groups(
-    notes: Sequence[_Part], window: int, names: str, counter: TokenCounter
+    notes: Sequence[_Part], window: int, answer_tokens: int, names: str, counter: TokenCounter
 ) -> list[list[_Part]]:
-    """The notes grouped so each group fits one request; one group: the reduce can run."""
-    as_hits = [Hit(str(n), part.label, None, None, part.notes, 0.0) for n, part in enumerate(notes)]
-    room = _room(window, NOTE_TOKENS, names, counter)
-    groups = pack(as_hits, room, counter)
-    if len(groups) > 1 and len(groups) == len(notes):
-        # One note per group: combining could never shrink them; the reduce cuts instead.
-        return [list(notes)]
-    by_id = {str(n): part for n, part in enumerate(notes)}
-    return [[by_id[h.chunk_id] for h in group] for group in groups]
+    """The notes grouped so each group fits one request; one group: the reduce can run.
+
+    A note is cut to half a request's room at most, so every group holds two notes or
+    more and combining always shrinks them (notes are capped at :data:`NOTE_TOKENS` by
+    the request anyway; a server that ignores the cap must not loop forever).
+    """
+    room = _room(window, max(answer_tokens, NOTE_TOKENS), names, counter)
+    cut = [replace(part, notes=_cut(part.notes, room // 2, counter)) for part in notes]
+    as_hits = [Hit(str(n), part.label, None, None, part.notes, 0.0) for n, part in enumerate(cut)]
+    return [[cut[int(h.chunk_id)] for h in group] for group in pack(as_hits, room, counter)]
+
+
+def _cut(text: str, room: int, counter: TokenCounter) -> str:
+    """``text`` shortened at a word boundary to cost at most ``room`` tokens as a passage."""
+    if counter.count(text) + PASSAGE_OVERHEAD <= room:
+        return text
+    words = text.split()
+    lo, hi = 0, len(words)
+    while lo < hi:  # binary search on the number of words kept
+        mid = (lo + hi + 1) // 2
+        if counter.count(" ".join(words[:mid]) + " …") + PASSAGE_OVERHEAD <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(words[:lo]) + " …"
 
 
 async def _collect(
