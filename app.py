@@ -15,7 +15,7 @@ import chainlit as cl
 from chainlit.server import app as chainlit_server
 from starlette.datastructures import Headers
 
-from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer, search_query
+from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer
 from rag.catalog import model_catalog
 from rag.errors import NoDocuments, RagError, StreamInterrupted
 from rag.llm import Message
@@ -23,15 +23,18 @@ from rag.prompt import source_label
 from rag.settings import Settings, get_settings
 from rag.web.chat_text import answer_text, interrupted, opening, switched
 from rag.web.chat_ui import (
+    FILES_COMMAND,
     SOURCES_TITLE,
+    ReadingStep,
     add_uploads,
     apply_upload_limit,
     compare_models,
+    list_files,
     offer_models,
     passage_elements,
     refresh_models,
     remember_turn,
-    search_step,
+    scoped_search,
     show_sources,
     source_elements,
 )
@@ -62,7 +65,7 @@ async def on_chat_start() -> None:
     cl.user_session.set("history", [])
     offer = await model_catalog(settings).offer()
     await offer_models(offer)
-    await cl.context.emitter.set_commands([COMPARE_COMMAND])
+    await cl.context.emitter.set_commands([COMPARE_COMMAND, FILES_COMMAND])
     await cl.Message(content=opening(settings, offer)).send()
     if notice := history_notice(settings):
         await cl.Message(content=notice).send()
@@ -75,7 +78,7 @@ async def on_chat_resume(thread: dict) -> None:
     cl.user_session.set("history", chat.history)
     cl.user_session.set("model", chat.model)
     await offer_models(await model_catalog(get_settings()).offer())
-    await cl.context.emitter.set_commands([COMPARE_COMMAND])
+    await cl.context.emitter.set_commands([COMPARE_COMMAND, FILES_COMMAND])
 
 
 @cl.on_settings_update
@@ -103,6 +106,8 @@ async def on_message(message: cl.Message) -> None:
         comparison = parse_compare_command(command)
         if comparison is not None:
             await compare_models(*comparison, settings)
+        elif message.command == "files" or text == "/files":
+            await list_files(settings)
         elif text:
             await reply(text, settings)
     except NoDocuments as exc:
@@ -124,13 +129,16 @@ async def reply(question: str, settings: Settings) -> None:
     """Search, then stream the answer with its sources; a broken stream keeps its partial text."""
     await refresh_models(settings)
     history: list[Message] = cl.user_session.get("history") or []
-    hits = await search_step(search_query(question, history), settings)
+    hits = await scoped_search(question, history, settings)  # None: answer() reads the files
     msg = cl.Message(content="")
     start: AnswerStart | None = None
     done: AnswerDone | None = None
     model = cl.user_session.get("model") or None
     try:
-        async for event in answer(question, settings, model=model, history=history, hits=hits):
+        events = answer(
+            question, settings, model=model, history=history, hits=hits, on_progress=ReadingStep()
+        )
+        async for event in events:
             if isinstance(event, AnswerStart):
                 start = event
             elif isinstance(event, AnswerDelta):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from rag.answer import AnswerDone, AnswerStart, answer
 from rag.mentions import (
@@ -14,9 +17,12 @@ from rag.mentions import (
     whole_document_files,
 )
 from rag.retrieve import Retriever
-from rag.settings import Settings
+from rag.settings import Settings, get_settings
+from tests.chainlit_server import app_env, running_chainlit
+from tests.chat_session import ChatSession
+from tests.chat_socket import ChatSocket
 from tests.fake_openai import FakeOpenAI
-from tests.support import offline_settings, run_module
+from tests.support import MODELS_DIR, offline_settings, run_module
 
 SOURCES = [
     "handbook.md",
@@ -164,3 +170,50 @@ async def test_an_unknown_mention_is_answered_with_close_names_and_no_model_call
     assert isinstance(done, AnswerDone) and done.route is None and done.refused
     assert "`@handbook.md`" in done.text
     assert fake.requests == []
+
+
+# --- the chat ------------------------------------------------------------------------------
+
+
+def cite_two(request: dict[str, Any]) -> str:
+    return "Here is what the passages say [1][2]."
+
+
+def test_in_the_chat_a_mention_limits_the_sources_shown_to_that_file(
+    tmp_path: Path, corpus_store: Path
+) -> None:
+    with FakeOpenAI(models=["m"], reply=cite_two) as fake:
+        env = app_env(corpus_store, fake.base_url)
+        with running_chainlit(tmp_path, env) as app, ChatSocket(app.url, timeout_s=180) as chat:
+            everywhere = chat.ask(HOLIDAYS)
+            scoped = chat.ask(f"@expenses.txt {HOLIDAYS}")
+            unknown = chat.ask(f"@handbok.md {HOLIDAYS}")
+    shown = [e["name"] for e in everywhere.elements]
+    assert any("handbook.md" in name for name in shown), shown
+    names = [e["name"] for e in scoped.elements]
+    assert names and all("policies/expenses.txt" in name for name in names), names
+    assert "(policies/expenses.txt" in fake.requests[-1]["messages"][-1]["content"]
+    assert "(handbook.md" not in fake.requests[-1]["messages"][-1]["content"]
+    assert '"handbok.md"' in unknown.text and "`@handbook.md`" in unknown.text
+    assert len(fake.requests) == 2  # the unknown name asked no model
+
+
+async def test_files_command_lists_the_ingested_files_as_mentions(
+    corpus_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app as chat_app
+
+    monkeypatch.setenv("RAG_DOCS_DIR", str(corpus_store / "docs"))
+    monkeypatch.setenv("RAG_DATA_DIR", str(corpus_store / "data"))
+    monkeypatch.setenv("RAG_MODELS_DIR", str(MODELS_DIR))
+    monkeypatch.setenv("RAG_ENGINE", "off")
+    get_settings.cache_clear()
+    try:
+        async with ChatSession() as chat:
+            await chat.send(chat_app.on_message, "/files")
+            listing = chat.last_answer().output
+    finally:
+        get_settings.cache_clear()
+    assert listing.startswith("**5 ingested file(s).**")
+    assert '- `@"onboarding checklist.docx"`' in listing
+    assert "- `@policies/expenses.txt`" in listing

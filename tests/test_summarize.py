@@ -11,11 +11,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer
 from rag.retrieve import Retriever
 from rag.summarize import NOTE_TOKENS, Progress
+from rag.settings import get_settings
+from tests.chat_session import ChatSession
 from tests.fake_openai import FakeOpenAI
-from tests.support import offline_settings
+from tests.support import MODELS_DIR, offline_settings
 
 MANUAL = "tidewater-12-manual.pdf"
 SUMMARY = "The manual explains set-up, paddling, care and the warranty of the Tidewater 12."
@@ -122,3 +126,43 @@ async def test_notes_too_many_for_one_window_are_combined_before_the_reduce(
     assert isinstance(events[-1], AnswerDone) and events[-1].text == SUMMARY
     # Notes and combined notes are capped; only the answer gets RAG_ANSWER_TOKENS.
     assert all(r["max_tokens"] <= NOTE_TOKENS for r in fake.requests[:-1])
+
+
+async def test_in_the_chat_a_summary_shows_its_progress_and_cites_pages(
+    corpus_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app as chat_app
+
+    with FakeOpenAI(models=["m"], reply=notes_or_summary) as fake:
+        for name, value in {
+            "RAG_DOCS_DIR": corpus_store / "docs",
+            "RAG_DATA_DIR": corpus_store / "data",
+            "RAG_MODELS_DIR": MODELS_DIR,
+            "LLM_BASE_URL": fake.base_url,
+            "RAG_CONTEXT_TOKENS": 800,
+            "RAG_ANSWER_TOKENS": 200,
+        }.items():
+            monkeypatch.setenv(name, str(value))
+        get_settings.cache_clear()
+        try:
+            async with ChatSession() as chat:
+                await chat_app.on_chat_start()
+                await chat.send(chat_app.on_message, f"Summarize @{MANUAL}")
+                parts = len(map_requests(fake))
+                (step,) = chat.steps("tool")
+                shown = [
+                    d["output"]
+                    for e, d in chat.events
+                    if e in ("new_message", "update_message") and d["id"] == step.id
+                ]
+                answer_text = chat.last_answer().output
+                retrieval = chat.steps("retrieval")
+        finally:
+            get_settings.cache_clear()
+    assert parts >= 2
+    assert shown[0] == f"reading part 1 of {parts}"
+    assert f"reading part {parts} of {parts}" in shown
+    assert shown[-1].startswith("writing the answer")
+    assert retrieval == []  # a whole-document task searches nothing: it reads everything
+    assert answer_text.startswith(SUMMARY)
+    assert "**Sources:** [1] tidewater-12-manual.pdf, page 1" in answer_text
