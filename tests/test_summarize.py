@@ -15,8 +15,8 @@ import pytest
 
 from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer
 from rag.retrieve import Retriever
-from rag.summarize import NOTE_TOKENS, Progress
 from rag.settings import get_settings
+from rag.summarize import NOTE_TOKENS, Progress
 from tests.chat_session import ChatSession
 from tests.fake_openai import FakeOpenAI
 from tests.support import MODELS_DIR, offline_settings
