@@ -219,3 +219,24 @@ async def test_files_command_lists_the_ingested_files_as_mentions(
     assert listing.startswith("**5 ingested file(s).**")
     assert '- `@"onboarding checklist.docx"`' in listing
     assert "- `@policies/expenses.txt`" in listing
+
+
+def test_the_api_scopes_mentions_and_answers_an_unknown_name_without_a_model(
+    corpus_store: Path,
+) -> None:
+    from tests.test_openai_api import ApiServer
+
+    with FakeOpenAI(models=["m"], reply=cite_two) as fake:
+        with ApiServer(offline_settings(corpus_store, llm_base_url=fake.base_url)) as api:
+            client = api.client()
+            scoped = client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": f"{HOLIDAYS} @expenses.txt"}]
+            )
+            unknown = client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": f"{HOLIDAYS} @handbok"}]
+            )
+    text = scoped.choices[0].message.content or ""
+    sources = text.split("\n\nSources:\n")[1].splitlines()
+    assert sources and all("policies/expenses.txt" in line for line in sources)
+    assert "`@handbook.md`" in (unknown.choices[0].message.content or "")
+    assert len(fake.requests) == 1
