@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-ALL = ["embed", "ingest", "search", "recall", "engine", "ttft", "soak"]
+ALL = ["embed", "ingest", "search", "recall", "engine", "ttft", "soak", "summarize"]
 
 
 def replace_section(document: str, name: str, section: str) -> str:

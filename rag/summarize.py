@@ -13,7 +13,8 @@ reading order and answers by map-reduce within the model's context window:
    window are first combined in groups (the same step, again), so any length fits.
 
 A document that fits one window is answered in one request over all its chunks,
-exactly like a grounded answer (its ``[n]`` cite those chunks). Otherwise the
+exactly like a grounded answer (its ``[n]`` cite those chunks; an answer that cites
+none is sourced to every page it was given). Otherwise the
 answer cites the pages its notes were drawn from: ``AnswerStart.hits`` holds one
 passage per page read, ``AnswerDone.sources`` the pages the notes cited (every
 page of a part whose notes cite none).
@@ -123,7 +124,7 @@ async def summarize(
         # It all fits: one grounded request over every chunk, its [n] citing them.
         prompt_for = _map_prompt(question, chunks, 1, 1, names, settings, counter, final=True)
         async for event in _first_answer(routes, prompt_for, settings, generation, started):
-            yield event
+            yield _every_page_when_uncited(event, chunks)
         return
     parts = pack(chunks, _room(window, NOTE_TOKENS, names, counter), counter)
     notes = await _map(question, parts, routes, names, settings, counter, on_progress)
@@ -370,6 +371,22 @@ def _cite_pages(event: AnswerEvent, notes: Sequence[_Part]) -> AnswerEvent:
         cited = [Citation(n, h) for n, h in enumerate(read, start=1) if (h.source, h.page) in used]
         return replace(event, sources=cited, unsupported=[], sources_inferred=False)
     return event
+
+
+def _every_page_when_uncited(event: AnswerEvent, chunks: Sequence[Hit]) -> AnswerEvent:
+    """A one-request answer that cites no passage drew on the whole text it was given:
+    its sources are every page, numbered by each page's first passage."""
+    if (
+        not isinstance(event, AnswerDone)
+        or event.refused
+        or (event.sources and not event.sources_inferred)
+    ):
+        return event
+    first = {}
+    for number, hit in enumerate(chunks, start=1):
+        first.setdefault((hit.source, hit.page), number)
+    pages = [Citation(first[(h.source, h.page)], h) for h in _pages(chunks)]
+    return replace(event, sources=pages, sources_inferred=False, unsupported=[])
 
 
 def _pages(hits: Sequence[Hit]) -> list[Hit]:

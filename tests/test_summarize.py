@@ -166,3 +166,14 @@ async def test_in_the_chat_a_summary_shows_its_progress_and_cites_pages(
     assert retrieval == []  # a whole-document task searches nothing: it reads everything
     assert answer_text.startswith(SUMMARY)
     assert "**Sources:** [1] tidewater-12-manual.pdf, page 1" in answer_text
+
+
+async def test_a_one_request_summary_that_cites_nothing_is_sourced_to_every_page(
+    corpus_store: Path,
+) -> None:
+    with FakeOpenAI(models=["m"], reply="A sea kayak manual, from set-up to warranty.") as fake:
+        settings = offline_settings(corpus_store, llm_base_url=fake.base_url, context_tokens=8192)
+        events = [e async for e in answer(f"Summarize {MANUAL}", settings, model="m")]
+    done = events[-1]
+    assert isinstance(done, AnswerDone) and not done.sources_inferred
+    assert [(c.number, c.hit.page) for c in done.sources] == [(n, n) for n in range(1, 7)]
