@@ -30,6 +30,7 @@ from rag.web.chat_ui import (
     apply_upload_limit,
     compare_models,
     list_files,
+    offer_files,
     offer_models,
     passage_elements,
     refresh_models,
@@ -37,6 +38,7 @@ from rag.web.chat_ui import (
     scoped_search,
     show_sources,
     source_elements,
+    with_picked_file,
 )
 from rag.web.compare_board import parse_compare_command
 from rag.web.history import AnswerRecord, data_layer, history_notice, keep_model, resumed_chat
@@ -66,6 +68,7 @@ async def on_chat_start() -> None:
     offer = await model_catalog(settings).offer()
     await offer_models(offer)
     await cl.context.emitter.set_commands([COMPARE_COMMAND, FILES_COMMAND])
+    await offer_files(settings)
     await cl.Message(content=opening(settings, offer)).send()
     if notice := history_notice(settings):
         await cl.Message(content=notice).send()
@@ -79,6 +82,7 @@ async def on_chat_resume(thread: dict) -> None:
     cl.user_session.set("model", chat.model)
     await offer_models(await model_catalog(get_settings()).offer())
     await cl.context.emitter.set_commands([COMPARE_COMMAND, FILES_COMMAND])
+    await offer_files(get_settings())
 
 
 @cl.on_settings_update
@@ -109,7 +113,7 @@ async def on_message(message: cl.Message) -> None:
         elif message.command == "files" or text == "/files":
             await list_files(settings)
         elif text:
-            await reply(text, settings)
+            await reply(with_picked_file(message, text), settings)
     except NoDocuments as exc:
         await cl.Message(content=f"**The knowledge base is empty.** {exc}").send()
     except RagError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,25 +201,58 @@ def test_in_the_chat_a_mention_limits_the_sources_shown_to_that_file(
     assert len(fake.requests) == 2  # the unknown name asked no model
 
 
-async def test_files_command_lists_the_ingested_files_as_mentions(
-    corpus_store: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def chat_env(corpus_store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    """The app's settings over the corpus store, answered by a fake that cites [1][2]."""
+    with FakeOpenAI(models=["m"], reply=cite_two) as fake:
+        for name, value in {
+            "RAG_DOCS_DIR": corpus_store / "docs",
+            "RAG_DATA_DIR": corpus_store / "data",
+            "RAG_MODELS_DIR": MODELS_DIR,
+            "LLM_BASE_URL": fake.base_url,
+        }.items():
+            monkeypatch.setenv(name, str(value))
+        get_settings.cache_clear()
+        yield fake
+    get_settings.cache_clear()
+
+
+async def test_files_command_lists_the_ingested_files_as_mentions(chat_env: FakeOpenAI) -> None:
     import app as chat_app
 
-    monkeypatch.setenv("RAG_DOCS_DIR", str(corpus_store / "docs"))
-    monkeypatch.setenv("RAG_DATA_DIR", str(corpus_store / "data"))
-    monkeypatch.setenv("RAG_MODELS_DIR", str(MODELS_DIR))
-    monkeypatch.setenv("RAG_ENGINE", "off")
-    get_settings.cache_clear()
-    try:
-        async with ChatSession() as chat:
-            await chat.send(chat_app.on_message, "/files")
-            listing = chat.last_answer().output
-    finally:
-        get_settings.cache_clear()
+    async with ChatSession() as chat:
+        await chat.send(chat_app.on_message, "/files")
+        listing = chat.last_answer().output
     assert listing.startswith("**5 ingested file(s).**")
     assert '- `@"onboarding checklist.docx"`' in listing
     assert "- `@policies/expenses.txt`" in listing
+    assert chat_env.requests == []
+
+
+async def test_the_file_picker_offers_every_file_and_scopes_the_question_to_the_pick(
+    chat_env: FakeOpenAI,
+) -> None:
+    import chainlit as cl
+
+    import app as chat_app
+
+    async with ChatSession() as chat:
+        await chat_app.on_chat_start()
+        (modes,) = [data for event, data in chat.events if event == "set_modes"]
+        (picker,) = modes
+        assert [o["id"] for o in picker["options"]] == ["all", *SOURCES]
+        assert picker["options"][0]["default"] is True
+        # Unscoped, the five passages would come from several files; this one has one passage.
+        question = "Where do I collect my badge on the first day?"
+        picked = cl.Message(
+            content=question, type="user_message", modes={"files": "onboarding checklist.docx"}
+        )
+        await chat_app.on_message(picked)
+        shown = [data for event, data in chat.events if event == "set_sidebar_elements"][-1]
+    prompt = chat_env.requests[-1]["messages"][-1]["content"]
+    assert "(onboarding checklist.docx)" in prompt and "(handbook.md)" not in prompt
+    names = [e["name"] for e in shown["elements"]]
+    assert names and all("onboarding checklist.docx" in name for name in names)
 
 
 def test_the_api_scopes_mentions_and_answers_an_unknown_name_without_a_model(
