@@ -8,7 +8,9 @@ name matches a source by its path (``policies/expenses.txt``), its file name
 (``expenses.txt``) or its file name without the extension (``expenses``), case
 aside; a file name shared by two folders selects both.
 
-A name that matches nothing makes :attr:`Scope.unknown` non-empty, and
+A name that matches nothing makes :attr:`Scope.unknown` non-empty when it looks like
+a file's (quoted, with an extension, or close to an ingested name: "@john" is left as
+text), and
 :func:`unknown_sentence` says which names come close (difflib): the answer
 pipeline then answers with that sentence and asks no model.
 
@@ -41,6 +43,7 @@ _TOKEN = re.compile(r"[^\s\"]+")
 # What may follow a name that ends it: the end, a space, or closing punctuation.
 _ENDS_NAME = re.compile(r"(?:$|[\s,;:!?)\]]|\.(?:$|\s))")
 _TRAILING = ".,;:!?)]}'"
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,5}$")
 # Words that ask for a task over whole files rather than a fact inside them.
 WHOLE_TASK = re.compile(
     r"\b(summar(?:y|ies|i[sz]e[sd]?|i[sz]ing)|tl;?dr|overview|outline|gist|"
@@ -126,10 +129,15 @@ def scope_of(question: str, sources: Sequence[str]) -> Scope:
     parts: list[str] = []
     last = 0
     for mention in mentions(question, sources):
+        matched = matching(mention.name, sources)
+        if matched:
+            found.extend(matched)
+        elif _meant_as_file(mention, question, sources):
+            unknown.append(mention.name)
+        else:
+            continue  # not a file: the text stays as written
         parts.append(question[last : mention.start] + mention.name)
         last = mention.end
-        matched = matching(mention.name, sources)
-        (found.extend(matched) if matched else unknown.append(mention.name))
     parts.append(question[last:])
     text = "".join(parts)
     return Scope(
@@ -137,6 +145,15 @@ def scope_of(question: str, sources: Sequence[str]) -> Scope:
         sources=tuple(dict.fromkeys(found)),
         unknown=tuple(dict.fromkeys(unknown)),
         named=() if found or unknown else named_files(text, sources),
+    )
+
+
+def _meant_as_file(mention: Mention, text: str, sources: Sequence[str]) -> bool:
+    """Whether an unmatched mention names a file: quoted, with an extension, or close to an
+    ingested name. "@john said ..." is a person, and the question is answered as written."""
+    quoted = text[mention.start + 1 : mention.start + 2] == '"'
+    return (
+        quoted or bool(_EXTENSION.search(mention.name)) or bool(close_names(mention.name, sources))
     )
 
 

@@ -67,6 +67,14 @@ def test_an_email_address_or_a_bare_at_is_not_a_mention() -> None:
     assert scope_of("write to it@handbook.md", SOURCES).sources == ()
 
 
+def test_an_unmatched_mention_that_does_not_look_like_a_file_is_left_as_text() -> None:
+    scope = scope_of("Did @john approve the hotel limit?", SOURCES)
+    assert scope.unknown == () and scope.sources == ()
+    assert scope.question == "Did @john approve the hotel limit?"
+    assert scope_of('Is it in @"jon"?', SOURCES).unknown == ("jon",)  # quoted: meant as a file
+    assert scope_of("Is it in @notes.md?", SOURCES).unknown == ("notes.md",)
+
+
 def test_mentions_removed_keeps_the_names_and_drops_the_at_and_the_quotes() -> None:
     assert mentions_removed('see @guide.md, and @"a b.pdf"!') == "see guide.md, and a b.pdf!"
 
