@@ -36,6 +36,7 @@ from itertools import groupby
 
 from rag.answer import AnswerDone, AnswerEvent, AnswerStart, Generation, _first_answer
 from rag.catalog import model_catalog
+from rag.errors import RagError
 from rag.grounding import Citation
 from rag.llm import Message
 from rag.prompt import (
@@ -115,6 +116,11 @@ async def summarize(
     """
     started = time.perf_counter()
     chunks = [_hit(c) for c in await asyncio.to_thread(_read, files, settings)]
+    if not chunks:
+        raise RagError(
+            f"The store holds no passages of {', '.join(files)}: ingest the file again "
+            "(`python -m ingest`), or drop it into the chat."
+        )
     counter = token_counter(settings)
     routes = await model_catalog(settings).routes(question, model, counter.count(question))
     window = _window(routes, settings)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer
+from rag.errors import RagError
 from rag.retrieve import Retriever
 from rag.settings import get_settings
 from rag.summarize import NOTE_TOKENS, Progress
@@ -177,3 +178,13 @@ async def test_a_one_request_summary_that_cites_nothing_is_sourced_to_every_page
     done = events[-1]
     assert isinstance(done, AnswerDone) and not done.sources_inferred
     assert [(c.number, c.hit.page) for c in done.sources] == [(n, n) for n in range(1, 7)]
+
+
+async def test_a_file_given_but_not_in_the_store_is_a_sentence_not_a_crash(
+    corpus_store: Path,
+) -> None:
+    with FakeOpenAI(models=["m"]) as fake:
+        settings = offline_settings(corpus_store, llm_base_url=fake.base_url)
+        with pytest.raises(RagError, match="holds no passages of gone.md: ingest the file again"):
+            [e async for e in answer("Summarize it", settings, model="m", files=["gone.md"])]
+    assert fake.requests == []
