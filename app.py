@@ -81,8 +81,10 @@ async def on_chat_resume(thread: dict) -> None:
     cl.user_session.set("history", chat.history)
     cl.user_session.set("model", chat.model)
     await offer_models(await model_catalog(get_settings()).offer())
-    await cl.context.emitter.set_commands([COMPARE_COMMAND, FILES_COMMAND])
-    await offer_files(get_settings())
+    # No Files picker or /files menu entry here: with Chainlit 2.12 a resumed chat's
+    # composer dropped the text being typed when more was sent on resume (typed @name and
+    # /files still work).
+    await cl.context.emitter.set_commands([COMPARE_COMMAND])
 
 
 @cl.on_settings_update
