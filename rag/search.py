@@ -54,6 +54,10 @@ def format_hits(question: str, hits: list[Hit]) -> str:
     return "\n".join(lines)
 
 
+class UnknownFile(RagError):
+    """A ``--file`` name matches no ingested file."""
+
+
 def files_named(names: list[str], retriever: Retriever) -> tuple[str, ...]:
     """The ingested sources ``names`` denote; raises :class:`UnknownFile` for one that
     matches none, with the close names."""
@@ -71,10 +75,6 @@ def files_named(names: list[str], retriever: Retriever) -> tuple[str, ...]:
         listing = f"Ingested: {', '.join(ingested[:20])}{' …' if len(ingested) > 20 else ''}."
         raise UnknownFile(unknown_sentence(unknown, ingested, prefix="--file ", listing=listing))
     return tuple(dict.fromkeys(found))
-
-
-class UnknownFile(RagError):
-    """A ``--file`` name matches no ingested file."""
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
