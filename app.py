@@ -23,14 +23,12 @@ from rag.prompt import source_label
 from rag.settings import Settings, get_settings
 from rag.web.chat_text import answer_text, interrupted, opening, switched
 from rag.web.chat_ui import (
-    FILES_COMMAND,
     SOURCES_TITLE,
     ReadingStep,
     add_uploads,
     apply_upload_limit,
     compare_models,
     list_files,
-    offer_files,
     offer_models,
     passage_elements,
     refresh_models,
@@ -38,7 +36,6 @@ from rag.web.chat_ui import (
     scoped_search,
     show_sources,
     source_elements,
-    with_picked_file,
 )
 from rag.web.compare_board import parse_compare_command
 from rag.web.history import AnswerRecord, data_layer, history_notice, keep_model, resumed_chat
@@ -67,8 +64,7 @@ async def on_chat_start() -> None:
     cl.user_session.set("history", [])
     offer = await model_catalog(settings).offer()
     await offer_models(offer)
-    await cl.context.emitter.set_commands([COMPARE_COMMAND, FILES_COMMAND])
-    await offer_files(settings)
+    await cl.context.emitter.set_commands([COMPARE_COMMAND])
     await cl.Message(content=opening(settings, offer)).send()
     if notice := history_notice(settings):
         await cl.Message(content=notice).send()
@@ -81,9 +77,6 @@ async def on_chat_resume(thread: dict) -> None:
     cl.user_session.set("history", chat.history)
     cl.user_session.set("model", chat.model)
     await offer_models(await model_catalog(get_settings()).offer())
-    # No Files picker or /files menu entry here: with Chainlit 2.12 a resumed chat's
-    # composer dropped the text being typed when more was sent on resume (typed @name and
-    # /files still work).
     await cl.context.emitter.set_commands([COMPARE_COMMAND])
 
 
@@ -112,10 +105,10 @@ async def on_message(message: cl.Message) -> None:
         comparison = parse_compare_command(command)
         if comparison is not None:
             await compare_models(*comparison, settings)
-        elif message.command == "files" or text == "/files":
+        elif text == "/files":
             await list_files(settings)
         elif text:
-            await reply(with_picked_file(message, text), settings)
+            await reply(text, settings)
     except NoDocuments as exc:
         await cl.Message(content=f"**The knowledge base is empty.** {exc}").send()
     except RagError as exc:

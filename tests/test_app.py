@@ -606,7 +606,7 @@ async def test_compare_is_offered_when_the_chat_starts_on_the_fallback_only(
         async with ChatSession() as chat:
             await app.on_chat_start()
             commands = [data for event, data in chat.events if event == "set_commands"]
-            assert [c["id"] for c in commands[-1]] == ["compare", "files"]
+            assert [c["id"] for c in commands[-1]] == ["compare"]
 
 
 async def test_compare_with_the_same_model_twice_explains_its_usage(

@@ -1,4 +1,4 @@
-"""Questions about particular files in real headless Chromium: ``@name`` and the Files picker.
+"""Questions about particular files in real headless Chromium: ``@name`` limits the sources.
 
 The real app (`chainlit run app.py`) over the corpus store; the model server is the
 loopback fake, which cites the first two passages it is given, so the sources the
@@ -7,7 +7,6 @@ page shows are the passages retrieval chose. The browser may only talk to 127.0.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from tests.test_browser import ASSISTANT, CHROMIUM, CHROMIUM_FLAGS, only_loopbac
 pytestmark = pytest.mark.browser
 
 HOLIDAYS = "How many days of paid holiday do employees get?"
-# The handbook and the checklist mention the HR portal too; the security policy says how to sign in.
-HR_PORTAL = "How do I sign in to the HR portal?"
 
 
 def cite_two(request: dict[str, Any]) -> str:
@@ -43,7 +40,7 @@ def app_url(tmp_path: Path, corpus_store: Path, chromium: Path) -> Iterator[tupl
             yield app.url, fake
 
 
-def test_a_mention_and_the_files_picker_limit_the_sources_shown_in_chromium(
+def test_a_mention_limits_the_sources_shown_in_chromium(
     app_url: tuple[str, FakeOpenAI], chromium: Path, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
@@ -72,21 +69,12 @@ def test_a_mention_and_the_files_picker_limit_the_sources_shown_in_chromium(
             sources = answer.inner_text().split("Sources:")[1]
             assert "handbook.md" not in sources and "policies/expenses.txt" in sources
 
-            # The Files picker beside the input does the same without typing the name.
-            page.locator("#mode-picker-trigger-files").click()
-            page.locator("#mode-picker-popover-files").get_by_text(
-                "policies/security.html", exact=True
-            ).click()
-            ask(page, HR_PORTAL)
-            answer = page.locator(ASSISTANT).last
-            expect(answer).to_contain_text("Sources: [1] policies/security.html")
-            page.screenshot(path=str(tmp_path / "picked.png"))
+            page.screenshot(path=str(tmp_path / "scoped.png"))
         finally:
             browser.close()
     prompts = [r["messages"][-1]["content"] for r in fake.requests]
     assert "(handbook.md)" in prompts[0]
     assert "(handbook.md)" not in prompts[1] and "(policies/expenses.txt)" in prompts[1]
-    assert set(re.findall(r"^\[\d+\] \(([^,)]+)\)", prompts[2], re.M)) == {"policies/security.html"}
 
 
 def ask(page: Any, question: str) -> None:  # noqa: ANN401 - Playwright's Page

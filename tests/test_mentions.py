@@ -237,32 +237,6 @@ async def test_files_command_lists_the_ingested_files_as_mentions(chat_env: Fake
     assert chat_env.requests == []
 
 
-async def test_the_file_picker_offers_every_file_and_scopes_the_question_to_the_pick(
-    chat_env: FakeOpenAI,
-) -> None:
-    import chainlit as cl
-
-    import app as chat_app
-
-    async with ChatSession() as chat:
-        await chat_app.on_chat_start()
-        (modes,) = [data for event, data in chat.events if event == "set_modes"]
-        (picker,) = modes
-        assert [o["id"] for o in picker["options"]] == ["all", *SOURCES]
-        assert picker["options"][0]["default"] is True
-        # Unscoped, the five passages would come from several files; this one has one passage.
-        question = "Where do I collect my badge on the first day?"
-        picked = cl.Message(
-            content=question, type="user_message", modes={"files": "onboarding checklist.docx"}
-        )
-        await chat_app.on_message(picked)
-        shown = [data for event, data in chat.events if event == "set_sidebar_elements"][-1]
-    prompt = chat_env.requests[-1]["messages"][-1]["content"]
-    assert "(onboarding checklist.docx)" in prompt and "(handbook.md)" not in prompt
-    names = [e["name"] for e in shown["elements"]]
-    assert names and all("onboarding checklist.docx" in name for name in names)
-
-
 def test_the_api_scopes_mentions_and_answers_an_unknown_name_without_a_model(
     corpus_store: Path,
 ) -> None:

@@ -17,38 +17,22 @@ from pathlib import Path
 import chainlit as cl
 from chainlit.config import config as chainlit_config
 from chainlit.input_widget import Select
-from chainlit.mode import Mode, ModeOption
 
 from ingest.uploads import add_uploads as ingest_uploads
 from rag.answer import AnswerDone, AnswerStart, question_scope, search_query
 from rag.catalog import Offer, model_catalog
 from rag.compare import ModelDelta, compare_stream
-from rag.errors import NoDocuments
 from rag.llm import Message
 from rag.mentions import whole_document_files
 from rag.prompt import source_label
 from rag.retrieve import Hit, get_retriever, retrieve
 from rag.settings import Settings
 from rag.summarize import Progress
-from rag.web.chat_text import files_list, highlighted, hits_table, mention_name
+from rag.web.chat_text import files_list, highlighted, hits_table
 from rag.web.compare_board import CompareBoard
 
 PANEL_REFRESH_S = 0.1
 SOURCES_TITLE = "Sources of the last answer"
-# The file picker beside the input: its id, the "no file" choice, and how many files it
-# lists at most (beyond that a menu is no help: @name and /files still work).
-FILES_MODE = "files"
-ALL_FILES = "all"
-PICKER_MAX_FILES = 200
-FILES_COMMAND = {
-    "id": "files",
-    "icon": "files",
-    "description": "List the ingested files; ask about one with @name (e.g. @user-guide.md)",
-    "button": False,
-    "persistent": False,
-}
-
-
 async def compare_models(models: list[str], question: str, settings: Settings) -> None:
     """``/compare A B question``: the models answer from the same passages in columns side by
     side (public/elements/Compare.jsx), each with its timings."""
@@ -122,31 +106,6 @@ class ReadingStep:
         await self._step.update()
 
 
-async def offer_files(settings: Settings) -> None:
-    """The file picker beside the input: "All documents", or one ingested file to ask about.
-
-    Chainlit 2.12 has no completion inside the input, so a picker (a composer "mode")
-    offers the names; ``@name`` in the text does the same and can name several files.
-    """
-    try:
-        sources = await asyncio.to_thread(get_retriever(settings).sources)
-    except NoDocuments:
-        return  # nothing to pick yet; the welcome says how to add files
-    if not sources or len(sources) > PICKER_MAX_FILES:
-        return
-    options = [ModeOption(id=ALL_FILES, name="All documents", default=True)]
-    options += [ModeOption(id=source, name=source) for source in sources]
-    await cl.context.emitter.set_modes([Mode(id=FILES_MODE, name="Files", options=options)])
-
-
-def with_picked_file(message: cl.Message, text: str) -> str:
-    """``text`` about the file picked beside the input: mentioned ahead of the question."""
-    picked = (message.modes or {}).get(FILES_MODE)
-    if not picked or picked == ALL_FILES:
-        return text
-    return f"@{mention_name(picked)} {text}"
-
-
 async def list_files(settings: Settings) -> None:
     """``/files``: the ingested files, and how to ask about one."""
     sources = await asyncio.to_thread(get_retriever(settings).sources)
@@ -202,7 +161,6 @@ async def add_uploads(elements: Sequence[cl.File], settings: Settings) -> None:
     outcome = await asyncio.to_thread(ingest_uploads, files, settings)
     progress.content = outcome.text
     await progress.update()
-    await offer_files(settings)  # the picker lists the new files too
 
 
 async def offer_models(offer: Offer) -> None:
