@@ -15,7 +15,7 @@ import chainlit as cl
 from chainlit.server import app as chainlit_server
 from starlette.datastructures import Headers
 
-from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer, search_query
+from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer
 from rag.catalog import model_catalog
 from rag.errors import NoDocuments, RagError, StreamInterrupted
 from rag.llm import Message
@@ -24,14 +24,16 @@ from rag.settings import Settings, get_settings
 from rag.web.chat_text import answer_text, interrupted, opening, switched
 from rag.web.chat_ui import (
     SOURCES_TITLE,
+    ReadingStep,
     add_uploads,
     apply_upload_limit,
     compare_models,
+    list_files,
     offer_models,
     passage_elements,
     refresh_models,
     remember_turn,
-    search_step,
+    scoped_search,
     show_sources,
     source_elements,
 )
@@ -106,6 +108,8 @@ async def on_message(message: cl.Message) -> None:
         comparison = parse_compare_command(command)
         if comparison is not None:
             await compare_models(*comparison, settings)
+        elif text == "/files":
+            await list_files(settings)
         elif text:
             await reply(text, settings)
     except NoDocuments as exc:
@@ -127,13 +131,16 @@ async def reply(question: str, settings: Settings) -> None:
     """Search, then stream the answer with its sources; a broken stream keeps its partial text."""
     await refresh_models(settings)
     history: list[Message] = cl.user_session.get("history") or []
-    hits = await search_step(search_query(question, history), settings)
+    hits = await scoped_search(question, history, settings)  # None: answer() reads the files
     msg = cl.Message(content="")
     start: AnswerStart | None = None
     done: AnswerDone | None = None
     model = cl.user_session.get("model") or None
     try:
-        async for event in answer(question, settings, model=model, history=history, hits=hits):
+        events = answer(
+            question, settings, model=model, history=history, hits=hits, on_progress=ReadingStep()
+        )
+        async for event in events:
             if isinstance(event, AnswerStart):
                 start = event
             elif isinstance(event, AnswerDelta):

@@ -20,7 +20,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 ALL = [
-    "embed", "ingest", "ocr", "scale", "search", "recall", "gate", "engine", "ttft", "soak", "browser",
+    "embed", "ingest", "ocr", "scale", "search", "recall", "gate", "engine", "ttft", "soak",
+    "browser", "summarize",
 ]
 
 

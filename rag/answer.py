@@ -14,6 +14,10 @@ When the relevance gate (:func:`rag.grounding.judge`) finds that the documents
 do not cover the question, no model is asked: the events carry ``route=None``,
 the text :data:`~rag.grounding.NOT_COVERED` and the closest passages as ``hits``.
 Retrieval for a follow-up sees the previous question too (:func:`search_query`).
+Files mentioned as ``@name`` limit retrieval to them (:mod:`rag.mentions`); a name
+that matches no ingested file is answered with the close names, and no model asked
+(``route=None``). "Summarize @guide.md" and other tasks over whole files read every
+chunk of them by map-reduce (:mod:`rag.summarize`), with the same events.
 
 :func:`direct` sends a client's own messages to the model as they are (no
 retrieval, no gate, no sources): Open WebUI's housekeeping prompts (a title,
@@ -38,6 +42,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from rag.catalog import model_catalog
 from rag.errors import EndpointSilent, EndpointUnavailable, RagError, StreamInterrupted
@@ -54,6 +59,14 @@ from rag.grounding import (
 )
 from rag.hosts import host_of, is_loopback_host
 from rag.llm import Message, stream_chat
+from rag.mentions import (
+    WHOLE_TASK,
+    Scope,
+    mentions_removed,
+    scope_of,
+    unknown_sentence,
+    whole_document_files,
+)
 from rag.prompt import (
     Prompt,
     PromptTooLong,
@@ -63,9 +76,12 @@ from rag.prompt import (
     style_for,
     token_counter,
 )
-from rag.retrieve import Hit, retrieve
+from rag.retrieve import Hit, get_retriever, retrieve
 from rag.routing import Kind, Route
 from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from rag.summarize import OnProgress
 
 # The least room an answer may be left in the window (RAG_ANSWER_TOKENS' own floor).
 MIN_ANSWER_TOKENS = 16
@@ -138,6 +154,8 @@ async def answer(
     history: Sequence[Message] = (),
     hits: list[Hit] | None = None,
     generation: Generation | None = None,
+    files: Sequence[str] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> AsyncGenerator[AnswerEvent, None]:
     """Answer ``question`` from the documents, streaming events (see the module docstring).
 
@@ -145,9 +163,31 @@ async def answer(
     pins one provider); ``history`` the conversation so far (bare questions and
     answers); ``hits`` reuses already retrieved passages (default: hybrid retrieval);
     ``generation`` the client's sampling settings (default: the pipeline's).
+    ``files`` limits retrieval to those sources (default: the files the question
+    mentions as ``@name``, :mod:`rag.mentions`); a task over whole files ("summarize
+    @guide.md") reads all their chunks (:mod:`rag.summarize`), reporting to ``on_progress``.
     """
+    scope = await asyncio.to_thread(question_scope, question, settings, files)
     async with questions_first().question():
-        async for event in _grounded(question, settings, model, history, hits, generation):
+        if scope.unknown:
+            events = _unknown_files(scope, settings)
+        elif whole := whole_document_files(scope):
+            # Imported here: rag.summarize builds on this module's events and routing.
+            from rag.summarize import summarize
+
+            events = summarize(
+                scope.question,
+                whole,
+                settings,
+                model=model,
+                generation=generation,
+                on_progress=on_progress,
+            )
+        else:
+            events = _grounded(
+                scope.question, settings, model, history, hits, generation, scope.sources
+            )
+        async for event in events:
             yield event
 
 
@@ -158,6 +198,7 @@ async def _grounded(
     history: Sequence[Message],
     hits: list[Hit] | None,
     generation: Generation | None,
+    sources: Sequence[str] = (),
 ) -> AsyncGenerator[AnswerEvent, None]:
     """:func:`answer`'s steps: retrieve, gate, route, then the first route that answers."""
     started = time.perf_counter()
@@ -165,7 +206,7 @@ async def _grounded(
     query = search_query(question, history)
     if hits is None:
         # Embedding and Chroma block for a few ms; keep the event loop free for other chats.
-        hits = await asyncio.to_thread(retrieve, query, settings=settings)
+        hits = await asyncio.to_thread(retrieve, query, settings=settings, sources=sources)
     if not judge(query, hits, settings).covered:
         async for event in _not_covered(hits, started):
             yield event
@@ -354,6 +395,26 @@ async def _not_covered(hits: list[Hit], started: float) -> AsyncGenerator[Answer
     yield AnswerDelta(NOT_COVERED)
     elapsed = time.perf_counter() - started
     yield AnswerDone(None, NOT_COVERED, elapsed, elapsed, 0, refused=True)
+
+
+def question_scope(question: str, settings: Settings, files: Sequence[str] | None = None) -> Scope:
+    """The files ``question`` is about: ``files`` when given, else its ``@`` mentions and
+    exact file names. Reads the ingested file list only when the question may name one."""
+    if files is not None:
+        return Scope(mentions_removed(question), tuple(files))
+    if "@" not in question and not WHOLE_TASK.search(question):
+        return Scope(question)
+    return scope_of(question, get_retriever(settings).sources())
+
+
+async def _unknown_files(scope: Scope, settings: Settings) -> AsyncGenerator[AnswerEvent, None]:
+    """A mentioned file is not ingested: the sentence naming close ones, and no model asked."""
+    started = time.perf_counter()
+    text = unknown_sentence(scope.unknown, get_retriever(settings).sources())
+    yield AnswerStart(route=None, hits=[], prompt_tokens=0, dropped_history=0, dropped_hits=0)
+    yield AnswerDelta(text)
+    elapsed = time.perf_counter() - started
+    yield AnswerDone(None, text, elapsed, elapsed, 0, refused=True)
 
 
 def search_query(question: str, history: Sequence[Message]) -> str:

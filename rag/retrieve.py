@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Literal
 
 from rag.bm25 import Bm25Index, load_bm25_index
@@ -129,6 +130,9 @@ class _Loaded:
     store: ChunkStore
     lexical: Bm25Index
     count: int
+    # The ingested files, read once per generation from the BM25 index (one indexed query):
+    # naming files in a question must not cost a Chroma scan per question.
+    sources: tuple[str, ...] = field(default=())
 
 
 class Retriever:
@@ -142,36 +146,58 @@ class Retriever:
         self._loaded: _Loaded | None = None
         self._lock = threading.Lock()
 
-    def search(self, question: str, k: int | None = None, *, mode: Mode = "hybrid") -> list[Hit]:
+    def search(
+        self,
+        question: str,
+        k: int | None = None,
+        *,
+        mode: Mode = "hybrid",
+        sources: Collection[str] = (),
+    ) -> list[Hit]:
         """The ``k`` best chunks for ``question`` (default ``settings.top_k``), best first.
 
         ``mode`` picks hybrid (default), dense-only or BM25-only; the single
-        modes exist for evaluation. Raises :class:`NoDocuments` when nothing is
-        ingested.
+        modes exist for evaluation. ``sources`` limits both halves to chunks of
+        those files (empty: every file). Raises :class:`NoDocuments` when nothing
+        is ingested.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         k = k or self.settings.top_k
         loaded = self._fresh()
         candidates = max(self.settings.candidates, k)
+        wanted = tuple(sorted(set(sources)))
         dense: list[tuple[Chunk, float]] = []
         lexical: list[tuple[Chunk, float]] = []
         if mode != "bm25":
-            dense = self._dense(loaded, question, min(candidates, loaded.count))
+            dense = self._dense(loaded, question, min(candidates, loaded.count), wanted)
         if mode != "dense":
-            lexical = loaded.lexical.search(question, candidates)
+            lexical = _lexical(loaded, question, candidates, wanted)
         if mode == "dense":
             return [_hit(c, s, r, None, s) for r, (c, s) in enumerate(dense[:k], start=1)]
         if mode == "bm25":
             return [_hit(c, s, None, r) for r, (c, s) in enumerate(lexical[:k], start=1)]
         return fuse(dense, lexical, k, self.settings.rrf_k)
 
-    def _dense(self, loaded: _Loaded, question: str, n: int) -> list[tuple[Chunk, float]]:
+    def sources(self) -> tuple[str, ...]:
+        """The ingested files (paths relative to the docs folder), sorted.
+
+        Raises :class:`NoDocuments` when nothing is ingested.
+        """
+        return self._fresh().sources
+
+    def chunks_of(self, source: str) -> list[Chunk]:
+        """Every chunk of ``source`` in reading order (empty for a file not ingested)."""
+        return self._fresh().store.chunks_of(source)
+
+    def _dense(
+        self, loaded: _Loaded, question: str, n: int, sources: tuple[str, ...] = ()
+    ) -> list[tuple[Chunk, float]]:
         # Imported on first use: rag.embed loads onnxruntime, which BM25-only use never needs.
         from rag.embed import get_embedder
 
         vector = get_embedder(self.settings).embed_query(question)
-        return loaded.store.query(vector, n)
+        return loaded.store.query(vector, n, sources=sources)
 
     def _fresh(self) -> _Loaded:
         """The loaded store and index for the current generation, reopening both when it moved."""
@@ -197,7 +223,24 @@ class Retriever:
         count = store.count()
         if count == 0:
             raise NoDocuments(docs)
-        return _Loaded(generation, store, load_bm25_index(s, store), count)
+        lexical = load_bm25_index(s, store)
+        sources = tuple(sorted(lexical.sources()))
+        return _Loaded(generation, store, lexical, count, sources)
+
+
+def _lexical(
+    loaded: _Loaded, question: str, n: int, sources: tuple[str, ...]
+) -> list[tuple[Chunk, float]]:
+    """BM25's ``n`` best chunks, only among ``sources`` when given.
+
+    Scoped, every chunk is ranked and then filtered: the file's best matches may lie
+    far below the store's top ``n`` (ranking 100k scores costs a few ms).
+    """
+    if not sources:
+        return loaded.lexical.search(question, n)
+    allowed = set(sources)
+    ranked = loaded.lexical.search(question, len(loaded.lexical))
+    return [(c, score) for c, score in ranked if c.source in allowed][:n]
 
 
 @functools.cache
@@ -206,6 +249,9 @@ def get_retriever(settings: Settings) -> Retriever:
     return Retriever(settings)
 
 
-def retrieve(question: str, k: int | None = None, *, settings: Settings) -> list[Hit]:
-    """The ``k`` best chunks for ``question`` by hybrid search (see :class:`Retriever`)."""
-    return get_retriever(settings).search(question, k)
+def retrieve(
+    question: str, k: int | None = None, *, settings: Settings, sources: Collection[str] = ()
+) -> list[Hit]:
+    """The ``k`` best chunks for ``question`` by hybrid search (see :class:`Retriever`);
+    ``sources`` limits them to those files."""
+    return get_retriever(settings).search(question, k, sources=sources)

@@ -1,9 +1,13 @@
 """Search the ingested documents from the command line.
 
-    python -m rag.search QUESTION [QUESTION ...] [--k 5] [--json] [--data-dir DIR] [--docs-dir DIR]
+    python -m rag.search QUESTION [QUESTION ...] [--k 5] [--file NAME ...] [--json]
+                         [--data-dir DIR] [--docs-dir DIR]
 
 Prints the best chunks for each question with source, page, score and a
-snippet. With ``--json`` it prints one line per question:
+snippet. ``--file NAME`` (repeatable) searches only that ingested file, named by
+its path, file name or file name without extension, as ``@NAME`` in the chat;
+an unknown name exits with status 1 and the close names. With ``--json`` it prints
+one line per question:
 ``{"question": "...", "hits": [{"source": "guide.pdf", "page": 6, "score": 0.03, "text": "..."}]}``
 (``page`` is null for formats without pages). Exit status 0 on success, 1 when
 nothing is ingested yet or the search fails, with a sentence and no traceback.
@@ -18,6 +22,7 @@ import textwrap
 from pathlib import Path
 
 from rag.errors import RagError
+from rag.mentions import matching, unknown_sentence
 from rag.retrieve import MODES, Hit, Retriever
 from rag.settings import get_settings
 
@@ -49,6 +54,29 @@ def format_hits(question: str, hits: list[Hit]) -> str:
     return "\n".join(lines)
 
 
+class UnknownFile(RagError):
+    """A ``--file`` name matches no ingested file."""
+
+
+def files_named(names: list[str], retriever: Retriever) -> tuple[str, ...]:
+    """The ingested sources ``names`` denote; raises :class:`UnknownFile` for one that
+    matches none, with the close names."""
+    if not names:
+        return ()
+    ingested = retriever.sources()
+    found: list[str] = []
+    unknown = []
+    for name in names:
+        matched = matching(name, ingested)
+        found.extend(matched)
+        if not matched:
+            unknown.append(name)
+    if unknown:
+        listing = f"Ingested: {', '.join(ingested[:20])}{' …' if len(ingested) > 20 else ''}."
+        raise UnknownFile(unknown_sentence(unknown, ingested, prefix="--file ", listing=listing))
+    return tuple(dict.fromkeys(found))
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m rag.search",
@@ -56,6 +84,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("questions", nargs="+", metavar="QUESTION")
     parser.add_argument("--k", type=int, default=None, help="hits per question (default RAG_TOP_K)")
+    parser.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="search only this ingested file (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON line per question")
     parser.add_argument("--mode", choices=MODES, default="hybrid", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, default=None, help="store location (RAG_DATA_DIR)")
@@ -72,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings().with_overrides(data_dir=args.data_dir, docs_dir=args.docs_dir)
         retriever = Retriever(settings)
+        sources = files_named(args.file, retriever)
         for question in args.questions:
-            hits = retriever.search(question, args.k, mode=args.mode)
+            hits = retriever.search(question, args.k, mode=args.mode, sources=sources)
             if args.json:
                 record = {"question": question, "hits": [hit_record(h) for h in hits]}
                 print(json.dumps(record, ensure_ascii=False), flush=True)

@@ -41,7 +41,9 @@ def welcome(settings: Settings, local: Provider | None = None, model: str = "") 
         f"into the chat. Files live in `{settings.docs_dir}`; {_after_changes(settings)}\n"
         "- **Switch models** with the settings button next to the input; the conversation "
         "is kept.\n"
-        "- **Compare two models** on the same passages: `/compare MODEL_A MODEL_B your question`."
+        "- **Compare two models** on the same passages: `/compare MODEL_A MODEL_B your question`.\n"
+        "- **Ask about one file** by naming it: `@user-guide.md how do I start?`; "
+        "`summarize @user-guide.md` reads it whole. `/files` lists the files."
     )
     if local is not None:
         text += f"\n\nAnswering with `{model}` at {local.endpoint.base_url}."
@@ -172,6 +174,22 @@ def highlighted(passage: str, answer: str, threshold: float) -> str:
         backs = shared >= 2 and shared / len(words) >= threshold
         marked.append(f"**{sentence}**" if backs else sentence)
     return " ".join(marked)
+
+
+def files_list(sources: Sequence[str]) -> str:
+    """The reply to ``/files``: each ingested file as it can be mentioned."""
+    if not sources:
+        return "No files are ingested yet."
+    names = "\n".join(f"- `@{mention_name(s)}`" for s in sources)
+    return (
+        f"**{len(sources)} ingested file(s).** Mention one to ask about it alone "
+        f"(`@name your question`), or ask to `summarize @name`:\n\n{names}"
+    )
+
+
+def mention_name(source: str) -> str:
+    """How to mention ``source`` in the chat: its path, quoted when it holds a space."""
+    return f'"{source}"' if " " in source else source
 
 
 def hits_table(hits: Sequence[Hit]) -> str:

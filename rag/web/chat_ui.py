@@ -20,14 +20,16 @@ from chainlit.input_widget import Select
 
 from ingest.ocr import IMAGE_SUFFIXES
 from ingest.uploads import add_uploads as ingest_uploads
-from rag.answer import AnswerDone, AnswerStart
+from rag.answer import AnswerDone, AnswerStart, question_scope, search_query
 from rag.catalog import Offer, model_catalog
 from rag.compare import ModelDelta, compare_stream
 from rag.llm import Message
+from rag.mentions import whole_document_files
 from rag.prompt import source_label
-from rag.retrieve import Hit, retrieve
+from rag.retrieve import Hit, get_retriever, retrieve
 from rag.settings import Settings
-from rag.web.chat_text import highlighted, hits_table
+from rag.summarize import Progress
+from rag.web.chat_text import files_list, highlighted, hits_table
 from rag.web.compare_board import CompareBoard
 
 PANEL_REFRESH_S = 0.1
@@ -63,15 +65,56 @@ async def compare_models(models: list[str], question: str, settings: Settings) -
     await show_sources(passage_elements(hits), SOURCES_TITLE, msg.id)
 
 
-async def search_step(question: str, settings: Settings) -> list[Hit]:
-    """Retrieve the passages inside a collapsed step that lists them."""
+async def search_step(
+    question: str, settings: Settings, sources: Sequence[str] = ()
+) -> list[Hit]:
+    """Retrieve the passages inside a collapsed step that lists them (only from ``sources``
+    when given)."""
     async with cl.Step(name="document search", type="retrieval", default_open=False) as step:
         step.input = question
         # Embedding and Chroma block for a few ms; keep the event loop free. NoDocuments
         # propagates: the step shows its sentence and on_message says how to add files.
-        hits = await asyncio.to_thread(retrieve, question, settings=settings)
+        hits = await asyncio.to_thread(retrieve, question, settings=settings, sources=sources)
         step.output = hits_table(hits)
     return hits
+
+
+async def scoped_search(
+    question: str, history: Sequence[Message], settings: Settings
+) -> list[Hit] | None:
+    """The search step for ``question``, limited to the files it mentions with ``@``.
+
+    None, with no search shown, when the answer needs none: a mentioned name that is
+    not ingested (the answer names close ones) or a task over whole files, which reads
+    all their chunks (:class:`ReadingStep` shows its progress).
+    """
+    scope = await asyncio.to_thread(question_scope, question, settings)
+    if scope.unknown or whole_document_files(scope):
+        return None
+    return await search_step(search_query(scope.question, history), settings, scope.sources)
+
+
+class ReadingStep:
+    """The progress of a whole-document task as one step that says how far it is
+    ("reading part 3 of 7"); pass it as ``answer(..., on_progress=ReadingStep())``."""
+
+    def __init__(self) -> None:
+        self._step: cl.Step | None = None
+
+    async def __call__(self, progress: Progress) -> None:
+        if self._step is None:
+            self._step = cl.Step(name="reading the documents", type="tool", default_open=True)
+            self._step.output = progress.what
+            await self._step.send()
+            return
+        self._step.output = progress.what
+        await self._step.update()
+
+
+async def list_files(settings: Settings) -> None:
+    """``/files``: the ingested files, and how to ask about one."""
+    sources = await asyncio.to_thread(get_retriever(settings).sources)
+    await cl.Message(content=files_list(sources)).send()
 
 
 def source_elements(
