@@ -3,8 +3,9 @@
 The handlers below read like the conversation: greet and offer the models, take
 dropped files into the knowledge base, answer with sources. The work lives in
 ``rag/`` (the model catalog, retrieval, the answer pipeline), ``rag/web/`` (the
-chat's Chainlit pieces and wording, the compare board, the HTTP API) and ``ingest/``; this file only
-turns their events and error sentences into chat messages.
+chat's answering and Chainlit pieces, its wording, the HTTP API, the search page,
+the guards) and ``ingest/``; this file only wires Chainlit's hooks to them and
+turns their error sentences into chat messages.
 """
 
 from __future__ import annotations
@@ -15,36 +16,16 @@ import chainlit as cl
 from chainlit.server import app as chainlit_server
 from starlette.datastructures import Headers
 
-from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer
 from rag.catalog import model_catalog
-from rag.errors import NoDocuments, RagError, StreamInterrupted
-from rag.llm import Message
-from rag.prompt import source_label
-from rag.settings import Settings, get_settings
-from rag.web.chat_text import answer_text, interrupted, opening, switched
-from rag.web.chat_ui import (
-    SOURCES_TITLE,
-    ReadingStep,
-    add_uploads,
-    apply_upload_limit,
-    compare_models,
-    list_files,
-    offer_models,
-    passage_elements,
-    refresh_models,
-    remember_turn,
-    scoped_search,
-    show_sources,
-    source_elements,
-)
+from rag.errors import NoDocuments, RagError
+from rag.settings import get_settings
+from rag.web.chat_reply import reply
+from rag.web.chat_server import extend_chat_server
+from rag.web.chat_text import opening, switched
+from rag.web.chat_ui import add_uploads, compare_models, list_files, offer_models
 from rag.web.compare_board import parse_compare_command
-from rag.web.feedback_owner import guard_feedback
-from rag.web.folder_watch import watch_docs_folder
-from rag.web.history import AnswerRecord, data_layer, history_notice, keep_model, resumed_chat
-from rag.web.http_api import mount_openai_api
-from rag.web.search_page import mount_search_page
+from rag.web.history import data_layer, history_notice, keep_model, resumed_chat
 from rag.web.sign_in import SignIn, loopback_user, password_user, set_up_sign_in
-from rag.web.socket_guard import guard_chat_server
 
 log = logging.getLogger("local_rag_chat")
 
@@ -124,46 +105,6 @@ async def on_message(message: cl.Message) -> None:
         ).send()
 
 
-# --- answering ------------------------------------------------------------------------
-
-
-async def reply(question: str, settings: Settings) -> None:
-    """Search, then stream the answer with its sources; a broken stream keeps its partial text."""
-    await refresh_models(settings)
-    history: list[Message] = cl.user_session.get("history") or []
-    hits = await scoped_search(question, history, settings)  # None: answer() reads the files
-    msg = cl.Message(content="")
-    start: AnswerStart | None = None
-    done: AnswerDone | None = None
-    model = cl.user_session.get("model") or None
-    try:
-        events = answer(
-            question, settings, model=model, history=history, hits=hits, on_progress=ReadingStep()
-        )
-        async for event in events:
-            if isinstance(event, AnswerStart):
-                start = event
-            elif isinstance(event, AnswerDelta):
-                await msg.stream_token(event.text)
-            else:
-                done = event
-    except StreamInterrupted as exc:
-        msg.content = interrupted(exc.partial, str(exc))
-        msg.metadata = AnswerRecord(question, exc.partial, model).metadata()
-        await msg.send()
-        await show_sources(passage_elements(start.hits if start else []), SOURCES_TITLE, msg.id)
-        remember_turn(history, question, exc.partial)
-        return
-    assert start is not None and done is not None
-    msg.content = answer_text(start, done)
-    labels = tuple(f"[{c.number}] {source_label(c.hit)}" for c in done.sources)
-    msg.metadata = AnswerRecord(question, done.text, model, labels).metadata()
-    await msg.send()
-    await show_sources(*source_elements(start, done, settings), msg.id)
-    remember_turn(history, question, done.text)
-    await keep_model(settings, cl.context.session.thread_id, model)
-
-
 # --- history and sign-in ------------------------------------------------------------------------
 # Beyond loopback with nobody able to sign in, this raises and the app does not start.
 SIGN_IN = set_up_sign_in(chainlit_server, get_settings())
@@ -191,13 +132,4 @@ else:
 
 
 # --- at import: Chainlit loads this file once per server start -------------------------------
-apply_upload_limit(get_settings())
-# Open WebUI and any OpenAI client chat with the documents at http://127.0.0.1:8000/v1.
-mount_openai_api(chainlit_server, get_settings())
-guard_feedback(chainlit_server)
-# The search page at /search embeds questions in the browser (ONNX Runtime Web).
-mount_search_page(chainlit_server, get_settings())
-# Only this machine's pages (and RAG_ALLOWED_*) reach the chat socket; own files folder.
-guard_chat_server(chainlit_server, get_settings())
-# Changes under the docs folder are ingested by themselves; open chats are told (RAG_WATCH).
-watch_docs_folder(get_settings())
+extend_chat_server(chainlit_server, get_settings())

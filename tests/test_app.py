@@ -622,12 +622,13 @@ async def test_compare_with_the_same_model_twice_explains_its_usage(
 
 def test_the_upload_limit_comes_from_settings_only(tmp_path: Path) -> None:
     from chainlit.config import config
+    from rag.web.chat_ui import apply_upload_limit
 
     upload = config.features.spontaneous_file_upload
     assert upload is not None
     before = upload.max_size_mb
     try:
-        app.apply_upload_limit(make_settings(tmp_path, upload_max_mb=7.5))
+        apply_upload_limit(make_settings(tmp_path, upload_max_mb=7.5))
         assert upload.max_size_mb == 8  # whole MB for the browser; the server checks 7.5
     finally:
         upload.max_size_mb = before
