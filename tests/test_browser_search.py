@@ -108,7 +108,7 @@ def test_search_page_answers_offline_on_wasm_with_the_right_passage_first(
     first = page.locator(".result").first
     first.wait_for()
     assert first.locator(".file").inner_text() == "user-guide.md"
-    assert "Add your own files" in first.locator(".text").inner_text()
+    assert "python -m ingest" in first.locator(".text").inner_text()  # the passage on adding files
     assert page.locator(".result").count() == 5
     assert "embedded on wasm in" in page.inner_text("#timing")
     assert "model on wasm" in page.inner_text("#status")
@@ -208,7 +208,7 @@ def test_static_export_searches_from_a_plain_http_server(
         )
         hits = search(page, ADD_FILES)
         assert hits[0]["source"] == "user-guide.md"
-        assert "Add your own files" in hits[0]["text"]
+        assert "python -m ingest" in hits[0]["text"]
         # No chat behind a static site: no "ask about this" links.
         page.locator("#q").fill(ADD_FILES)
         page.locator("#ask").click()
