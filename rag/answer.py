@@ -39,26 +39,22 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
-from rag.catalog import model_catalog
-from rag.errors import EndpointSilent, EndpointUnavailable, RagError, StreamInterrupted
-from rag.grounding import (
-    NOT_COVERED,
-    Citation,
-    citations,
-    is_refusal,
-    judge,
-    keep_close,
-    matched,
-    sentences,
-    support,
+from rag.answer_events import (
+    AnswerDelta,
+    AnswerDone,
+    AnswerEvent,
+    AnswerStart,
+    Generation,
+    first_answer,
 )
+from rag.catalog import model_catalog
+from rag.grounding import NOT_COVERED, judge, keep_close
 from rag.hosts import host_of, is_loopback_host
-from rag.llm import Message, stream_chat
+from rag.llm import Message
 from rag.mentions import (
     WHOLE_TASK,
     Scope,
@@ -79,9 +75,13 @@ from rag.prompt import (
 from rag.retrieve import Hit, get_retriever, retrieve
 from rag.routing import Kind, Route
 from rag.settings import Settings
+from rag.summarize import OnProgress, summarize
 
-if TYPE_CHECKING:
-    from rag.summarize import OnProgress
+# The events are defined beside the routes' runner; callers import them from here too.
+__all__ = [
+    "AnswerDelta", "AnswerDone", "AnswerEvent", "AnswerStart", "Generation",
+    "answer", "direct", "format_sources", "on_this_machine", "question_scope", "search_query",
+]  # fmt: skip
 
 # The least room an answer may be left in the window (RAG_ANSWER_TOKENS' own floor).
 MIN_ANSWER_TOKENS = 16
@@ -89,61 +89,6 @@ MIN_ANSWER_TOKENS = 16
 # ahead of it, and the question spends a moment in retrieval before it reaches the
 # model: housekeeping bound for this machine waits this long for a question to show up.
 HOUSEKEEPING_GRACE_S = 1.0
-
-
-@dataclass(frozen=True)
-class Generation:
-    """A client's sampling settings for one answer; None or empty: the pipeline's own.
-
-    ``max_tokens`` is an upper bound: the answer gets at most what is left of the
-    model's context window after the prompt.
-    """
-
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class AnswerStart:
-    """A route accepted the request; the passages numbered [1].. are ``hits``.
-
-    ``route`` is None when the documents do not cover the question: then ``hits``
-    are the closest matches, not sources.
-    """
-
-    route: Route | None
-    hits: list[Hit]
-    prompt_tokens: int
-    dropped_history: int
-    dropped_hits: int
-
-
-@dataclass(frozen=True)
-class AnswerDelta:
-    """The next piece of the answer's text."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class AnswerDone:
-    """The answer is complete."""
-
-    route: Route | None  # None: the gate found the documents do not cover it
-    text: str
-    ttft_s: float  # from the call to the first token
-    total_s: float  # from the call to the last token
-    completion_tokens: int  # streamed deltas: one token each on OpenAI-style servers
-    sources: list[Citation[Hit]] = field(default_factory=list)  # cited passages, as cited
-    refused: bool = False  # the answer says the documents do not cover the question
-    unsupported: list[str] = field(default_factory=list)  # sentences its sources do not back
-    # The answer cited no [n]: ``sources`` is the passage that holds most of its words.
-    sources_inferred: bool = False
-
-
-AnswerEvent = AnswerStart | AnswerDelta | AnswerDone
 
 
 async def answer(
@@ -172,9 +117,6 @@ async def answer(
         if scope.unknown:
             events = _unknown_files(scope, settings)
         elif whole := whole_document_files(scope):
-            # Imported here: rag.summarize builds on this module's events and routing.
-            from rag.summarize import summarize
-
             events = summarize(
                 scope.question,
                 whole,
@@ -220,7 +162,7 @@ async def _grounded(
         return _prompt(route, question, hits, history, settings)
 
     generation = generation or Generation()
-    async for event in _first_answer(routes, prompt_for, settings, generation, started):
+    async for event in first_answer(routes, prompt_for, settings, generation, started):
         yield event
 
 
@@ -257,44 +199,8 @@ async def direct(
             )
         return Prompt(list(messages), [], tokens, 0, 0, False)
 
-    async for event in _first_answer(routes, prompt_for, settings, generation, started):
+    async for event in first_answer(routes, prompt_for, settings, generation, started):
         yield event
-
-
-async def _first_answer(
-    routes: Sequence[Route],
-    prompt_for: Callable[[Route], Prompt],
-    settings: Settings,
-    generation: Generation,
-    started: float,
-) -> AsyncGenerator[AnswerEvent, None]:
-    """The events of the first route that answers; a route down before its first token
-    (or whose window the prompt does not fit) gives way to the next."""
-    catalog = model_catalog(settings)
-    down: list[RagError] = []
-    too_long: list[PromptTooLong] = []
-    for position, route in enumerate(routes):
-        try:
-            prompt = prompt_for(route)
-        except PromptTooLong as exc:
-            too_long.append(exc)  # a route with a larger window (a cloud fallback) may take it
-            continue
-        stream = _stream(route, prompt, settings, generation)
-        try:
-            first = await _first_piece(stream)
-        except (EndpointUnavailable, StreamInterrupted) as exc:
-            # Broken before any text is as good as down: the next route may still answer.
-            if isinstance(exc, StreamInterrupted) and (exc.partial or position == len(routes) - 1):
-                raise
-            catalog.report_down(route.provider)
-            down.append(_why_down(route, exc))
-            continue
-        async for event in _relay(route, prompt, stream, first, started, settings):
-            yield event
-        return
-    if too_long and not down:
-        raise too_long[0]
-    raise _all_down(down)
 
 
 def _prompt(
@@ -307,84 +213,6 @@ def _prompt(
         history=history,
         context_tokens=route.provider.context_tokens,
         style=style_for(route.provider),
-    )
-
-
-def _stream(
-    route: Route, prompt: Prompt, settings: Settings, generation: Generation
-) -> AsyncIterator[str]:
-    """The route's token stream for ``prompt``, with the client's settings over the style's."""
-    style = style_for(route.provider)
-    tokens = generation.max_tokens or min(
-        settings.answer_tokens, style.answer_tokens or settings.answer_tokens
-    )
-    # A client may ask for more than the window holds; the server would reject it or cut it.
-    room = (route.provider.context_tokens or settings.context_tokens) - prompt.tokens
-    return stream_chat(
-        route.endpoint,
-        prompt.messages,
-        model=route.model,
-        settings=settings,
-        max_tokens=max(1, min(tokens, room)),
-        temperature=style.temperature if generation.temperature is None else generation.temperature,
-        top_p=generation.top_p,
-        stop=generation.stop,
-    )
-
-
-async def _first_piece(stream: AsyncIterator[str]) -> str | None:
-    """The stream's first text, or None when the model answered with nothing at all."""
-    try:
-        return await anext(stream)
-    except StopAsyncIteration:
-        return None
-
-
-async def _relay(
-    route: Route,
-    prompt: Prompt,
-    stream: AsyncIterator[str],
-    first: str | None,
-    started: float,
-    settings: Settings,
-) -> AsyncGenerator[AnswerEvent, None]:
-    """The events of one accepted route: start, the text as it streams, done."""
-    ttft = time.perf_counter() - started
-    parts: list[str] = []
-    try:
-        yield AnswerStart(
-            route=route,
-            hits=prompt.hits,
-            prompt_tokens=prompt.tokens,
-            dropped_history=prompt.dropped_history,
-            dropped_hits=prompt.dropped_hits,
-        )
-        if first is not None:
-            parts.append(first)
-            yield AnswerDelta(first)
-            async for text in stream:
-                parts.append(text)
-                yield AnswerDelta(text)
-    finally:
-        # A caller that stops listening (user pressed stop, API client left) must
-        # close the HTTP stream now, so the server stops generating.
-        await stream.aclose()  # type: ignore[attr-defined]
-    text = "".join(parts)
-    cited = citations(text, prompt.hits)
-    refused = not cited and is_refusal(text)
-    inferred = not cited and not refused
-    if inferred:
-        cited = matched(text, prompt.hits, settings.support_min)
-    yield AnswerDone(
-        route=route,
-        text=text,
-        ttft_s=ttft,
-        total_s=time.perf_counter() - started,
-        completion_tokens=len(parts),
-        sources=[] if refused else cited,
-        refused=refused,
-        unsupported=[] if refused else unsupported(text, cited, settings),
-        sources_inferred=inferred and bool(cited),
     )
 
 
@@ -428,33 +256,9 @@ def search_query(question: str, history: Sequence[Message]) -> str:
     return f"{previous}\n{question}" if previous else question
 
 
-def unsupported(text: str, cited: Sequence[Citation[Hit]], settings: Settings) -> list[str]:
-    """The answer's sentences that its cited passages do not back (see :func:`support`)."""
-    if not cited:
-        return []
-    passages = [c.hit.text for c in cited]
-    return [s for s in sentences(text) if support(s, passages) < settings.support_min]
-
-
 def format_sources(hits: list[Hit]) -> str:
     """The passages as ``[n] file, page p`` lines, numbered as in the prompt (for API clients)."""
     return "\n".join(f"[{n}] {source_label(h)}" for n, h in enumerate(hits, start=1))
-
-
-def _why_down(route: Route, exc: RagError) -> RagError:
-    """The sentence for a route that failed before its first token."""
-    # A silent server is running: "start one" would send the person the wrong way.
-    if isinstance(exc, EndpointUnavailable) and not isinstance(exc, EndpointSilent):
-        return route.provider.explain(exc)
-    return exc
-
-
-def _all_down(errors: list[RagError]) -> EndpointUnavailable:
-    if not errors:
-        return EndpointUnavailable("No route to a model server is configured.")
-    if len(errors) == 1 and isinstance(errors[0], EndpointUnavailable):
-        return errors[0]
-    return EndpointUnavailable(" ".join(str(e) for e in errors))
 
 
 # --- questions first -------------------------------------------------------------

@@ -19,7 +19,7 @@ answer cites the pages its notes were drawn from: ``AnswerStart.hits`` holds one
 passage per page read, ``AnswerDone.sources`` the pages the notes cited (every
 page of a part whose notes cite none).
 
-The events are :func:`rag.answer.answer`'s (AnswerStart, AnswerDelta, AnswerDone),
+The events are the answer pipeline's (AnswerStart, AnswerDelta, AnswerDone),
 so the chat, the API and the evals consume them unchanged; progress ("reading part
 3 of 7") goes to an optional callback, since a consumer that reads only those three
 event types must not meet a fourth. Each request is routed like a question
@@ -34,7 +34,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import groupby
 
-from rag.answer import AnswerDone, AnswerEvent, AnswerStart, Generation, _first_answer
+from rag.answer_events import AnswerDone, AnswerEvent, AnswerStart, Generation, first_answer
 from rag.catalog import model_catalog
 from rag.errors import RagError
 from rag.grounding import Citation
@@ -129,7 +129,7 @@ async def summarize(
     if len(pack(chunks, _room(window, settings.answer_tokens, names, counter), counter)) == 1:
         # It all fits: one grounded request over every chunk, its [n] citing them.
         prompt_for = _map_prompt(question, chunks, 1, 1, names, settings, counter, final=True)
-        async for event in _first_answer(routes, prompt_for, settings, generation, started):
+        async for event in first_answer(routes, prompt_for, settings, generation, started):
             yield _every_page_when_uncited(event, chunks)
         return
     parts = pack(chunks, _room(window, NOTE_TOKENS, names, counter), counter)
@@ -143,7 +143,7 @@ async def summarize(
         what = f"writing the answer from the notes on {len(parts)} parts"
         await on_progress(Progress(len(parts), len(parts), what))
     prompt_for = _reduce_prompt(question, notes, names, settings, counter)
-    async for event in _first_answer(routes, prompt_for, settings, generation, started):
+    async for event in first_answer(routes, prompt_for, settings, generation, started):
         yield _cite_pages(event, notes)
 
 
@@ -292,7 +292,7 @@ async def _collect(
     """The finished answer of one request (its text is not streamed to anyone)."""
     generation = Generation(max_tokens=NOTE_TOKENS)
     done: AnswerDone | None = None
-    async for event in _first_answer(routes, prompt_for, settings, generation, time.perf_counter()):
+    async for event in first_answer(routes, prompt_for, settings, generation, time.perf_counter()):
         if isinstance(event, AnswerDone):
             done = event
     assert done is not None  # _first_answer ends with AnswerDone or raises
