@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import socketio
 
@@ -118,6 +119,10 @@ def test_two_users_see_and_rate_only_their_own_chats(tmp_path: Path, private_sto
                 unknown = http.put("/feedback", json={"sessionId": ben.session_id, "feedback": {
                     "forId": "no-such-message", "value": 1}})
                 assert unknown.status_code == 404
+                # The in-browser search's passages are for signed-in users too.
+                assert http.get("/search/data/index.json").status_code == 200
+        anonymous = httpx.get(f"{app.url}/search/data/index.json", timeout=30)
+        assert anonymous.status_code == 401 and "Sign in" in anonymous.text
         with pytest.raises(socketio.exceptions.ConnectionError):  # resuming ana's chat
             ChatSocket(app.url, login=("ben", "battery staple"), thread_id=ana_thread).connect()
         with ChatSocket(app.url, login=("ana", "correct horse")) as ana:

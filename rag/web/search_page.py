@@ -15,7 +15,8 @@ writes the same files into a static folder. Both use one layout, relative to the
 
 The data routes hold the documents, so every ``/search`` route applies the chat
 socket's rule (:func:`rag.web.socket_guard.refusal`): loopback pages and host names,
-plus ``RAG_ALLOWED_ORIGINS`` and ``RAG_ALLOWED_HOSTS``.
+plus ``RAG_ALLOWED_ORIGINS`` and ``RAG_ALLOWED_HOSTS``; beyond loopback, where the
+chat asks for a password, the data routes also want a signed-in user (:func:`signed_in`).
 
 >>> mount_search_page(chainlit.server.app, settings)   # doctest: +SKIP
 """
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, Request
+from chainlit.auth import get_current_user, reuseable_oauth
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
@@ -36,6 +38,7 @@ from rag.embed import TOKENIZER_NAME, read_manifest
 from rag.errors import NoDocuments, RagError
 from rag.settings import Settings
 from rag.store import ChunkStore, read_generation
+from rag.web.sign_in import SignIn, sign_in_mode
 from rag.web.socket_guard import Caller, refusal
 
 PAGE_DIR = Path(__file__).with_name("browser_search")
@@ -176,6 +179,8 @@ def create_search_router(settings: Settings) -> APIRouter:
             return PlainTextResponse(refused.sentence(), status_code=403)
         try:
             if path in (INDEX_PATH, VECTORS_PATH):
+                if not await signed_in(request, settings):
+                    return PlainTextResponse(SIGN_IN_FIRST, status_code=401)
                 index = await run_in_threadpool(cache.current)
                 if path == INDEX_PATH:
                     return Response(index.meta, media_type="application/json", headers=_ISOLATED)
@@ -191,6 +196,21 @@ def create_search_router(settings: Settings) -> APIRouter:
         return FileResponse(file, headers=_ISOLATED)
 
     return router
+
+
+SIGN_IN_FIRST = "Sign in to the chat first: the passages are for its users only."
+
+
+async def signed_in(request: Request, settings: Settings) -> bool:
+    """Whether ``request`` may read the passages: always for the person at this machine
+    (loopback sign-in); beyond loopback only with the signed-in chat's cookie or token,
+    as the chat itself asks for a password there."""
+    if sign_in_mode(settings) is not SignIn.PASSWORD:
+        return True
+    try:
+        return await get_current_user(await reuseable_oauth(request)) is not None
+    except HTTPException:  # no token, or one that does not verify
+        return False
 
 
 _ISOLATED = {
