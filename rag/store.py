@@ -184,7 +184,7 @@ class ChunkStore:
         self, page_size: int = _READ_PAGE, *, source: str | None = None
     ) -> Iterator[Chunk]:
         """Every chunk in the store (or of one ``source``), read page by page (BM25, audits)."""
-        where = {"source": source} if source is not None else None
+        where = _source_filter([source] if source is not None else [])
         offset = 0
         while True:
             res = self._collection.get(
