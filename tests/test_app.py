@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -645,3 +647,23 @@ def test_the_chainlit_config_grants_cross_origin_access_to_loopback_pages_only()
     ]["allow_origins"]
     assert origins and "*" not in origins
     assert all(o.startswith(("http://127.0.0.1:", "http://localhost:")) for o in origins)
+
+
+def test_every_library_module_imports_without_loading_chainlit() -> None:
+    # rag/ and ingest/ must work from a Python shell; only app.py's hooks load Chainlit.
+    modules = sorted(
+        ".".join(p.relative_to(REPO).with_suffix("").parts)
+        for folder in ("rag", "ingest")
+        for p in (REPO / folder).rglob("*.py")
+        if p.name != "__main__.py"
+    )
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "print('chainlit' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

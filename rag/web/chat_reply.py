@@ -7,8 +7,7 @@ message, its sources beside it, and the turn in the session's history.
 
 from __future__ import annotations
 
-import chainlit as cl
-
+# Chainlit is imported in reply() itself, so importing this module does not load it.
 from rag.answer import AnswerDelta, AnswerDone, AnswerStart, answer
 from rag.errors import StreamInterrupted
 from rag.llm import Message
@@ -30,6 +29,8 @@ from rag.web.history import AnswerRecord, keep_model
 
 async def reply(question: str, settings: Settings) -> None:
     """Search, then stream the answer with its sources; a broken stream keeps its partial text."""
+    import chainlit as cl
+
     await refresh_models(settings)
     history: list[Message] = cl.user_session.get("history") or []
     hits = await scoped_search(question, history, settings)  # None: answer() reads the files

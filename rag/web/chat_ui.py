@@ -13,10 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import chainlit as cl
-from chainlit.config import config as chainlit_config
-from chainlit.input_widget import Select
+from typing import TYPE_CHECKING
 
 from ingest.ocr import IMAGE_SUFFIXES
 from ingest.uploads import add_uploads as ingest_uploads
@@ -32,6 +29,11 @@ from rag.summarize import Progress
 from rag.web.chat_text import files_list, highlighted, hits_table
 from rag.web.compare_board import CompareBoard
 
+# Chainlit is imported where it is used: importing this module (from a shell, a test, the
+# API) must not load Chainlit and its configuration.
+if TYPE_CHECKING:
+    import chainlit as cl
+
 PANEL_REFRESH_S = 0.1
 SOURCES_TITLE = "Sources of the last answer"
 # A dropped file waits this long for another writer (the docs folder watch) before failing.
@@ -41,6 +43,8 @@ UPLOAD_LOCK_WAIT_S = 120.0
 async def compare_models(models: list[str], question: str, settings: Settings) -> None:
     """``/compare A B question``: the models answer from the same passages in columns side by
     side (public/elements/Compare.jsx), each with its timings."""
+    import chainlit as cl
+
     hits = await search_step(question, settings)
     board = CompareBoard(models)
     panel = cl.CustomElement(name="Compare", props=board.props(), display="inline")
@@ -52,7 +56,9 @@ async def compare_models(models: list[str], question: str, settings: Settings) -
     async for event in compare_stream(question, models, settings, history=history, hits=hits):
         # Ten repaints a second look live; one per token would flood the websocket.
         changed = board.apply(event) is not None
-        if changed and (not isinstance(event, ModelDelta) or time.monotonic() - shown > PANEL_REFRESH_S):
+        if changed and (
+            not isinstance(event, ModelDelta) or time.monotonic() - shown > PANEL_REFRESH_S
+        ):
             panel.props = board.props()
             await panel.update()
             shown = time.monotonic()
@@ -65,11 +71,11 @@ async def compare_models(models: list[str], question: str, settings: Settings) -
     await show_sources(passage_elements(hits), SOURCES_TITLE, msg.id)
 
 
-async def search_step(
-    question: str, settings: Settings, sources: Sequence[str] = ()
-) -> list[Hit]:
+async def search_step(question: str, settings: Settings, sources: Sequence[str] = ()) -> list[Hit]:
     """Retrieve the passages inside a collapsed step that lists them (only from ``sources``
     when given)."""
+    import chainlit as cl
+
     async with cl.Step(name="document search", type="retrieval", default_open=False) as step:
         step.input = question
         # Embedding and Chroma block for a few ms; keep the event loop free. NoDocuments
@@ -102,6 +108,8 @@ class ReadingStep:
         self._step: cl.Step | None = None
 
     async def __call__(self, progress: Progress) -> None:
+        import chainlit as cl
+
         if self._step is None:
             self._step = cl.Step(name="reading the documents", type="tool", default_open=True)
             self._step.output = progress.what
@@ -113,6 +121,8 @@ class ReadingStep:
 
 async def list_files(settings: Settings) -> None:
     """``/files``: the ingested files, and how to ask about one."""
+    import chainlit as cl
+
     sources = await asyncio.to_thread(get_retriever(settings).sources)
     await cl.Message(content=files_list(sources)).send()
 
@@ -123,6 +133,8 @@ def source_elements(
     """The sidebar for an answer: its cited passages with the supporting sentences in bold,
     and a PDF opened at the cited page (an image shown); or the closest matches when nothing
     was covered."""
+    import chainlit as cl
+
     if done.refused:
         return passage_elements(start.hits), "Closest matches (not sources)"
     elements: list[cl.Element] = []
@@ -132,7 +144,9 @@ def source_elements(
         elements.append(cl.Text(name=label, content=f"**{label}**\n\n{body}"))
         pdf = settings.docs_dir / hit.source
         if hit.page is not None and pdf.suffix.lower() == ".pdf" and pdf.is_file():
-            elements.append(cl.Pdf(name=f"{label} (PDF)", path=str(pdf), page=hit.page, display="side"))
+            elements.append(
+                cl.Pdf(name=f"{label} (PDF)", path=str(pdf), page=hit.page, display="side")
+            )
         elif pdf.suffix.lower() in IMAGE_SUFFIXES and pdf.is_file():
             # The picture beside its OCR'd text, so a misread word can be checked.
             elements.append(cl.Image(name=f"{label} (image)", path=str(pdf), display="side"))
@@ -141,6 +155,8 @@ def source_elements(
 
 def passage_elements(hits: Sequence[Hit]) -> list[cl.Element]:
     """Retrieved passages as sidebar texts, numbered as in the prompt."""
+    import chainlit as cl
+
     return [
         cl.Text(name=f"[{n}] {source_label(h)}", content=f"**[{n}] {source_label(h)}**\n\n{h.text}")
         for n, h in enumerate(hits, start=1)
@@ -154,6 +170,8 @@ async def show_sources(elements: list[cl.Element], title: str, answer_id: str) -
     attached to messages pile up duplicates across turns, and inline ones print every
     full passage into the conversation. The answer itself keeps the file/page line.
     """
+    import chainlit as cl
+
     await cl.ElementSidebar.set_elements(elements, key=answer_id)
     if elements:
         # After the elements: a title set first is dropped when the new elements arrive.
@@ -162,6 +180,8 @@ async def show_sources(elements: list[cl.Element], title: str, answer_id: str) -
 
 async def add_uploads(elements: Sequence[cl.File], settings: Settings) -> None:
     """Save dropped files into the docs folder, ingest them, and report in one message."""
+    import chainlit as cl
+
     names = ", ".join(el.name for el in elements)
     progress = cl.Message(content=f"Adding {names} to the knowledge base…")
     await progress.send()
@@ -177,6 +197,9 @@ async def add_uploads(elements: Sequence[cl.File], settings: Settings) -> None:
 
 async def offer_models(offer: Offer) -> None:
     """Show the model picker; a model the user already picked stays picked while offered."""
+    import chainlit as cl
+    from chainlit.input_widget import Select
+
     current = cl.user_session.get("model")
     model = current if current in offer.models else offer.default
     cl.user_session.set("models", offer.models)
@@ -191,6 +214,8 @@ async def offer_models(offer: Offer) -> None:
 
 async def refresh_models(settings: Settings) -> None:
     """No local server answered when the chat began: look again, and offer its models if found."""
+    import chainlit as cl
+
     if not cl.user_session.get("local_found"):
         offer = await model_catalog(settings).offer()
         if offer.local is not None or not cl.user_session.get("models"):
@@ -198,6 +223,8 @@ async def refresh_models(settings: Settings) -> None:
 
 
 def remember_turn(history: list[Message], question: str, text: str) -> None:
+    import chainlit as cl
+
     history.append({"role": "user", "content": question})
     history.append({"role": "assistant", "content": text})
     cl.user_session.set("history", history)
@@ -209,6 +236,8 @@ def apply_upload_limit(settings: Settings) -> None:
     Chainlit reads ``max_size_mb`` (whole MB) from its config on every page load;
     save_upload checks the exact limit again on the server.
     """
+    from chainlit.config import config as chainlit_config
+
     upload = chainlit_config.features.spontaneous_file_upload
     if upload is not None:
         upload.max_size_mb = max(1, math.ceil(settings.upload_max_mb))

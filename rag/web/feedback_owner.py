@@ -10,15 +10,13 @@ for an unknown chat), and then hands the request to Chainlit's handler, so what 
 rating does stays Chainlit's.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
-from chainlit.data import get_data_layer
-from chainlit.data.acl import is_thread_author
-from chainlit.server import UserParam, delete_feedback, update_feedback
-from chainlit.types import DeleteFeedbackRequest, UpdateFeedbackRequest
 from fastapi import APIRouter, FastAPI, HTTPException, Request
+
+# Chainlit is imported where it is used, so importing this module does not load it. No
+# ``from __future__ import annotations``: FastAPI reads the routes' parameter types from
+# the objects themselves, imported inside feedback_router().
 
 _STEP_THREAD = 'SELECT "threadId" FROM steps WHERE "id" = :id'
 _FEEDBACK_THREAD = (
@@ -28,9 +26,13 @@ _FEEDBACK_THREAD = (
 
 async def _thread_of(query: str, row_id: str) -> str:
     """The chat (thread id) ``query`` finds for ``row_id``; 404 when there is none."""
+    from chainlit.data import get_data_layer
+
     layer = get_data_layer()
     if layer is None:
-        raise HTTPException(status_code=400, detail="Chat history is off, so there is nothing to rate.")
+        raise HTTPException(
+            status_code=400, detail="Chat history is off, so there is nothing to rate."
+        )
     rows = await layer.execute_sql(query=query, parameters={"id": row_id})
     if not isinstance(rows, list) or not rows or not rows[0].get("threadId"):
         raise HTTPException(status_code=404, detail="That message is not in any saved chat.")
@@ -38,6 +40,8 @@ async def _thread_of(query: str, row_id: str) -> str:
 
 
 async def _require_author(user: Any, thread_id: str) -> None:
+    from chainlit.data.acl import is_thread_author
+
     if user is None:
         raise HTTPException(status_code=401, detail="Sign in to rate answers.")
     await is_thread_author(user.identifier, thread_id)
@@ -45,6 +49,9 @@ async def _require_author(user: Any, thread_id: str) -> None:
 
 def feedback_router() -> APIRouter:
     """``PUT`` and ``DELETE /feedback`` that check ownership, then run Chainlit's handlers."""
+    from chainlit.server import UserParam, delete_feedback, update_feedback
+    from chainlit.types import DeleteFeedbackRequest, UpdateFeedbackRequest
+
     router = APIRouter()
 
     @router.put("/feedback")
@@ -56,7 +63,9 @@ def feedback_router() -> APIRouter:
         return await update_feedback(request, update, current_user)
 
     @router.delete("/feedback")
-    async def unrate(request: Request, payload: DeleteFeedbackRequest, current_user: UserParam) -> Any:
+    async def unrate(
+        request: Request, payload: DeleteFeedbackRequest, current_user: UserParam
+    ) -> Any:
         await _require_author(current_user, await _thread_of(_FEEDBACK_THREAD, payload.feedbackId))
         return await delete_feedback(request, payload, current_user)
 

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
-import chainlit as cl
-from chainlit.context import init_ws_context
-from chainlit.session import WebsocketSession, ws_sessions_id
+from typing import TYPE_CHECKING
 
 from ingest.watch import FolderSynced, watch_docs
 from rag.settings import Settings
 from rag.web.chat_text import folder_notice
+
+# Chainlit is imported where it is used, so importing this module does not load it.
+if TYPE_CHECKING:
+    from chainlit.session import WebsocketSession
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ WATCH = FolderWatch()
 
 def watch_docs_folder(settings: Settings) -> None:
     """Watch the docs folder from app start to app stop; nothing when ``RAG_WATCH=0``."""
+    import chainlit as cl
+
     if not settings.watch:
         return
 
@@ -81,6 +84,8 @@ def watch_docs_folder(settings: Settings) -> None:
 
 async def announce(synced: FolderSynced) -> None:
     """Send the notice of ``synced`` to every open chat of this app."""
+    from chainlit.session import ws_sessions_id
+
     text = folder_notice(synced.summary())
     log.info("Docs folder ingested: %s", synced.report.summary())
     # gather runs each send in a task of its own, so each sets the Chainlit context of its
@@ -90,6 +95,9 @@ async def announce(synced: FolderSynced) -> None:
 
 async def _tell(session: WebsocketSession, text: str) -> None:
     """Send ``text`` as an assistant message in ``session``'s chat."""
+    import chainlit as cl
+    from chainlit.context import init_ws_context
+
     try:
         init_ws_context(session)
         await cl.Message(content=text).send()

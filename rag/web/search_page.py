@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from chainlit.auth import get_current_user, reuseable_oauth
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
@@ -207,6 +206,9 @@ async def signed_in(request: Request, settings: Settings) -> bool:
     as the chat itself asks for a password there."""
     if sign_in_mode(settings) is not SignIn.PASSWORD:
         return True
+    # Here, not at the top: importing this module (rag.export_site) must not load Chainlit.
+    from chainlit.auth import get_current_user, reuseable_oauth
+
     try:
         return await get_current_user(await reuseable_oauth(request)) is not None
     except HTTPException:  # no token, or one that does not verify
