@@ -42,7 +42,8 @@ from rag.export_site import ExportReport, export_site
 from rag.settings import Settings
 from rag.store import ChunkStore
 from rag.web.search_page import INDEX_PATH, VECTORS_PATH
-from tests.browser_search import embed, offline_chromium, open_search_page, search, static_server
+from tests.browser import offline_chromium
+from tests.browser_search import embed, open_search_page, search, static_server
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / "_work"

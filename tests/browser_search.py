@@ -1,8 +1,8 @@
-"""Drive the in-browser search page from Python: a Chromium that may reach only 127.0.0.1.
+"""Drive the in-browser search page from Python.
 
 Shared by the browser search tests and ``bench/bench_browser.py``. The page's
 ``window.ragSearch`` object (``rag/web/browser_search/search.js``) does the work;
-the functions below wait for it and call it.
+the functions below wait for it and call it, in a Chromium from :mod:`tests.browser`.
 
 >>> with sync_playwright() as pw, offline_chromium(pw, tmp_path) as browser:   # doctest: +SKIP
 ...     page = open_search_page(browser, "http://127.0.0.1:8000/search?ep=wasm")
@@ -17,71 +17,15 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.browser import OfflineBrowser
 from tests.support import free_port, stop_process
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-# Chromium's software WebGPU adapter (SwiftShader on Vulkan); without these it offers none.
-WEBGPU_FLAGS = [
-    "--enable-unsafe-webgpu",
-    "--use-angle=swiftshader",
-    "--use-webgpu-adapter=swiftshader",
-    "--enable-features=Vulkan,WebGPU",
-    "--ignore-gpu-blocklist",
-]
 LOAD_TIMEOUT_MS = 240_000  # 90 MB of model and 14-27 MB of wasm on a busy 2-core machine
-LOOPBACK = ("http://127.0.0.1", "http://localhost", "data:", "blob:")
-
-
-@dataclass
-class OfflineBrowser:
-    """A Chromium context whose requests beyond loopback are aborted, and recorded per tab."""
-
-    context: Any
-    blocked: list[tuple[Any, str]] = field(default_factory=list)
-
-    def blocked_from(self, page: Any) -> list[str]:
-        """The URLs beyond loopback that ``page`` asked for (all were refused)."""
-        return [url for tab, url in self.blocked if tab is page]
-
-
-@contextmanager
-def offline_chromium(pw: Any, profile: Path, *, webgpu: bool = False) -> Iterator[OfflineBrowser]:
-    """Headless Debian Chromium with a fresh profile; ``webgpu`` adds the software adapter flags.
-
-    ``pw`` is a started ``sync_playwright()``: one per thread, shared by every browser.
-    """
-    flags = CHROMIUM_FLAGS + (WEBGPU_FLAGS if webgpu else ["--disable-gpu"])
-    context = pw.chromium.launch_persistent_context(
-        str(profile), executable_path=str(CHROMIUM), headless=True, args=flags
-    )
-    browser = OfflineBrowser(context)
-
-    def only_loopback(route: Any, request: Any) -> None:
-        if request.url.startswith(LOOPBACK):
-            route.continue_()
-        else:
-            browser.blocked.append((request.frame.page, request.url))
-            route.abort()
-
-    context.route("**/*", only_loopback)
-    try:
-        yield browser
-    finally:
-        context.close()
 
 
 def open_search_page(browser: OfflineBrowser, url: str) -> Any:

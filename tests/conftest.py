@@ -16,7 +16,6 @@ import pytest
 from rag.settings import Settings
 from tests.support import REPO, SETTING_PREFIXES, SMALLEST_TIER, make_settings, missing_model
 
-
 MODEL_MARKERS = {
     "embedder": "needs the embedding model exported by `make models`",
     "engine": "needs the embedded LLM built by `make models`",
@@ -47,6 +46,14 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     # The suite answers with the smallest tier; the tests of the default tier say so.
     monkeypatch.setenv("RAG_ENGINE_MODEL", SMALLEST_TIER)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium for the browser tests: skipped without it, failed in CI."""
+    from tests.browser import require_chromium
+
+    return require_chromium()
 
 
 @pytest.fixture(scope="session")

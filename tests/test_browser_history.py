@@ -2,43 +2,35 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from rag.users import add_user
+from tests.browser import ASSISTANT, chat_page
 from tests.chainlit_server import app_env, running_chainlit
-from tests.support import make_settings
 from tests.fake_openai import FakeOpenAI
-from tests.test_browser import ASSISTANT, CHROMIUM_FLAGS, HOLIDAYS, chromium, only_loopback  # noqa: F401
+from tests.support import make_settings
 
 pytestmark = pytest.mark.browser
+HOLIDAYS = "How many days of paid holiday do employees get?"
 FOLLOW_UP = "Do unused days carry over?"
 PAST_CHAT = '#thread-history [id^="thread-"]'
 
 
-def ask(page, question: str) -> None:  # noqa: ANN001 - Playwright's Page
+def ask(page, question: str, fake: FakeOpenAI) -> None:  # Playwright's Page
+    """Send ``question`` and wait for its own answer: a new reply, after the model was asked."""
     from playwright.sync_api import expect
 
+    asked, answers = len(fake.requests), page.locator(ASSISTANT).count()
     page.locator("#chat-input").fill(question)
     expect(page.locator("#chat-submit")).to_be_enabled()
     page.locator("#chat-submit").click()
+    expect(page.locator(ASSISTANT)).to_have_count(answers + 1)
     expect(page.locator(ASSISTANT).last).to_contain_text("28 days")
     expect(page.locator("#stop-button")).to_have_count(0)
-
-
-def open_browser(pw, chromium: Path, profile: Path):  # noqa: ANN001, ANN201 - Playwright types
-    browser = pw.chromium.launch_persistent_context(
-        str(profile), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS,
-        viewport={"width": 1400, "height": 900},
-    )
-    page = browser.new_page()
-    page.set_default_timeout(30_000)
-    from playwright.sync_api import expect
-
-    expect.set_options(timeout=30_000)  # sign-in adds a redirect and a reload before the chat
-    page.route("**/*", only_loopback)
-    return browser, page
+    assert len(fake.requests) == asked + 1
 
 
 def test_ask_restart_resume_from_the_sidebar_and_the_follow_up_sends_the_history(
@@ -49,27 +41,26 @@ def test_ask_restart_resume_from_the_sidebar_and_the_follow_up_sends_the_history
     fake = FakeOpenAI(models=["m-one"], reply="Employees get 28 days of paid holiday [1].").start()
     env = app_env(private_store, fake.base_url)
     try:
-        with sync_playwright() as pw:
-            browser, page = open_browser(pw, chromium, tmp_path / "profile")
-            try:
-                with running_chainlit(tmp_path / "first", env) as app:
-                    page.goto(app.url)
-                    expect(page.locator(ASSISTANT).first).to_contain_text("Local RAG Chat")
-                    ask(page, HOLIDAYS)
-                with running_chainlit(tmp_path / "second", env) as app:
-                    page.goto(app.url)
-                    expect(page.locator(PAST_CHAT).first).to_be_visible()
-                    page.locator(PAST_CHAT).first.click()
-                    expect(page.get_by_text(HOLIDAYS).first).to_be_visible()
-                    try:
-                        ask(page, FOLLOW_UP)
-                    finally:
-                        page.screenshot(path=str(tmp_path / "resumed.png"))
-            finally:
-                browser.close()
+        with sync_playwright() as pw, chat_page(pw, tmp_path / "profile") as page:
+            with running_chainlit(tmp_path / "first", env) as app:
+                page.goto(app.url)
+                expect(page.locator(ASSISTANT).first).to_contain_text("Local RAG Chat")
+                ask(page, HOLIDAYS, fake)
+            with running_chainlit(tmp_path / "second", env) as app:
+                page.goto(app.url)
+                page.locator(PAST_CHAT).first.click()
+                # The past chat is open once its answer is back in the conversation: the
+                # sidebar's title shows the question before anything is resumed.
+                expect(page).to_have_url(re.compile(r"/thread/"))
+                expect(page.locator(ASSISTANT).filter(has_text="28 days")).to_have_count(1)
+                try:
+                    ask(page, FOLLOW_UP, fake)
+                finally:
+                    page.screenshot(path=str(tmp_path / "resumed.png"))
     finally:
         fake.stop()
     sent = fake.requests[-1]["messages"]
+    assert sent[-1]["role"] == "user" and FOLLOW_UP in sent[-1]["content"]
     assert any(m["role"] == "user" and m["content"] == HOLIDAYS for m in sent)
     assert any(m["role"] == "assistant" and "28 days" in m["content"] for m in sent)
 
@@ -86,9 +77,8 @@ def test_a_shared_app_asks_for_a_password_and_lists_only_your_chats(
     env = app_env(private_store, fake.base_url, RAG_TRUST_LOOPBACK="false")
     try:
         with sync_playwright() as pw, running_chainlit(tmp_path, env) as app:
-            for name, password, profile in (("ana", "correct horse", "a"), ("ben", "battery staple", "b")):
-                browser, page = open_browser(pw, chromium, tmp_path / profile)
-                try:
+            for name, password in (("ana", "correct horse"), ("ben", "battery staple")):
+                with chat_page(pw, tmp_path / name) as page:
                     page.goto(app.url)
                     expect(page.locator("#password")).to_be_visible()  # the login form, no chat
                     page.locator("#email").fill(name)
@@ -96,13 +86,11 @@ def test_a_shared_app_asks_for_a_password_and_lists_only_your_chats(
                     page.locator("#password").press("Enter")
                     expect(page.locator(ASSISTANT).first).to_contain_text("Local RAG Chat")
                     if name == "ana":
-                        ask(page, HOLIDAYS)
+                        ask(page, HOLIDAYS, fake)
                         page.goto(app.url)
                         expect(page.locator("#thread-history")).to_contain_text(HOLIDAYS[:30])
                     else:
                         expect(page.locator("#chat-input")).to_be_visible()
                         expect(page.locator(PAST_CHAT)).to_have_count(0)
-                finally:
-                    browser.close()
     finally:
         fake.stop()

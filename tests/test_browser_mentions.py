@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from tests.browser import ASSISTANT, chat_page
 from tests.chainlit_server import app_env, running_chainlit
 from tests.fake_openai import FakeOpenAI
-from tests.test_browser import ASSISTANT, CHROMIUM, CHROMIUM_FLAGS, only_loopback
 
 pytestmark = pytest.mark.browser
 
@@ -24,13 +24,6 @@ HOLIDAYS = "How many days of paid holiday do employees get?"
 
 def cite_two(request: dict[str, Any]) -> str:
     return "Here is what the passages say [1][2]."
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    return CHROMIUM
 
 
 @pytest.fixture
@@ -46,32 +39,22 @@ def test_a_mention_limits_the_sources_shown_in_chromium(
     from playwright.sync_api import expect, sync_playwright
 
     url, fake = app_url
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(chromium), headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 900},
-        )  # fmt: skip
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(30_000)
-            page.route("**/*", only_loopback)
-            page.goto(url)
-            expect(page.locator(ASSISTANT).first).to_contain_text("@user-guide.md", timeout=30_000)
+    with sync_playwright() as pw, chat_page(pw, tmp_path / "profile") as page:
+        page.goto(url)
+        expect(page.locator(ASSISTANT).first).to_contain_text("@user-guide.md", timeout=30_000)
 
-            # Unscoped, the holiday question is sourced to the handbook.
-            ask(page, HOLIDAYS)
-            expect(page.locator(ASSISTANT).last).to_contain_text("Sources: [1] handbook.md")
+        # Unscoped, the holiday question is sourced to the handbook.
+        ask(page, HOLIDAYS)
+        expect(page.locator(ASSISTANT).last).to_contain_text("Sources: [1] handbook.md")
 
-            # @expenses.txt: every source shown is that file.
-            ask(page, f"@expenses.txt {HOLIDAYS}")
-            answer = page.locator(ASSISTANT).last
-            expect(answer).to_contain_text("Sources: [1] policies/expenses.txt")
-            sources = answer.inner_text().split("Sources:")[1]
-            assert "handbook.md" not in sources and "policies/expenses.txt" in sources
+        # @expenses.txt: every source shown is that file.
+        ask(page, f"@expenses.txt {HOLIDAYS}")
+        answer = page.locator(ASSISTANT).last
+        expect(answer).to_contain_text("Sources: [1] policies/expenses.txt")
+        sources = answer.inner_text().split("Sources:")[1]
+        assert "handbook.md" not in sources and "policies/expenses.txt" in sources
 
-            page.screenshot(path=str(tmp_path / "scoped.png"))
-        finally:
-            browser.close()
+        page.screenshot(path=str(tmp_path / "scoped.png"))
     prompts = [r["messages"][-1]["content"] for r in fake.requests]
     assert "(handbook.md)" in prompts[0]
     assert "(handbook.md)" not in prompts[1] and "(policies/expenses.txt)" in prompts[1]

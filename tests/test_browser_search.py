@@ -23,15 +23,8 @@ from rag.export_site import export_site
 from rag.retrieve import Retriever
 from rag.settings import Settings
 from rag.web.search_page import runtime_missing
-from tests.browser_search import (
-    CHROMIUM,
-    OfflineBrowser,
-    embed,
-    offline_chromium,
-    open_search_page,
-    search,
-    static_server,
-)
+from tests.browser import CHROMIUM, OfflineBrowser, offline_chromium
+from tests.browser_search import embed, open_search_page, search, static_server
 from tests.chainlit_server import app_env, running_chainlit
 from tests.fake_openai import FakeOpenAI
 from tests.support import REPO

@@ -22,12 +22,12 @@ import openai
 import pytest
 
 from rag.embedded_llm import EngineProcess, engine_available
-from rag.embedded_llm.generation import StopMatcher, ends_in_loop
+from rag.embedded_llm.generation import Delta, Engine, Sampling, StopMatcher, ends_in_loop
 from rag.errors import ModelMissing
-from rag.model_tiers import TIERS
 from rag.llm import Endpoint
+from rag.model_tiers import TIERS
 from rag.settings import Settings
-from tests.support import REPO, make_settings
+from tests.support import MODELS_DIR, REPO, make_settings
 
 SMALL = "smollm2-135m"
 
@@ -130,6 +130,50 @@ def test_stop_sequence_cuts_the_answer_before_it(engine, client) -> None:
     cut = client.chat.completions.create(**ask, stop=[stop, "never-appears"])
     assert cut.choices[0].message.content == full[: full.index(stop)]
     assert cut.choices[0].finish_reason == "stop"
+
+
+def test_a_greedy_request_reads_only_what_its_prompt_does_not_share_with_the_last(
+    engine, client
+) -> None:
+    """The system prompt read for one question is not read again for the next."""
+    ask = {"model": engine[0].info.id, "temperature": 0, "max_tokens": 24}
+    first = [CONTEXT_PROMPT[0], {"role": "user", "content": "Question: What is a vault?"}]
+    client.chat.completions.create(**ask, messages=first)
+    before = _stats(engine[1])["prefix_tokens_reused"]
+    second = client.chat.completions.create(**ask, messages=CONTEXT_PROMPT)
+    reused = _stats(engine[1])["prefix_tokens_reused"] - before
+    # The system turn and the user turn's opening are shared; the context and question are not.
+    assert 10 <= reused < second.usage.prompt_tokens - 20
+
+
+async def test_a_kept_prefix_answers_exactly_as_a_fresh_generator() -> None:
+    """Greedy answers to prompts that share a prefix, and a max_tokens limit, come out the same
+    whether the shared part is read again or kept from the request before."""
+    model_dir = MODELS_DIR / TIERS[SMALL].folder
+    fresh, kept = Engine(model_dir, reuse_prefix=False), Engine(model_dir, reuse_prefix=True)
+    prompts = [
+        CONTEXT_PROMPT,
+        [CONTEXT_PROMPT[0], {"role": "user", "content": "Write a long story about a dragon."}],
+        [CONTEXT_PROMPT[0], {"role": "user", "content": "Context:\n[1] Bikes go in the shed."}],
+        CONTEXT_PROMPT,
+    ]
+    for messages in prompts:
+        for limit in (40, 5):
+            answers = [await _answer(e, messages, limit) for e in (fresh, kept)]
+            assert answers[0] == answers[1]
+    assert fresh.stats.prefix_tokens_reused == 0
+    assert kept.stats.prefix_tokens_reused > 0
+
+
+async def _answer(engine: Engine, messages: list[dict[str, str]], max_tokens: int) -> tuple:
+    text, end = "", None
+    ids = engine.encode(engine.render(messages))
+    async for event in engine.generate(ids, Sampling(max_tokens=max_tokens, temperature=0.0)):
+        if isinstance(event, Delta):
+            text += event.text
+        else:
+            end = event
+    return text, end
 
 
 async def test_four_concurrent_requests_all_complete_with_the_fact(engine) -> None:

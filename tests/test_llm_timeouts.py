@@ -25,8 +25,8 @@ from rag.errors import EndpointSilent, EndpointUnavailable, StreamInterrupted
 from rag.llm import Endpoint, list_models, stream_chat
 from rag.routing import DEFAULT_START_HINT
 from rag.settings import Settings
-from tests.support import free_port, make_settings, offline_settings, with_fallback
 from tests.fake_openai import FakeOpenAI
+from tests.support import free_port, make_settings, offline_settings, with_fallback
 
 QUESTION = "How many days of paid holiday does everyone get?"
 HELLO = [{"role": "user", "content": "hello"}]
@@ -219,7 +219,7 @@ def test_the_first_token_wait_is_read_from_llm_first_token_timeout(
 def test_a_streamed_api_client_sees_the_stream_open_while_the_server_hangs(
     corpus_store: Path, hanging: HangingServer
 ) -> None:
-    from tests.test_openai_api import ApiServer
+    from tests.api_server import ApiServer
 
     settings = offline_settings(
         corpus_store,

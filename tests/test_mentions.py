@@ -240,7 +240,7 @@ async def test_files_command_lists_the_ingested_files_as_mentions(chat_env: Fake
 def test_the_api_scopes_mentions_and_answers_an_unknown_name_without_a_model(
     corpus_store: Path,
 ) -> None:
-    from tests.test_openai_api import ApiServer
+    from tests.api_server import ApiServer
 
     with FakeOpenAI(models=["m"], reply=cite_two) as fake:
         with ApiServer(offline_settings(corpus_store, llm_base_url=fake.base_url)) as api:

@@ -24,9 +24,9 @@ import pytest
 import rag.answer
 from ingest.pipeline import ingest
 from rag.settings import Settings
-from tests.support import offline_settings
+from tests.api_server import ApiServer
 from tests.fake_openai import FakeOpenAI
-from tests.test_openai_api import ApiServer
+from tests.support import offline_settings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "openwebui-0.12.4-chat-requests.jsonl"
 MODEL = "phi-4-mini"  # the model Open WebUI asked for in the recording

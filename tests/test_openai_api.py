@@ -9,8 +9,6 @@ ingested by the real ingest into a temporary data dir.
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,54 +17,17 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
 
-from rag.web.http_api import mount_openai_api
 from rag.settings import Settings
-from tests.support import offline_settings, with_fallback
+from rag.web.http_api import mount_openai_api
+from tests.api_server import ApiServer
 from tests.fake_openai import FakeOpenAI
+from tests.support import offline_settings, with_fallback
 
 REPLY = "Everyone gets 28 days of paid holiday [1]."
 QUESTION = "How many days of paid holiday does everyone get?"
 STREAMED = {"model": "phi-local", "stream": True, "messages": [{"role": "user", "content": QUESTION}]}
-
-
-class ApiServer:
-    """A FastAPI app with a Chainlit-like SPA catch-all, the API mounted, served by uvicorn."""
-
-    def __init__(self, settings: Settings) -> None:
-        app = FastAPI()
-
-        @app.get("/{full_path:path}")
-        async def spa(full_path: str) -> HTMLResponse:  # what Chainlit's catch-all does
-            return HTMLResponse("<html>chainlit</html>")
-
-        mount_openai_api(app, settings)
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off"))
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
-
-    def __enter__(self) -> ApiServer:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            assert time.monotonic() < deadline, "API server did not start"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
-
-    def client(self, api_key: str = "anything") -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=60)
 
 
 @pytest.fixture
