@@ -104,6 +104,7 @@ class EngineStats:
     cancelled: int = 0  # abandoned because the client went away
     tokens: int = 0  # tokens generated in total
     last_cancelled_tokens: int | None = None  # tokens made by the latest cancelled job
+    prefix_tokens_reused: int = 0  # prompt tokens not read again, thanks to the kept prefix
 
     def as_dict(self) -> dict[str, int | None]:
         return dict(self.__dict__)
@@ -153,8 +154,9 @@ class StopMatcher:
 class Engine:
     """A loaded model, its tokenizer and the one worker thread that generates."""
 
-    def __init__(self, model_dir: Path, threads: int = 0) -> None:
-        """Load the model in ``model_dir``; ``threads`` > 0 caps onnxruntime's intra-op threads."""
+    def __init__(self, model_dir: Path, threads: int = 0, reuse_prefix: bool = True) -> None:
+        """Load the model in ``model_dir``; ``threads`` > 0 caps onnxruntime's intra-op threads,
+        and ``reuse_prefix`` lets a greedy request reuse the prompt the last one shared with it."""
         self.info = ModelInfo.read(model_dir)
         config = og.Config(str(model_dir))
         if threads > 0:
@@ -165,6 +167,8 @@ class Engine:
         self.tokenizer = og.Tokenizer(self.model)
         self.eos_ids = {int(t) for t in self.tokenizer.eos_token_ids}
         self.stats = EngineStats()
+        self.reuse_prefix = reuse_prefix
+        self._prefix: _Prefix | None = None  # owned by the worker thread
         self._jobs: queue.Queue[_Job] = queue.Queue()
         # Daemon: a pending generation must never keep a stopping server alive.
         self._worker = threading.Thread(target=self._run, name="generation", daemon=True)
@@ -215,36 +219,27 @@ class Engine:
                 self._generate(job)
             except Exception as exc:  # report it to the request; the worker must live on
                 log.exception("generation failed")
+                self._drop_prefix()
                 job.emit(Failed(f"generation failed: {exc}"))
 
     def _generate(self, job: _Job) -> None:
         s = job.sampling
         prompt_len = len(job.prompt_ids)
-        params = og.GeneratorParams(self.model)
-        options: dict[str, object] = {
-            # The KV cache is sized by max_length, so ask for what this request needs, not 8192.
-            "max_length": prompt_len + s.max_tokens,
-            "min_length": prompt_len + min(s.min_tokens, s.max_tokens),
-            "do_sample": s.temperature > 0,
-        }
-        if s.temperature > 0:
-            options.update(temperature=s.temperature, top_p=s.top_p)
-        if s.seed is not None:
-            options["random_seed"] = s.seed
-        params.set_search_options(**options)
-        generator = og.Generator(self.model, params)
-        decoder = self.tokenizer.create_stream()
-        stops = StopMatcher(s.stop)
         self.stats.started += 1
         started = time.perf_counter()
+        reused_before = self.stats.prefix_tokens_reused
+        generator, limit = self._generator_for(job)  # reading the prompt is in the TTFT
+        decoder = self.tokenizer.create_stream()
+        stops = StopMatcher(s.stop)
         first_token_at: float | None = None
         generated = 0
         produced: list[int] = []
         reason = "length"
-        generator.append_tokens(job.prompt_ids)
         while not generator.is_done():
             if job.cancel.is_set():
                 reason = "cancelled"
+                break
+            if generated == limit:
                 break
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
@@ -267,7 +262,9 @@ class Engine:
             rest = stops.flush()
             if rest:
                 job.emit(Delta(rest))
-        del generator  # free the KV cache before the next job allocates its own
+        # A fresh generator's KV cache is freed before the next job allocates its own (a
+        # kept prefix holds its generator itself).
+        del generator
         self.stats.tokens += generated
         if reason == "cancelled":
             self.stats.cancelled += 1
@@ -277,8 +274,84 @@ class Engine:
         elapsed = time.perf_counter() - started
         ttft = (first_token_at - started) if first_token_at else elapsed
         log.info(
-            "generation %s: prompt %d tokens, %d generated, ttft %.2fs, %.1f tok/s",
-            reason, prompt_len, generated, ttft,
+            "generation %s: prompt %d tokens (%d reused), %d generated, ttft %.2fs, %.1f tok/s",
+            reason, prompt_len, self.stats.prefix_tokens_reused - reused_before, generated, ttft,
             (generated - 1) / (elapsed - ttft) if generated > 1 and elapsed > ttft else 0.0,
         )  # fmt: skip
         job.emit(Finished(reason, generated))
+
+    def _generator_for(self, job: _Job) -> tuple[og.Generator, int | None]:
+        """A generator that has read ``job``'s prompt, and the tokens it may still make
+        (None: up to its own max_length).
+
+        A greedy request reuses the previous greedy request's generator: it is rewound to
+        the tokens both prompts start with (the system prompt and the context's heading,
+        the same every time) and reads only the rest, which saves that much prompt
+        reading on a CPU where reading the prompt is most of the wait. Its KV cache then
+        stays allocated between requests. A sampled request, or one with ``min_tokens``,
+        gets a fresh generator sized to it, as these search options belong to the
+        generator.
+        """
+        s, ids = job.sampling, job.prompt_ids
+        if s.temperature > 0 or s.min_tokens > 0 or not self.reuse_prefix:
+            self._drop_prefix()
+            # The KV cache is sized by max_length: ask for what this request needs, not 8192.
+            length = len(ids) + s.max_tokens
+            generator = og.Generator(self.model, self._params(length, len(ids), s))
+            generator.append_tokens(ids)
+            return generator, None
+        if self._prefix is not None and len(ids) + s.max_tokens <= self._prefix.max_length:
+            kept = _common_prefix(self._prefix.tokens, ids)
+            self._prefix.generator.rewind_to(kept)
+            self.stats.prefix_tokens_reused += kept
+        else:
+            self._drop_prefix()
+            # Sized for the longest request the window allows, so that later ones fit.
+            length = max(self.info.context_tokens, len(ids) + s.max_tokens)
+            generator = og.Generator(self.model, self._params(length, 0, s))
+            self._prefix = _Prefix(generator, np.empty(0, dtype=np.int32), length)
+            kept = 0
+        generator = self._prefix.generator
+        try:
+            generator.append_tokens(ids[kept:])
+        except Exception:
+            self._drop_prefix()  # a half-read prompt must not be the next request's prefix
+            raise
+        self._prefix.tokens = ids
+        return generator, s.max_tokens
+
+    def _params(self, max_length: int, prompt_len: int, s: Sampling) -> og.GeneratorParams:
+        params = og.GeneratorParams(self.model)
+        options: dict[str, object] = {
+            "max_length": max_length,
+            "min_length": prompt_len + min(s.min_tokens, s.max_tokens),
+            "do_sample": s.temperature > 0,
+        }
+        if s.temperature > 0:
+            options.update(temperature=s.temperature, top_p=s.top_p)
+        if s.seed is not None:
+            options["random_seed"] = s.seed
+        params.set_search_options(**options)
+        return params
+
+    def _drop_prefix(self) -> None:
+        self._prefix = None
+
+
+@dataclass
+class _Prefix:
+    """The generator kept from the last greedy request, and the prompt its cache holds."""
+
+    generator: og.Generator
+    tokens: np.ndarray
+    max_length: int
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading tokens ``a`` and ``b`` share, leaving at least one of ``b`` to read
+    (the generator needs new input before it can produce the next token)."""
+    n = min(len(a), len(b) - 1)
+    if n <= 0:
+        return 0
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if differ.size else n
