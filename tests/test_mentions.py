@@ -211,6 +211,29 @@ def test_in_the_chat_a_mention_limits_the_sources_shown_to_that_file(
     assert len(fake.requests) == 2  # the unknown name asked no model
 
 
+def test_the_composer_completion_gets_the_file_names_from_this_machines_pages_only(
+    tmp_path: Path, corpus_store: Path
+) -> None:
+    import httpx
+
+    with running_chainlit(tmp_path, app_env(corpus_store, "http://127.0.0.1:9/v1")) as app:
+        names = httpx.get(f"{app.url}/file-names", timeout=30)
+        foreign = httpx.get(
+            f"{app.url}/file-names", headers={"Origin": "http://evil.example"}, timeout=30
+        )
+        rebound = httpx.get(f"{app.url}/file-names", headers={"Host": "evil.example"}, timeout=30)
+        page = httpx.get(app.url, timeout=30)
+    assert names.status_code == 200 and names.headers["cache-control"] == "no-store"
+    body = names.json()
+    assert [f["source"] for f in body["files"]] == SOURCES
+    assert {"source": "onboarding checklist.docx", "mention": '@"onboarding checklist.docx"'} in (
+        body["files"]
+    )
+    assert body["every_file"] == "@all"
+    assert foreign.status_code == 403 and rebound.status_code == 403
+    assert '<script src="/public/file_mentions.js"' in page.text
+
+
 @pytest.fixture
 def chat_env(corpus_store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
     """The app's settings over the corpus store, answered by a fake that cites [1][2]."""
