@@ -416,3 +416,22 @@ async def test_in_the_chat_a_follow_up_stays_with_the_file_and_the_search_step_s
     for prompt in prompts[:2]:
         assert "(policies/expenses.txt" in prompt and "(handbook.md" not in prompt
     assert "(handbook.md" in prompts[2]
+
+
+def test_a_resumed_chat_keeps_the_files_its_earlier_questions_mentioned(
+    tmp_path: Path, private_store: Path
+) -> None:
+    with FakeOpenAI(models=["m"], reply=cite_two) as fake:
+        env = app_env(private_store, fake.base_url)
+        with running_chainlit(tmp_path / "first", env) as app, ChatSocket(app.url) as chat:
+            chat.ask(f"@expenses.txt {HOLIDAYS}")
+            thread_id = chat.thread_id_started()
+        with (
+            running_chainlit(tmp_path / "second", env) as app,
+            ChatSocket(app.url, thread_id=thread_id) as chat,
+        ):
+            resumed = chat.ask(FOLLOW_UP)
+    names = [e["name"] for e in resumed.elements]
+    assert names and all("policies/expenses.txt" in name for name in names), names
+    prompt = fake.requests[-1]["messages"][-1]["content"]
+    assert "(policies/expenses.txt" in prompt and "(handbook.md" not in prompt
