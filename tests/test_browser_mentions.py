@@ -157,6 +157,7 @@ def test_typing_at_offers_the_files_and_follow_ups_stay_with_the_chosen_one_in_c
             page.keyboard.type(HOLIDAYS)
             send(page)
             expect(page.locator(ASSISTANT).last).to_contain_text("Sources: [1] handbook.md")
+            expect(page.get_by_text("document search in every file")).to_be_visible()
             page.screenshot(path=str(tmp_path / "follow-ups.png"))
         finally:
             browser.close()

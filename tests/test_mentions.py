@@ -403,7 +403,7 @@ async def test_in_the_chat_a_follow_up_stays_with_the_file_and_the_search_step_s
     assert [s.name for s in searches] == [
         "document search in policies/expenses.txt",
         "document search in policies/expenses.txt",
-        "document search",
+        "document search in every file",
     ]
     assert searches[0].output.startswith("Searched only `policies/expenses.txt`.")
     assert searches[1].output.startswith(

@@ -201,18 +201,22 @@ SEARCH_STEP = "document search"
 NAMED_IN_STEP = 2
 
 
-def search_name(sources: Sequence[str]) -> str:
+def search_name(scope: Scope | None) -> str:
     """The search step's name, which the chat shows even collapsed: where it searched.
 
-    >>> search_name(["handbook.md"])
+    >>> search_name(Scope("q", ("handbook.md",)))
     'document search in handbook.md'
-    >>> search_name(["a.md", "b.md", "c.md"])
+    >>> search_name(Scope("q", ("a.md", "b.md", "c.md")))
     'document search in a.md, b.md and 1 more'
+    >>> search_name(Scope("q", every_file=True))
+    'document search in every file'
     """
-    if not sources:
+    if scope is None or not (scope.sources or scope.every_file):
         return SEARCH_STEP
-    shown = ", ".join(sources[:NAMED_IN_STEP])
-    more = len(sources) - NAMED_IN_STEP
+    if scope.every_file:
+        return f"{SEARCH_STEP} in every file"
+    shown = ", ".join(scope.sources[:NAMED_IN_STEP])
+    more = len(scope.sources) - NAMED_IN_STEP
     return f"{SEARCH_STEP} in {shown}" + (f" and {more} more" if more > 0 else "")
 
 

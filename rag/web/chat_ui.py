@@ -77,8 +77,7 @@ async def search_step(question: str, settings: Settings, scope: Scope | None = N
     import chainlit as cl
 
     sources = scope.sources if scope else ()
-    name = search_name(sources)
-    async with cl.Step(name=name, type="retrieval", default_open=False) as step:
+    async with cl.Step(name=search_name(scope), type="retrieval", default_open=False) as step:
         step.input = question
         # Embedding and Chroma block for a few ms; keep the event loop free. NoDocuments
         # propagates: the step shows its sentence and on_message says how to add files.
