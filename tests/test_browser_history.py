@@ -8,8 +8,8 @@ import pytest
 
 from rag.users import add_user
 from tests.chainlit_server import app_env, running_chainlit
-from tests.support import make_settings
 from tests.fake_openai import FakeOpenAI
+from tests.support import make_settings
 from tests.test_browser import ASSISTANT, CHROMIUM_FLAGS, HOLIDAYS, chromium, only_loopback  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -17,7 +17,7 @@ FOLLOW_UP = "Do unused days carry over?"
 PAST_CHAT = '#thread-history [id^="thread-"]'
 
 
-def ask(page, question: str) -> None:  # noqa: ANN001 - Playwright's Page
+def ask(page, question: str) -> None:  # Playwright's Page
     from playwright.sync_api import expect
 
     page.locator("#chat-input").fill(question)
@@ -27,7 +27,7 @@ def ask(page, question: str) -> None:  # noqa: ANN001 - Playwright's Page
     expect(page.locator("#stop-button")).to_have_count(0)
 
 
-def open_browser(pw, chromium: Path, profile: Path):  # noqa: ANN001, ANN201 - Playwright types
+def open_browser(pw, chromium: Path, profile: Path):  # Playwright types
     browser = pw.chromium.launch_persistent_context(
         str(profile), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS,
         viewport={"width": 1400, "height": 900},
@@ -102,6 +102,12 @@ def test_a_shared_app_asks_for_a_password_and_lists_only_your_chats(
                     else:
                         expect(page.locator("#chat-input")).to_be_visible()
                         expect(page.locator(PAST_CHAT)).to_have_count(0)
+                        # Signed in, typing "@" lists the files (their names need the sign-in).
+                        page.locator("#chat-input").click()
+                        page.keyboard.type("@hand")
+                        expect(page.locator("#file-mention-list [role=option]")).to_have_text(
+                            ["handbook.md"]
+                        )
                 finally:
                     browser.close()
     finally:
