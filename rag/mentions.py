@@ -123,7 +123,11 @@ def mentions_removed(text: str, sources: Sequence[str] = ()) -> str:
 def whole_document_files(scope: Scope) -> tuple[str, ...]:
     """The files a whole-document task reads (:mod:`rag.summarize`), when ``scope``'s question
     asks for one ("summarize", "compare", "key points") about files it names: mentioned with
-    ``@``, else named exactly. Empty for any other question."""
+    ``@``, else named exactly. Empty for any other question, and for a follow-up whose files
+    were carried over: "and the difference for part-timers?" after "@handbook.md ..." is a
+    question about the handbook, not a request to read all of it."""
+    if scope.carried:
+        return ()
     files = scope.sources or scope.named
     return files if files and WHOLE_TASK.search(scope.question) else ()
 
