@@ -21,13 +21,13 @@ from pathlib import Path
 RESULTS = Path(__file__).with_name("RESULTS.md")
 ALL = [
     "embed", "ingest", "ocr", "scale", "search", "recall", "gate", "engine", "ttft", "soak",
-    "browser", "summarize",
+    "browser", "summarize", "scope",
 ]
 
 
 def replace_section(document: str, name: str, section: str) -> str:
     """``document`` with the section headed ``## ... (bench_NAME)`` replaced by ``section``."""
-    pattern = re.compile(rf"^## [^\n]*\(bench_{name}\)\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^## [^\n]*\(bench_{name}\)\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     body = section.strip() + "\n\n"
     if not body.startswith("## "):
         heading = pattern.search(document)

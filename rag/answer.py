@@ -14,9 +14,11 @@ When the relevance gate (:func:`rag.grounding.judge`) finds that the documents
 do not cover the question, no model is asked: the events carry ``route=None``,
 the text :data:`~rag.grounding.NOT_COVERED` and the closest passages as ``hits``.
 Retrieval for a follow-up sees the previous question too (:func:`search_query`).
-Files mentioned as ``@name`` limit retrieval to them (:mod:`rag.mentions`); a name
-that matches no ingested file is answered with the close names, and no model asked
-(``route=None``). "Summarize @guide.md" and other tasks over whole files read every
+Files mentioned as ``@name`` limit retrieval to them (:mod:`rag.mentions`), and
+the follow-ups after them too (the scope is read from the history, so the chat and
+the API, which sends the whole conversation each time, keep it alike); ``@all``
+goes back to every file. A name that matches no ingested file is answered with the
+close names, and no model asked (``route=None``); so is a bare ``@all``. "Summarize @guide.md" and other tasks over whole files read every
 chunk of them by map-reduce (:mod:`rag.summarize`), with the same events.
 
 :func:`direct` sends a client's own messages to the model as they are (no
@@ -58,8 +60,8 @@ from rag.llm import Message
 from rag.mentions import (
     WHOLE_TASK,
     Scope,
+    follow_up_scope,
     mentions_removed,
-    scope_of,
     unknown_sentence,
     whole_document_files,
 )
@@ -79,7 +81,7 @@ from rag.summarize import OnProgress, summarize
 
 # The events are defined beside the routes' runner; callers import them from here too.
 __all__ = [
-    "AnswerDelta", "AnswerDone", "AnswerEvent", "AnswerStart", "Generation",
+    "EVERY_FILE_AGAIN", "AnswerDelta", "AnswerDone", "AnswerEvent", "AnswerStart", "Generation",
     "answer", "direct", "format_sources", "on_this_machine", "question_scope", "search_query",
 ]  # fmt: skip
 
@@ -89,6 +91,8 @@ MIN_ANSWER_TOKENS = 16
 # ahead of it, and the question spends a moment in retrieval before it reaches the
 # model: housekeeping bound for this machine waits this long for a question to show up.
 HOUSEKEEPING_GRACE_S = 1.0
+# The reply to a bare "@all": nothing to search, the scope is reset.
+EVERY_FILE_AGAIN = "From your next question on, every file is searched again."
 
 
 async def answer(
@@ -109,13 +113,16 @@ async def answer(
     answers); ``hits`` reuses already retrieved passages (default: hybrid retrieval);
     ``generation`` the client's sampling settings (default: the pipeline's).
     ``files`` limits retrieval to those sources (default: the files the question
-    mentions as ``@name``, :mod:`rag.mentions`); a task over whole files ("summarize
+    mentions as ``@name``, else those an earlier question in ``history`` mentioned,
+    :func:`rag.mentions.follow_up_scope`); a task over whole files ("summarize
     @guide.md") reads all their chunks (:mod:`rag.summarize`), reporting to ``on_progress``.
     """
-    scope = await asyncio.to_thread(question_scope, question, settings, files)
+    scope = await asyncio.to_thread(question_scope, question, settings, files, history)
     async with questions_first().question():
         if scope.unknown:
             events = _unknown_files(scope, settings)
+        elif scope.every_file and not scope.question:
+            events = _said(EVERY_FILE_AGAIN)
         elif whole := whole_document_files(scope):
             events = summarize(
                 scope.question,
@@ -225,20 +232,33 @@ async def _not_covered(hits: list[Hit], started: float) -> AsyncGenerator[Answer
     yield AnswerDone(None, NOT_COVERED, elapsed, elapsed, 0, refused=True)
 
 
-def question_scope(question: str, settings: Settings, files: Sequence[str] | None = None) -> Scope:
+def question_scope(
+    question: str,
+    settings: Settings,
+    files: Sequence[str] | None = None,
+    history: Sequence[Message] = (),
+) -> Scope:
     """The files ``question`` is about: ``files`` when given, else its ``@`` mentions and
-    exact file names. Reads the ingested file list only when the question may name one."""
+    exact file names, else the files an earlier user question in ``history`` mentioned.
+    Reads the ingested file list only when the conversation may name one."""
     if files is not None:
         return Scope(mentions_removed(question), tuple(files))
-    if "@" not in question and not WHOLE_TASK.search(question):
+    earlier = [m["content"] for m in history if m["role"] == "user"]
+    quiet = "@" not in question and not WHOLE_TASK.search(question)
+    if quiet and not any("@" in text for text in earlier):
         return Scope(question)
-    return scope_of(question, get_retriever(settings).sources())
+    return follow_up_scope(question, earlier, get_retriever(settings).sources())
 
 
 async def _unknown_files(scope: Scope, settings: Settings) -> AsyncGenerator[AnswerEvent, None]:
     """A mentioned file is not ingested: the sentence naming close ones, and no model asked."""
+    async for event in _said(unknown_sentence(scope.unknown, get_retriever(settings).sources())):
+        yield event
+
+
+async def _said(text: str) -> AsyncGenerator[AnswerEvent, None]:
+    """``text`` as the whole answer, with no passages and no model asked."""
     started = time.perf_counter()
-    text = unknown_sentence(scope.unknown, get_retriever(settings).sources())
     yield AnswerStart(route=None, hits=[], prompt_tokens=0, dropped_history=0, dropped_hits=0)
     yield AnswerDelta(text)
     elapsed = time.perf_counter() - started

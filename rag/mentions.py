@@ -14,6 +14,11 @@ text), and
 :func:`unknown_sentence` says which names come close (difflib): the answer
 pipeline then answers with that sentence and asks no model.
 
+In a conversation the scope carries over (:func:`follow_up_scope`): "@handbook.md how
+many holiday days?" then "and for part-timers?" still searches only handbook.md.
+It changes when a later question mentions other files, and ``@all`` (:data:`EVERY_FILE`)
+goes back to every file; ``@all.md`` still names a file called all.md.
+
 Without ``@``, a question may still name a file exactly (``summarize
 handbook.md``): :attr:`Scope.named` lists those, for whole-document tasks
 (:mod:`rag.summarize`); they do not limit ordinary retrieval.
@@ -26,6 +31,8 @@ handbook.md``): :attr:`Scope.named` lists those, for whole-document tasks
 ('handbook.md', 'onboarding checklist.docx')
 >>> scope_of("Costs in @expense.txt?", ["policies/expenses.txt"]).unknown
 ('expense.txt',)
+>>> follow_up_scope("And for part-timers?", ["@handbook how many days?"], ["handbook.md"]).sources
+('handbook.md',)
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 # An "@" opening the text or after whitespace or an opening bracket: not an e-mail's.
@@ -51,6 +58,9 @@ WHOLE_TASK = re.compile(
     re.IGNORECASE,
 )
 LIST_HINT = "Type `/files` to list the ingested files."
+# "@all": the conversation searches every file again (its own word, not a file's stem).
+EVERY_FILE = "all"
+_SPACES = re.compile(r"[ \t]{2,}")
 # Names offered for an unknown one: at most this many, at least this similar.
 CLOSE_NAMES = 5
 CLOSE_CUTOFF = 0.5
@@ -73,6 +83,8 @@ class Scope:
     sources: tuple[str, ...] = ()  # files mentioned with @ (empty: every file)
     unknown: tuple[str, ...] = ()  # mentioned names no ingested file has
     named: tuple[str, ...] = ()  # files named exactly without @ (whole-document tasks)
+    carried: bool = False  # ``sources`` come from an earlier question of the conversation
+    every_file: bool = False  # the question says ``@all``: back to every file
 
 
 def mentions(text: str, sources: Sequence[str] = ()) -> list[Mention]:
@@ -111,7 +123,11 @@ def mentions_removed(text: str, sources: Sequence[str] = ()) -> str:
 def whole_document_files(scope: Scope) -> tuple[str, ...]:
     """The files a whole-document task reads (:mod:`rag.summarize`), when ``scope``'s question
     asks for one ("summarize", "compare", "key points") about files it names: mentioned with
-    ``@``, else named exactly. Empty for any other question."""
+    ``@``, else named exactly. Empty for any other question, and for a follow-up whose files
+    were carried over: "and the difference for part-timers?" after "@handbook.md ..." is a
+    question about the handbook, not a request to read all of it."""
+    if scope.carried:
+        return ()
     files = scope.sources or scope.named
     return files if files and WHOLE_TASK.search(scope.question) else ()
 
@@ -127,25 +143,63 @@ def scope_of(question: str, sources: Sequence[str]) -> Scope:
     found: list[str] = []
     unknown: list[str] = []
     parts: list[str] = []
+    every_file = False
     last = 0
     for mention in mentions(question, sources):
         matched = matching(mention.name, sources)
-        if matched:
+        if _says_every_file(mention, question):
+            every_file, written = True, ""  # "@all" is an instruction, not part of the question
+        elif matched:
             found.extend(matched)
+            written = mention.name
         elif _meant_as_file(mention, question, sources):
             unknown.append(mention.name)
+            written = mention.name
         else:
             continue  # not a file: the text stays as written
-        parts.append(question[last : mention.start] + mention.name)
+        parts.append(question[last : mention.start] + written)
         last = mention.end
     parts.append(question[last:])
     text = "".join(parts)
+    if every_file:
+        text = _SPACES.sub(" ", text).strip()
     return Scope(
         question=text,
         sources=tuple(dict.fromkeys(found)),
         unknown=tuple(dict.fromkeys(unknown)),
         named=() if found or unknown else named_files(text, sources),
+        every_file=every_file and not found,
     )
+
+
+def follow_up_scope(question: str, earlier: Sequence[str], sources: Sequence[str]) -> Scope:
+    """The :class:`Scope` of ``question`` in a conversation whose earlier user questions are
+    ``earlier`` (oldest first), among the ingested ``sources``.
+
+    The question's own mentions decide when it has any (files, an unknown name, or
+    ``@all``), and so do files it names exactly ("summarize faq.txt"). Otherwise it keeps
+    the files of the latest earlier question that mentioned ingested ones
+    (``carried=True``), unless ``@all`` came after them. Earlier questions whose names
+    matched nothing change nothing: they were answered with the close names.
+    """
+    scope = scope_of(question, sources)
+    if scope.sources or scope.unknown or scope.every_file or scope.named:
+        return scope
+    for text in reversed(earlier):
+        if "@" not in text:
+            continue
+        before = scope_of(text, sources)
+        if before.every_file:
+            return scope
+        if before.sources:
+            return replace(scope, sources=before.sources, carried=True)
+    return scope
+
+
+def _says_every_file(mention: Mention, text: str) -> bool:
+    """``@all`` unquoted (``@"all"`` and ``@all.md`` are file names)."""
+    quoted = text[mention.start + 1 : mention.start + 2] == '"'
+    return not quoted and mention.name.casefold() == EVERY_FILE
 
 
 def _meant_as_file(mention: Mention, text: str, sources: Sequence[str]) -> bool:

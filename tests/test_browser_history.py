@@ -92,5 +92,11 @@ def test_a_shared_app_asks_for_a_password_and_lists_only_your_chats(
                     else:
                         expect(page.locator("#chat-input")).to_be_visible()
                         expect(page.locator(PAST_CHAT)).to_have_count(0)
+                        # Signed in, typing "@" lists the files (their names need the sign-in).
+                        page.locator("#chat-input").click()
+                        page.keyboard.type("@hand")
+                        expect(page.locator("#file-mention-list [role=option]")).to_have_text(
+                            ["handbook.md"]
+                        )
     finally:
         fake.stop()

@@ -9,15 +9,17 @@ from typing import Any
 
 import pytest
 
-from rag.answer import AnswerDone, AnswerStart, answer
+from rag.answer import EVERY_FILE_AGAIN, AnswerDone, AnswerStart, answer, search_query
+from rag.llm import Message
 from rag.mentions import (
+    follow_up_scope,
     mentions,
     mentions_removed,
     scope_of,
     unknown_sentence,
     whole_document_files,
 )
-from rag.retrieve import Retriever
+from rag.retrieve import Retriever, retrieve
 from rag.settings import Settings, get_settings
 from tests.chainlit_server import app_env, running_chainlit
 from tests.chat_session import ChatSession
@@ -87,7 +89,7 @@ def test_an_unknown_name_gets_a_sentence_with_the_close_names() -> None:
     assert "/files" in sentence
     part = unknown_sentence(["manual"], SOURCES)
     assert "`@tidewater-12-manual.pdf`" in part  # the name is part of a longer file name
-    assert 'none has a similar name' in unknown_sentence(["zzz"], SOURCES)
+    assert "none has a similar name" in unknown_sentence(["zzz"], SOURCES)
 
 
 def test_whole_document_tasks_need_a_task_word_and_a_named_file() -> None:
@@ -209,6 +211,29 @@ def test_in_the_chat_a_mention_limits_the_sources_shown_to_that_file(
     assert len(fake.requests) == 2  # the unknown name asked no model
 
 
+def test_the_composer_completion_gets_the_file_names_from_this_machines_pages_only(
+    tmp_path: Path, corpus_store: Path
+) -> None:
+    import httpx
+
+    with running_chainlit(tmp_path, app_env(corpus_store, "http://127.0.0.1:9/v1")) as app:
+        names = httpx.get(f"{app.url}/file-names", timeout=30)
+        foreign = httpx.get(
+            f"{app.url}/file-names", headers={"Origin": "http://evil.example"}, timeout=30
+        )
+        rebound = httpx.get(f"{app.url}/file-names", headers={"Host": "evil.example"}, timeout=30)
+        page = httpx.get(app.url, timeout=30)
+    assert names.status_code == 200 and names.headers["cache-control"] == "no-store"
+    body = names.json()
+    assert [f["source"] for f in body["files"]] == SOURCES
+    assert {"source": "onboarding checklist.docx", "mention": '@"onboarding checklist.docx"'} in (
+        body["files"]
+    )
+    assert body["every_file"] == "@all"
+    assert foreign.status_code == 403 and rebound.status_code == 403
+    assert '<script src="/public/file_mentions.js"' in page.text
+
+
 @pytest.fixture
 def chat_env(corpus_store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
     """The app's settings over the corpus store, answered by a fake that cites [1][2]."""
@@ -242,17 +267,172 @@ def test_the_api_scopes_mentions_and_answers_an_unknown_name_without_a_model(
 ) -> None:
     from tests.api_server import ApiServer
 
-    with FakeOpenAI(models=["m"], reply=cite_two) as fake:
-        with ApiServer(offline_settings(corpus_store, llm_base_url=fake.base_url)) as api:
-            client = api.client()
-            scoped = client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": f"{HOLIDAYS} @expenses.txt"}]
-            )
-            unknown = client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": f"{HOLIDAYS} @handbok"}]
-            )
+    with (
+        FakeOpenAI(models=["m"], reply=cite_two) as fake,
+        ApiServer(offline_settings(corpus_store, llm_base_url=fake.base_url)) as api,
+    ):
+        client = api.client()
+        scoped = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": f"{HOLIDAYS} @expenses.txt"}]
+        )
+        unknown = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": f"{HOLIDAYS} @handbok"}]
+        )
     text = scoped.choices[0].message.content or ""
     sources = text.split("\n\nSources:\n")[1].splitlines()
     assert sources and all("policies/expenses.txt" in line for line in sources)
     assert "`@handbook.md`" in (unknown.choices[0].message.content or "")
     assert len(fake.requests) == 1
+
+
+# --- follow-ups keep the scope -------------------------------------------------------------
+
+FOLLOW_UP = "And for part-timers?"
+
+
+def test_a_follow_up_keeps_the_files_of_the_question_before_it() -> None:
+    earlier = ["Hi there", "@handbook.md how many holiday days?", "who books them?"]
+    scope = follow_up_scope(FOLLOW_UP, earlier, SOURCES)
+    assert scope.sources == ("handbook.md",) and scope.carried
+    assert scope.question == FOLLOW_UP
+    assert follow_up_scope(FOLLOW_UP, ["How many holiday days?"], SOURCES).sources == ()
+
+
+def test_mentioning_other_files_changes_the_scope_and_at_all_goes_back_to_every_file() -> None:
+    earlier = ["@handbook.md how many holiday days?"]
+    other = follow_up_scope("And in @expenses.txt and @security.html?", earlier, SOURCES)
+    assert other.sources == ("policies/expenses.txt", "policies/security.html")
+    assert not other.carried
+    every = follow_up_scope(f"@all {FOLLOW_UP}", earlier, SOURCES)
+    assert every.sources == () and every.every_file and every.question == FOLLOW_UP
+    after_all = follow_up_scope(FOLLOW_UP, [*earlier, "@all", "who books them?"], SOURCES)
+    assert after_all.sources == () and not after_all.carried
+    moved = follow_up_scope(FOLLOW_UP, [*earlier, "@all", "What about @expenses?"], SOURCES)
+    assert moved.sources == ("policies/expenses.txt",) and moved.carried
+
+
+def test_at_all_is_not_a_file_while_all_md_and_a_quoted_all_are_names() -> None:
+    sources = [*SOURCES, "all.md"]
+    assert scope_of("@all how many days?", sources).every_file
+    assert scope_of("@all.md how many days?", sources).sources == ("all.md",)
+    assert scope_of('@"all" how many days?', sources).sources == ("all.md",)
+    # Not a file's "install" or "manual" either: "@all" is never an unknown name.
+    assert scope_of("@all what now?", ["install.md", "manual.pdf"]).unknown == ()
+
+
+def test_an_earlier_unknown_name_or_a_file_named_now_does_not_carry_the_scope() -> None:
+    earlier = ["@expenses.txt hotel limit?", "@handbok.md how many days?"]
+    assert follow_up_scope(FOLLOW_UP, earlier, SOURCES).sources == ("policies/expenses.txt",)
+    summary = follow_up_scope("summarize security.html", earlier, SOURCES)
+    assert summary.sources == () and whole_document_files(summary) == ("policies/security.html",)
+    # A carried scope limits the search; reading files whole needs them named in the request.
+    task = follow_up_scope("and the difference for part-timers?", ["@handbook.md days?"], SOURCES)
+    assert task.sources == ("handbook.md",) and whole_document_files(task) == ()
+
+
+async def test_a_follow_up_answer_searches_the_earlier_files_with_the_earlier_question(
+    corpus_store: Path,
+) -> None:
+    first = f"@expenses.txt {HOLIDAYS}"
+    history: list[Message] = [
+        {"role": "user", "content": first},
+        {"role": "assistant", "content": "Nothing on holidays there [1]."},
+    ]
+    with FakeOpenAI(models=["m"], reply=cite_two) as fake:
+        settings = offline_settings(corpus_store, llm_base_url=fake.base_url, context_tokens=8192)
+        events = [e async for e in answer(FOLLOW_UP, settings, model="m", history=history)]
+    start = events[0]
+    assert isinstance(start, AnswerStart)
+    assert start.hits and {h.source for h in start.hits} == {"policies/expenses.txt"}
+    # Retrieval still reads the follow-up together with the question before it.
+    joined = retrieve(
+        search_query(FOLLOW_UP, history), settings=settings, sources=["policies/expenses.txt"]
+    )
+    assert [h.text for h in start.hits] == [h.text for h in joined][: len(start.hits)]
+    prompt = fake.requests[-1]["messages"][-1]["content"]
+    assert "(policies/expenses.txt" in prompt and "(handbook.md" not in prompt
+
+
+def test_the_api_keeps_the_scope_of_earlier_user_messages_until_at_all(
+    corpus_store: Path,
+) -> None:
+    from tests.test_openai_api import ApiServer
+
+    conversation = [
+        {"role": "user", "content": f"@expenses.txt {HOLIDAYS}"},
+        {"role": "assistant", "content": "Nothing on that [1].\n\nSources:\n[1] x"},
+        {"role": "user", "content": FOLLOW_UP},
+    ]
+    with (
+        FakeOpenAI(models=["m"], reply=cite_two) as fake,
+        ApiServer(offline_settings(corpus_store, llm_base_url=fake.base_url)) as api,
+    ):
+        client = api.client()
+        kept = client.chat.completions.create(model="m", messages=conversation)
+        reset = client.chat.completions.create(
+            model="m",
+            messages=[
+                *conversation,
+                {"role": "assistant", "content": "Here [1]."},
+                {"role": "user", "content": "@all"},
+                {"role": "assistant", "content": EVERY_FILE_AGAIN},
+                {"role": "user", "content": HOLIDAYS},
+            ],
+        )
+        bare = client.chat.completions.create(
+            model="m", messages=[*conversation[:2], {"role": "user", "content": "@all"}]
+        )
+    sources = (kept.choices[0].message.content or "").split("\n\nSources:\n")[1].splitlines()
+    assert sources and all("policies/expenses.txt" in line for line in sources)
+    first_prompt = fake.requests[0]["messages"][-1]["content"]
+    assert "(policies/expenses.txt" in first_prompt and "(handbook.md" not in first_prompt
+    assert "Sources:\n[1] handbook.md" in (reset.choices[0].message.content or "")
+    assert (bare.choices[0].message.content or "").startswith(EVERY_FILE_AGAIN)
+    assert len(fake.requests) == 2  # the bare @all asked no model
+
+
+async def test_in_the_chat_a_follow_up_stays_with_the_file_and_the_search_step_says_so(
+    chat_env: FakeOpenAI,
+) -> None:
+    import app as chat_app
+
+    async with ChatSession() as chat:
+        await chat.send(chat_app.on_message, f"@expenses.txt {HOLIDAYS}")
+        await chat.send(chat_app.on_message, FOLLOW_UP)
+        await chat.send(chat_app.on_message, f"@all {HOLIDAYS}")
+        searches = chat.steps("retrieval")
+    assert [s.name for s in searches] == [
+        "document search in policies/expenses.txt",
+        "document search in policies/expenses.txt",
+        "document search in every file",
+    ]
+    assert searches[0].output.startswith("Searched only `policies/expenses.txt`.")
+    assert searches[1].output.startswith(
+        "Searched only `policies/expenses.txt`, as in your earlier question."
+    )
+    assert "`@all`" in searches[1].output
+    assert searches[2].output.startswith("Searched every file (`@all`).")
+    prompts = [r["messages"][-1]["content"] for r in chat_env.requests]
+    assert len(prompts) == 3
+    for prompt in prompts[:2]:
+        assert "(policies/expenses.txt" in prompt and "(handbook.md" not in prompt
+    assert "(handbook.md" in prompts[2]
+
+
+def test_a_resumed_chat_keeps_the_files_its_earlier_questions_mentioned(
+    tmp_path: Path, private_store: Path
+) -> None:
+    with FakeOpenAI(models=["m"], reply=cite_two) as fake:
+        env = app_env(private_store, fake.base_url)
+        with running_chainlit(tmp_path / "first", env) as app, ChatSocket(app.url) as chat:
+            chat.ask(f"@expenses.txt {HOLIDAYS}")
+            thread_id = chat.thread_id_started()
+        with (
+            running_chainlit(tmp_path / "second", env) as app,
+            ChatSocket(app.url, thread_id=thread_id) as chat,
+        ):
+            resumed = chat.ask(FOLLOW_UP)
+    names = [e["name"] for e in resumed.elements]
+    assert names and all("policies/expenses.txt" in name for name in names), names
+    prompt = fake.requests[-1]["messages"][-1]["content"]
+    assert "(policies/expenses.txt" in prompt and "(handbook.md" not in prompt

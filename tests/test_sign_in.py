@@ -17,8 +17,8 @@ from rag.users import add_user, check_password, list_users, remove_user, users_p
 from rag.web.sign_in import SignIn, SignInMissing, check_can_start, ensure_auth_secret, sign_in_mode
 from tests.chainlit_server import app_env, running_chainlit
 from tests.chat_socket import ChatSocket
-from tests.support import REPO, make_settings
 from tests.fake_openai import FakeOpenAI
+from tests.support import REPO, make_settings
 
 HOLIDAYS = "How many days of paid holiday do employees get?"
 
@@ -65,7 +65,7 @@ def test_the_users_command_adds_lists_and_removes(tmp_path: Path) -> None:
     env = {"RAG_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
 
     def users(*args: str, given: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "rag.users", *args], input=given, env=env,
+        return subprocess.run([sys.executable, "-m", "rag.users", *args], check=False, input=given, env=env,
                               cwd=tmp_path, capture_output=True, text=True, timeout=60)
 
     assert users("add", "ana", "--password-stdin", given="correct horse\n").returncode == 0
@@ -102,35 +102,42 @@ def test_two_users_see_and_rate_only_their_own_chats(tmp_path: Path, private_sto
                     "forId": answer_id, "threadId": ana_thread, "value": 0, "comment": "vague"}})
                 assert rated.status_code == 200
                 rating = rated.json()["feedbackId"]
-        with ChatSocket(app.url, login=("ben", "battery staple")) as ben:
-            with ben.http() as http:
-                listed = http.post("/project/threads", json={"pagination": {"first": 20}, "filter": {}})
-                assert listed.status_code == 200 and listed.json()["data"] == []
-                assert http.get(f"/project/thread/{ana_thread}").status_code == 401
-                renamed = http.put("/project/thread", json={"threadId": ana_thread, "name": "mine"})
-                assert renamed.status_code == 401
-                deleted = http.request("DELETE", "/project/thread", json={"threadId": ana_thread})
-                assert deleted.status_code == 401
-                overruled = http.put("/feedback", json={"sessionId": ben.session_id, "feedback": {
-                    "forId": answer_id, "value": 1, "comment": "great"}})
-                assert overruled.status_code == 401
-                erased = http.request("DELETE", "/feedback", json={"feedbackId": rating})
-                assert erased.status_code == 401
-                unknown = http.put("/feedback", json={"sessionId": ben.session_id, "feedback": {
-                    "forId": "no-such-message", "value": 1}})
-                assert unknown.status_code == 404
-                # The in-browser search's passages are for signed-in users too.
-                assert http.get("/search/data/index.json").status_code == 200
+        with (
+            ChatSocket(app.url, login=("ben", "battery staple")) as ben,
+            ben.http() as http,
+        ):
+            listed = http.post("/project/threads", json={"pagination": {"first": 20}, "filter": {}})
+            assert listed.status_code == 200 and listed.json()["data"] == []
+            assert http.get(f"/project/thread/{ana_thread}").status_code == 401
+            renamed = http.put("/project/thread", json={"threadId": ana_thread, "name": "mine"})
+            assert renamed.status_code == 401
+            deleted = http.request("DELETE", "/project/thread", json={"threadId": ana_thread})
+            assert deleted.status_code == 401
+            overruled = http.put("/feedback", json={"sessionId": ben.session_id, "feedback": {
+                "forId": answer_id, "value": 1, "comment": "great"}})
+            assert overruled.status_code == 401
+            erased = http.request("DELETE", "/feedback", json={"feedbackId": rating})
+            assert erased.status_code == 401
+            unknown = http.put("/feedback", json={"sessionId": ben.session_id, "feedback": {
+                "forId": "no-such-message", "value": 1}})
+            assert unknown.status_code == 404
+            # The in-browser search's passages are for signed-in users too.
+            assert http.get("/search/data/index.json").status_code == 200
+            # So are the file names that typing "@" in the composer offers.
+            assert http.get("/file-names").json()["files"]
         anonymous = httpx.get(f"{app.url}/search/data/index.json", timeout=30)
         assert anonymous.status_code == 401 and "Sign in" in anonymous.text
+        assert httpx.get(f"{app.url}/file-names", timeout=30).status_code == 401
         with pytest.raises(socketio.exceptions.ConnectionError):  # resuming ana's chat
             ChatSocket(app.url, login=("ben", "battery staple"), thread_id=ana_thread).connect()
-        with ChatSocket(app.url, login=("ana", "correct horse")) as ana:
-            with ana.http() as http:
-                mine = http.post("/project/threads", json={"pagination": {"first": 20}, "filter": {}})
-                assert [t["id"] for t in mine.json()["data"]] == [ana_thread]
-                assert http.put("/project/thread", json={"threadId": ana_thread, "name": "Holidays"}).status_code == 200
-                assert http.get(f"/project/thread/{ana_thread}").json()["name"] == "Holidays"
+        with (
+            ChatSocket(app.url, login=("ana", "correct horse")) as ana,
+            ana.http() as http,
+        ):
+            mine = http.post("/project/threads", json={"pagination": {"first": 20}, "filter": {}})
+            assert [t["id"] for t in mine.json()["data"]] == [ana_thread]
+            assert http.put("/project/thread", json={"threadId": ana_thread, "name": "Holidays"}).status_code == 200
+            assert http.get(f"/project/thread/{ana_thread}").json()["name"] == "Holidays"
 
     rows = rated_answers(settings)
     assert len(rows) == 1

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from rag.answer import AnswerDone, AnswerStart
 from rag.catalog import Offer
 from rag.grounding import content_words, sentences
+from rag.mentions import EVERY_FILE, Scope
 from rag.prompt import COMPACT, source_label, style_for
 from rag.retrieve import Hit
 from rag.routing import Kind, Provider, Reason, Route
@@ -42,8 +43,9 @@ def welcome(settings: Settings, local: Provider | None = None, model: str = "") 
         "- **Switch models** with the settings button next to the input; the conversation "
         "is kept.\n"
         "- **Compare two models** on the same passages: `/compare MODEL_A MODEL_B your question`.\n"
-        "- **Ask about one file** by naming it: `@user-guide.md how do I start?`; "
-        "`summarize @user-guide.md` reads it whole. `/files` lists the files."
+        "- **Ask about one file:** type `@` and pick it (`@user-guide.md how do I start?`). "
+        "Follow-up questions stay with that file until you mention others, or `@all` for "
+        "every file again; `summarize @user-guide.md` reads it whole. `/files` lists the files."
     )
     if local is not None:
         text += f"\n\nAnswering with `{model}` at {local.endpoint.base_url}."
@@ -136,7 +138,9 @@ def footer(start: AnswerStart, done: AnswerDone) -> str:
         )
     route = done.route
     if route is not None and route.answered_elsewhere:
-        lines.append(f"*Answered by `{route.model}` at {route.provider.name} ({route_note(route)}).*")
+        lines.append(
+            f"*Answered by `{route.model}` at {route.provider.name} ({route_note(route)}).*"
+        )
     if start.dropped_hits or start.dropped_history:
         lines.append(
             f"*To fit the model's context window, {start.dropped_hits} passage(s) and "
@@ -190,6 +194,49 @@ def files_list(sources: Sequence[str]) -> str:
 def mention_name(source: str) -> str:
     """How to mention ``source`` in the chat: its path, quoted when it holds a space."""
     return f'"{source}"' if " " in source else source
+
+
+SEARCH_STEP = "document search"
+# Files a collapsed search step names at most; the step's output lists them all.
+NAMED_IN_STEP = 2
+
+
+def search_name(scope: Scope | None) -> str:
+    """The search step's name, which the chat shows even collapsed: where it searched.
+
+    >>> search_name(Scope("q", ("handbook.md",)))
+    'document search in handbook.md'
+    >>> search_name(Scope("q", ("a.md", "b.md", "c.md")))
+    'document search in a.md, b.md and 1 more'
+    >>> search_name(Scope("q", every_file=True))
+    'document search in every file'
+    """
+    if scope is None or not (scope.sources or scope.every_file):
+        return SEARCH_STEP
+    if scope.every_file:
+        return f"{SEARCH_STEP} in every file"
+    shown = ", ".join(scope.sources[:NAMED_IN_STEP])
+    more = len(scope.sources) - NAMED_IN_STEP
+    return f"{SEARCH_STEP} in {shown}" + (f" and {more} more" if more > 0 else "")
+
+
+def scope_note(scope: Scope) -> str:
+    """The search step's first line when the question's files were chosen: which, and why.
+
+    >>> scope_note(Scope("and for part-timers?", ("handbook.md",), carried=True))
+    'Searched only `handbook.md`, as in your earlier question. Mention other files to change this, or `@all` to search every file.'
+    """
+    if scope.every_file:
+        return "Searched every file (`@all`)."
+    if not scope.sources:
+        return ""
+    names = ", ".join(f"`{s}`" for s in scope.sources)
+    if scope.carried:
+        return (
+            f"Searched only {names}, as in your earlier question. Mention other files to "
+            f"change this, or `@{EVERY_FILE}` to search every file."
+        )
+    return f"Searched only {names}."
 
 
 def hits_table(hits: Sequence[Hit]) -> str:

@@ -21,12 +21,12 @@ from rag.answer import AnswerDone, AnswerStart, question_scope, search_query
 from rag.catalog import Offer, model_catalog
 from rag.compare import ModelDelta, compare_stream
 from rag.llm import Message
-from rag.mentions import whole_document_files
+from rag.mentions import Scope, whole_document_files
 from rag.prompt import source_label
 from rag.retrieve import Hit, get_retriever, retrieve
 from rag.settings import Settings
 from rag.summarize import Progress
-from rag.web.chat_text import files_list, highlighted, hits_table
+from rag.web.chat_text import files_list, highlighted, hits_table, scope_note, search_name
 from rag.web.compare_board import CompareBoard
 
 # Chainlit is imported where it is used: importing this module (from a shell, a test, the
@@ -71,33 +71,36 @@ async def compare_models(models: list[str], question: str, settings: Settings) -
     await show_sources(passage_elements(hits), SOURCES_TITLE, msg.id)
 
 
-async def search_step(question: str, settings: Settings, sources: Sequence[str] = ()) -> list[Hit]:
-    """Retrieve the passages inside a collapsed step that lists them (only from ``sources``
-    when given)."""
+async def search_step(question: str, settings: Settings, scope: Scope | None = None) -> list[Hit]:
+    """Retrieve the passages inside a collapsed step that lists them; with a ``scope`` that
+    names files, only from those, and the step says so (in its name, seen collapsed)."""
     import chainlit as cl
 
-    async with cl.Step(name="document search", type="retrieval", default_open=False) as step:
+    sources = scope.sources if scope else ()
+    async with cl.Step(name=search_name(scope), type="retrieval", default_open=False) as step:
         step.input = question
         # Embedding and Chroma block for a few ms; keep the event loop free. NoDocuments
         # propagates: the step shows its sentence and on_message says how to add files.
         hits = await asyncio.to_thread(retrieve, question, settings=settings, sources=sources)
-        step.output = hits_table(hits)
+        note = scope_note(scope) if scope else ""
+        step.output = f"{note}\n\n{hits_table(hits)}" if note else hits_table(hits)
     return hits
 
 
 async def scoped_search(
     question: str, history: Sequence[Message], settings: Settings
 ) -> list[Hit] | None:
-    """The search step for ``question``, limited to the files it mentions with ``@``.
+    """The search step for ``question``, limited to the files it mentions with ``@``, or to
+    those an earlier question mentioned (a follow-up keeps the scope until ``@all``).
 
     None, with no search shown, when the answer needs none: a mentioned name that is
-    not ingested (the answer names close ones) or a task over whole files, which reads
-    all their chunks (:class:`ReadingStep` shows its progress).
+    not ingested (the answer names close ones), a bare ``@all``, or a task over whole
+    files, which reads all their chunks (:class:`ReadingStep` shows its progress).
     """
-    scope = await asyncio.to_thread(question_scope, question, settings)
-    if scope.unknown or whole_document_files(scope):
+    scope = await asyncio.to_thread(question_scope, question, settings, None, history)
+    if scope.unknown or whole_document_files(scope) or not scope.question:
         return None
-    return await search_step(search_query(scope.question, history), settings, scope.sources)
+    return await search_step(search_query(scope.question, history), settings, scope)
 
 
 class ReadingStep:

@@ -8,7 +8,9 @@ documents through two routes:
   (pinned to that endpoint). In ``local-only`` mode remote ones are not listed.
 - ``POST /v1/chat/completions`` (streamed or not): retrieval runs on the last
   user message, earlier user/assistant messages are the history, and the answer
-  comes from :func:`rag.answer.answer` through the routed endpoint. The answer
+  comes from :func:`rag.answer.answer` through the routed endpoint. Files an
+  earlier user message mentioned (``@handbook.md``) still limit retrieval for the
+  follow-ups, until one mentions others or says ``@all``, as in the chat. The answer
   ends with a ``Sources:`` list (file and page) so every client shows citations.
   Which endpoint answered is in the ``X-RAG-Endpoint``/``X-RAG-Model``/``X-RAG-Route``
   headers (not streamed) and in an extra ``rag`` field of the body (OpenAI clients
@@ -83,9 +85,6 @@ from rag.errors import (
 )
 from rag.hosts import host_of, is_loopback_host
 from rag.llm import Message
-from rag.prompt import PromptTooLong, source_label
-from rag.retrieve import Hit
-from rag.routing import Route, RouteRefused, split_qualified
 from rag.openai_wire import (
     SSE_DONE,
     WireError,
@@ -99,6 +98,9 @@ from rag.openai_wire import (
     stops,
     usage,
 )
+from rag.prompt import PromptTooLong, source_label
+from rag.retrieve import Hit
+from rag.routing import Route, RouteRefused, split_qualified
 from rag.settings import Settings
 from rag.web.chat_text import route_note
 
@@ -397,7 +399,7 @@ async def _sse_answer(
         for event in _not_begun(api_error(exc), cid, created, model):
             yield event
         return
-    except Exception:  # noqa: BLE001 - the status is sent: the failure must be told in the stream
+    except Exception:  # the status is sent: the failure must be told in the stream
         log.exception("answer stream failed before it began")
         for event in _not_begun(_INTERNAL, cid, created, model):
             yield event
@@ -417,7 +419,7 @@ async def _sse_answer(
                 done = event
     except RagError as exc:
         broke = api_error(exc)
-    except Exception:  # noqa: BLE001 - a client must get a finished stream, not a cut one
+    except Exception:  # a client must get a finished stream, not a cut one
         log.exception("answer stream failed")
         broke = _INTERNAL
     if broke is not None:
@@ -612,7 +614,7 @@ def create_router(settings: Settings) -> APIRouter:
             return exc.response()
         except RagError as exc:
             return api_error(exc).response()
-        except Exception:  # noqa: BLE001 - clients get JSON, the log gets the traceback
+        except Exception:  # clients get JSON, the log gets the traceback
             log.exception("OpenAI-compatible API request failed")
             return api_refusal(
                 500,
