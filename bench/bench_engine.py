@@ -71,9 +71,12 @@ class Run:
     answer: str = ""
 
 
-def rag_messages() -> list[dict[str, str]]:
-    """The benchmark prompt: about 300 tokens once templated."""
-    context = "\n\n".join(f"[{i}] {text}" for i, text in enumerate(PASSAGES, 1))
+def rag_messages(turn: int = 0) -> list[dict[str, str]]:
+    """The benchmark prompt: about 300 tokens once templated. Each ``turn`` puts the passages
+    in another order, as retrieval gives every question its own: the engine keeps the prompt
+    a request shares with the one before (the system rule), and no more must be shared."""
+    shown = PASSAGES[turn % len(PASSAGES) :] + PASSAGES[: turn % len(PASSAGES)]
+    context = "\n\n".join(f"[{i}] {text}" for i, text in enumerate(shown, 1))
     return [
         {
             "role": "system",
@@ -97,12 +100,14 @@ def _peak_gb(pid: int) -> float:
     return 0.0
 
 
-def _stream_once(client: openai.OpenAI, model: str, tokens: int) -> tuple[float, float, float, int]:
+def _stream_once(
+    client: openai.OpenAI, model: str, tokens: int, turn: int
+) -> tuple[float, float, float, int]:
     """(TTFT s, decode tok/s, answer s, prompt tokens) of one streamed answer."""
     t0 = time.perf_counter()
     first, usage = None, None
     stream = client.chat.completions.create(
-        model=model, messages=rag_messages(), stream=True, temperature=0, max_tokens=tokens,
+        model=model, messages=rag_messages(turn), stream=True, temperature=0, max_tokens=tokens,
         extra_body={"ignore_eos": True}, stream_options={"include_usage": True},
     )  # fmt: skip
     for chunk in stream:
@@ -124,7 +129,7 @@ def bench_server(settings: Settings, tokens: int, reps: int) -> Run:
         model = process.endpoint.model
         client = openai.OpenAI(base_url=process.endpoint.base_url, api_key="x", max_retries=0,
                                timeout=600)  # fmt: skip
-        runs = [_stream_once(client, model, tokens) for _ in range(reps + 1)][1:]  # warm-up dropped
+        runs = [_stream_once(client, model, tokens, n) for n in range(reps + 1)][1:]  # warm-up dropped
         # A natural answer (EOS allowed), to show what the tier says to the question.
         reply = client.chat.completions.create(
             model=model, messages=rag_messages(), temperature=0, max_tokens=80

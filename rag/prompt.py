@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rag.errors import ModelMissing, RagError
-from rag.grounding import NOT_COVERED
+from rag.grounding import NOT_COVERED, content_words, sentences
 from rag.llm import Message
 from rag.routing import Provider
 from rag.settings import Settings
@@ -81,6 +81,9 @@ class PromptStyle:
 
     max_passages: int | None = None  # None: as many as the budget allows
     passage_tokens: int | None = None  # cut each passage to this many tokens
+    # Cut a long passage to the run of its sentences that holds most of the question's
+    # words (see _focused), not to its first words.
+    focus: bool = False
     history_turns: int | None = None  # None: settings.history_turns
     context_in_system: bool = False  # else in the user message, ahead of the question
     # A tiny model's first sentences are its best, and greedy decoding keeps it on the
@@ -105,7 +108,10 @@ COMPACT = PromptStyle(
 # The embedded engine runs on this machine's CPU, where reading the prompt is most of the
 # time to first token: the best three passages (recall@3 is 1.000 on both QA sets) cut
 # the prompt by about 40% against five; greedy decoding keeps a small model on them.
-ON_CPU = PromptStyle(max_passages=3, answer_tokens=200, temperature=0.0)
+# Each is cut to the sentences around the question's words (see bench/RESULTS.md).
+ON_CPU = PromptStyle(
+    max_passages=3, passage_tokens=130, focus=True, answer_tokens=200, temperature=0.0
+)
 # SmolLM2-135M needs COMPACT; Qwen2.5 0.5B and larger answer best with the full context.
 SMALL_MODEL_PARAMETERS = 300_000_000
 
@@ -233,7 +239,7 @@ def build_prompt(
     budget = window - settings.answer_tokens
     counter = counter or token_counter(settings)
     question = question.strip()
-    hits = _styled_hits(hits, style, counter)
+    hits = _styled_hits(hits, style, counter, question)
 
     bare = _messages([], [], question, style)
     bare_tokens = counter.count_messages(bare)
@@ -357,17 +363,52 @@ def _messages(
     ]
 
 
-def _styled_hits(hits: Sequence[Hit], style: PromptStyle, counter: TokenCounter) -> list[Hit]:
-    """The passages a style allows: the best ``max_passages``, each cut to ``passage_tokens``."""
+def _styled_hits(
+    hits: Sequence[Hit], style: PromptStyle, counter: TokenCounter, question: str
+) -> list[Hit]:
+    """The passages a style allows: the best ``max_passages``, each cut to ``passage_tokens``
+    (around the question's words when the style focuses)."""
     kept = list(hits[: style.max_passages] if style.max_passages else hits)
-    if style.passage_tokens:
-        kept = [
-            (_cut_to_fit(h, style.passage_tokens, counter) or h)
-            if _passage_cost(n, h, counter) > style.passage_tokens
-            else h
-            for n, h in enumerate(kept, start=1)
-        ]
-    return kept
+    if not style.passage_tokens:
+        return kept
+    room = style.passage_tokens
+    if style.focus:
+        return [_focused(h, question, room, counter) for h in kept]
+    return [
+        (_cut_to_fit(h, room, counter) or h) if _passage_cost(n, h, counter) > room else h
+        for n, h in enumerate(kept, start=1)
+    ]
+
+
+def _focused(hit: Hit, question: str, room: int, counter: TokenCounter) -> Hit:
+    """``hit`` cut to at most ``room`` tokens: the run of whole sentences that holds the most
+    of ``question``'s content words (the earliest such run, so a question sharing no word
+    with it keeps its opening), marked with "…" where text was left out.
+
+    >>> from rag.retrieve import Hit
+    >>> hit = Hit("g#0", "g.md", None, None, "Intro here. Ports: Ollama uses 11434. Bye now.", 1.0)
+    >>> _focused(hit, "Which port does Ollama use?", 26, TokenCounter()).text
+    '… Ports: Ollama uses 11434. …'
+    """
+    if _passage_cost(1, hit, counter) <= room:
+        return hit
+    parts = sentences(hit.text)
+    asked = set(content_words(question))
+    costs = [counter.count(part) + 1 for part in parts]
+    found = [asked.intersection(content_words(part)) for part in parts]
+    budget = room - _passage_cost(1, replace(hit, text="… …"), counter)
+    best, span = -1, (0, 0)
+    for start in range(len(parts)):
+        end, cost, words = start, 0, set()
+        while end < len(parts) and cost + costs[end] <= budget:
+            cost, words, end = cost + costs[end], words | found[end], end + 1
+        if end > start and len(words) > best:
+            best, span = len(words), (start, end)
+    start, end = span
+    if end == 0:  # not even one whole sentence fits: cut words
+        return _cut_to_fit(hit, room, counter) or hit
+    text = " ".join(parts[start:end])
+    return replace(hit, text=("… " if start else "") + text + (" …" if end < len(parts) else ""))
 
 
 def _passage(number: int, hit: Hit, text: str) -> str:

@@ -356,7 +356,7 @@ async def test_a_follow_up_answer_searches_the_earlier_files_with_the_earlier_qu
 def test_the_api_keeps_the_scope_of_earlier_user_messages_until_at_all(
     corpus_store: Path,
 ) -> None:
-    from tests.test_openai_api import ApiServer
+    from tests.api_server import ApiServer
 
     conversation = [
         {"role": "user", "content": f"@expenses.txt {HOLIDAYS}"},

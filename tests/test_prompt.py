@@ -247,3 +247,41 @@ def test_the_compact_style_asks_for_a_short_greedy_answer_and_full_leaves_the_se
 
 def test_one_token_counter_serves_equal_settings(tmp_path: Path) -> None:
     assert token_counter(make_settings(tmp_path)) is token_counter(make_settings(tmp_path))
+
+
+def _long_passage(middle: str) -> Hit:
+    filler = [f"Sentence {i} is about the weather in town number {i}." for i in range(40)]
+    text = " ".join(filler[:20] + [middle] + filler[20:])
+    return Hit("guide.md#0", "guide.md", None, None, text, 1.0)
+
+
+def test_on_cpu_cuts_a_long_passage_to_the_sentences_that_hold_the_question_words(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    counter = token_counter(settings)
+    middle = "Ollama listens on port 11434 unless OLLAMA_HOST says otherwise."
+    long = _long_passage(middle)
+    prompt = build_prompt("Which port does Ollama listen on?", [long], settings=settings, style=ON_CPU)
+
+    kept = prompt.hits[0].text
+    assert middle in kept  # 20 sentences in: the start of the passage would have missed it
+    assert kept.startswith("… ") and kept.endswith(" …")
+    assert kept.removeprefix("… ").removesuffix(" …") in long.text  # whole sentences, in order
+    assert counter.count(f"[1] (guide.md) {kept}") + 1 <= ON_CPU.passage_tokens
+    assert kept in prompt.messages[-1]["content"]
+
+
+def test_a_question_sharing_no_word_with_a_long_passage_keeps_its_opening(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    long = _long_passage("Ollama listens on port 11434.")
+    prompt = build_prompt("Who painted it?", [long], settings=settings, style=ON_CPU)
+    assert prompt.hits[0].text.startswith("Sentence 0 is about the weather")
+    assert prompt.hits[0].text.endswith(" …")
+
+
+def test_a_passage_within_the_focus_budget_is_left_whole(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    short = hit(1, words=20)
+    prompt = build_prompt("What is word1x3?", [short], settings=settings, style=ON_CPU)
+    assert prompt.hits == [short]
