@@ -8,9 +8,10 @@ Python: 10,000-25,000 chunks for a six-word question at 100k chunks, 35-65 ms.
 so scoring a question is a handful of numpy operations over the postings of its
 words, about a millisecond at 100k chunks.
 
-The scores are bit for bit those of :func:`lucene_score` (the plain definition):
-the same float64 operations in the same order per chunk, so ranking and ties are
-unchanged. Build one with :meth:`Postings.from_rows`:
+The scores are bit for bit those of the plain definition (one chunk at a time,
+summing over the question's words; ``tests/test_bm25.py`` checks it): the same
+float64 operations in the same order per chunk, so ranking and ties are unchanged.
+Build one with :meth:`Postings.from_rows`:
 
 >>> p = Postings.from_rows([(7, 3, _ids(0, 1), _tfs(2, 1)), (9, 2, _ids(1), _tfs(2))])
 >>> [(int(r), round(float(s), 3)) for r, s in zip(*p.top([1, 0], 5))]
@@ -20,7 +21,7 @@ unchanged. Build one with :meth:`Postings.from_rows`:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,28 +43,6 @@ Row = tuple[int, int, bytes, bytes]
 def idf(count: int, df: int) -> float:
     """Lucene's idf of a word found in ``df`` of ``count`` chunks (always above zero)."""
     return math.log(1 + (count - df + 0.5) / (df + 0.5))
-
-
-def lucene_score(
-    tf: Mapping[int, int], length: int, query: Sequence[int], df: Mapping[int, int],
-    count: int, total: int,
-) -> float:
-    """Lucene's BM25 of one chunk, by definition: the reference the fast path must equal.
-
-    ``tf`` maps the chunk's term ids to counts, ``length`` is its token count,
-    ``query`` the question's term ids (a repeated word counts each time), ``df``
-    each query term's document frequency, ``count``/``total`` the index's chunks
-    and tokens.
-    """
-    if not length or not count:
-        return 0.0
-    norm = K1 * (1 - B + B * length / (total / count))
-    score = 0.0
-    for term in query:
-        n = tf.get(term, 0)
-        if n:
-            score += idf(count, df[term]) * n / (n + norm)
-    return score
 
 
 @dataclass(frozen=True)
@@ -98,7 +77,7 @@ class Postings:
         np.cumsum(np.bincount(terms, minlength=vocabulary), out=indptr[1:])
         total = int(lengths.sum())
         count = len(rows)
-        # The very operations of lucene_score, elementwise, so each chunk's norm is identical.
+        # The plain definition's operations, elementwise, so each chunk's norm is identical.
         norms = K1 * (1 - B + B * lengths / (total / count)) if count else lengths.astype(float)
         return cls(rowids, norms, indptr, docs[order], tfs[order], total)
 
@@ -117,7 +96,7 @@ class Postings:
         """Every chunk's BM25 score for ``query`` term ids, by position (0: no shared word).
 
         ``query`` is in the question's order, a repeated word each time: sums are
-        added in that order, as :func:`lucene_score` adds them.
+        added in that order, as the plain definition adds them.
         """
         scores = np.zeros(self.count, dtype=np.float64)
         for term in query:
@@ -126,7 +105,7 @@ class Postings:
                 continue
             docs = self.docs[lo:hi]
             tf = self.tfs[lo:hi].astype(np.float64)
-            # (idf * tf) / (tf + norm): lucene_score's order of operations; positions in
+            # (idf * tf) / (tf + norm): the plain definition's order of operations; positions in
             # one term's slice are distinct, so the fancy-index += adds each once.
             scores[docs] += idf(self.count, hi - lo) * tf / (tf + self.norms[docs])
         return scores
