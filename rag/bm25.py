@@ -10,12 +10,14 @@ index in step with the store.
 The index lives in ``DATA_DIR/bm25/index.sqlite3``. Each chunk's id, source,
 page, heading and text are kept, so a BM25 hit becomes a :class:`~rag.store.Chunk`
 without another Chroma round-trip; beside them, a forward index (each chunk's
-term ids and counts, two small blobs) and the vocabulary. A searcher turns one
-snapshot of the forward index into numpy postings once per index generation
-(:mod:`rag.postings`) and scores every chunk that shares a word with the question
-with Lucene's BM25, exactly: about a millisecond at 100k chunks, where scoring
-SQLite rows (FTS5, format 4) took 35-65 ms. The file is stamped with the store
-generation it matches.
+term ids and counts, two small blobs) and the vocabulary. A searcher turns the
+forward index into numpy postings on its first search (:mod:`rag.postings`) and
+scores every chunk that shares a word with the question with Lucene's BM25,
+exactly: about a millisecond at 100k chunks, where scoring SQLite rows (FTS5,
+format 4) took 35-65 ms. After a write it updates those postings instead of
+loading them again: rowids are never reused, so new chunks are the rows above
+its last rowid, and the ``removed`` table logs which chunks each write dropped.
+The file is stamped with the store generation it matches.
 
 Ingest calls :func:`publish` once at the end of a run that changed the store: it
 bumps the generation and re-indexes only the sources whose file hash differs
@@ -69,6 +71,8 @@ _INDEX_FILE = "index.sqlite3"
 # A reader that finds the index stale waits this long for a writer's transaction.
 _BUSY_TIMEOUT_S = 300.0
 _INSERT_BATCH = 2000
+# Dropped chunks logged for searchers at least up to this many (see Bm25Index._stamp).
+_REMOVED_KEPT = 10_000
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -95,6 +99,9 @@ CREATE TABLE IF NOT EXISTS doc_terms (
     term_ids BLOB NOT NULL,
     tfs BLOB NOT NULL
 );
+-- Chunks dropped, by the write that dropped them: a searcher holding the postings of an
+-- earlier write removes these and adds the rows above its last rowid, instead of reloading.
+CREATE TABLE IF NOT EXISTS removed (rowid INTEGER PRIMARY KEY, write INTEGER NOT NULL);
 """
 
 _ROWS = """
@@ -149,7 +156,7 @@ class Bm25Index:
         # The postings of the snapshot last searched, and the write counter it was built
         # at: a writer in another process changes the file under this connection.
         self._postings: Postings | None = None
-        self._postings_at = ""
+        self._postings_at = 0
 
     @classmethod
     def open(cls, path: Path) -> Bm25Index:
@@ -245,8 +252,10 @@ class Bm25Index:
 
     def replace_all(self, chunks: Iterable[Chunk], generation: str) -> int:
         """Make ``chunks`` the whole index and stamp it; call inside :meth:`transaction`."""
-        for table in ("chunks", "doc_terms", "vocab"):
+        for table in ("chunks", "doc_terms", "vocab", "removed"):
             self._db.execute(f"DELETE FROM {table}")
+        # Searchers holding postings of an earlier write load them again from scratch.
+        self._set_meta("rebuilt_at", str(self._this_write()))
         self._set_meta("chunks", "0")
         self._set_meta("tokens", "0")
         written = 0
@@ -262,14 +271,24 @@ class Bm25Index:
         return _Snapshot(self._db)
 
     def _current_postings(self) -> Postings:
-        """The postings of what this connection sees now, rebuilt when a writer changed it."""
+        """The postings of what this connection sees now, brought up to date after a write."""
         # Not the generation: tests and tools may write twice under one stamp.
-        writes = self._meta("writes")
-        if self._postings is None or writes != self._postings_at:
+        writes = int(self._meta("writes") or 0)
+        postings, seen = self._postings, self._postings_at
+        if postings is not None and writes == seen:
+            return postings
+        if postings is None or seen < int(self._meta("rebuilt_at") or 0):
             rows = self._db.execute("SELECT rowid, ntokens, term_ids, tfs FROM doc_terms")
-            self._postings = Postings.from_rows(rows)
-            self._postings_at = writes
-        return self._postings
+            postings = Postings.from_rows(rows)
+        else:
+            removed = self._db.execute("SELECT rowid FROM removed WHERE write > ?", (seen,))
+            added = self._db.execute(
+                "SELECT rowid, ntokens, term_ids, tfs FROM doc_terms WHERE rowid > ?",
+                (int(postings.rowids.max(initial=0)),),
+            ).fetchall()
+            postings = postings.updated(np.array([r for (r,) in removed], np.int64), added)
+        self._postings, self._postings_at = postings, writes
+        return postings
 
     def _term_ids(self, terms: Sequence[str]) -> dict[str, int]:
         distinct = list(dict.fromkeys(terms))
@@ -311,6 +330,11 @@ class Bm25Index:
             (source,),
         ).fetchone()
         self._db.execute(
+            "INSERT OR REPLACE INTO removed (rowid, write)"
+            " SELECT rowid, ? FROM chunks WHERE source = ?",
+            (self._this_write(), source),
+        )
+        self._db.execute(
             "DELETE FROM doc_terms WHERE rowid IN (SELECT rowid FROM chunks WHERE source = ?)",
             (source,),
         )
@@ -320,8 +344,11 @@ class Bm25Index:
     def _insert(self, chunks: Sequence[Chunk]) -> int:
         if not chunks:
             return 0
-        # Rowids are numbered here so both tables take one executemany each.
+        # Rowids are numbered here so both tables take one executemany each, and never
+        # reused, so a searcher can tell new chunks by their rowid alone.
         (last,) = self._db.execute("SELECT coalesce(max(rowid), 0) FROM chunks").fetchone()
+        last = max(last, int(self._meta("next_rowid") or 1) - 1)
+        self._set_meta("next_rowid", str(last + len(chunks) + 1))
         tokens = [tokenize(indexed_text(c)) for c in chunks]
         ids = self._assign_ids({t for chunk_tokens in tokens for t in chunk_tokens})
         rows = [
@@ -355,9 +382,19 @@ class Bm25Index:
         return ids
 
     def _stamp(self, generation: str) -> None:
-        """Record the generation, and count the write so searchers reload their postings."""
+        """Record the generation, and count the write so searchers update their postings."""
+        write = self._this_write()
+        (logged,) = self._db.execute("SELECT count(*) FROM removed").fetchone()
+        if logged > max(int(self._meta("chunks") or 0), _REMOVED_KEPT):
+            # The log only spares searchers a reload: past this size, one reload is cheaper.
+            self._db.execute("DELETE FROM removed")
+            self._set_meta("rebuilt_at", str(write))
         self._set_meta("generation", generation)
-        self._set_meta("writes", str(int(self._meta("writes") or 0) + 1))
+        self._set_meta("writes", str(write))
+
+    def _this_write(self) -> int:
+        """The number of the write in progress (one more than the last committed)."""
+        return int(self._meta("writes") or 0) + 1
 
     def _add_sizes(self, chunks: int, tokens: int) -> None:
         """Keep the chunk and token totals BM25 scores need, without counting the table."""

@@ -53,7 +53,8 @@ class Postings:
     ``tfs`` for term id ``t``, positions ascending.
     """
 
-    rowids: np.ndarray  # int64, position -> chunk rowid
+    rowids: np.ndarray  # int64, position -> chunk rowid, ascending
+    lengths: np.ndarray  # int64, position -> tokens in the chunk
     norms: np.ndarray  # float64, position -> K1 * (1 - B + B * length / average length)
     indptr: np.ndarray  # int64, term id -> first posting
     docs: np.ndarray  # int32, posting -> position
@@ -62,24 +63,54 @@ class Postings:
 
     @classmethod
     def from_rows(cls, rows: Iterable[Row]) -> Postings:
-        """The postings of forward-index rows (any order; each chunk's term ids distinct)."""
-        rows = list(rows)
-        rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        lengths = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-        terms = np.frombuffer(b"".join(r[2] for r in rows), dtype=TERM_ID)
-        tfs = np.frombuffer(b"".join(r[3] for r in rows), dtype=TERM_FREQ)
-        per_doc = np.fromiter((len(r[2]) // TERM_ID.itemsize for r in rows), np.int64, len(rows))
-        docs = np.repeat(np.arange(len(rows), dtype=np.int32), per_doc)
+        """The postings of forward-index rows (rowids ascending; each chunk's term ids distinct)."""
+        rowids, lengths, terms, docs, tfs = _columns(list(rows), first_position=0)
         # Stable: within one term the postings keep the ascending positions of ``docs``.
         order = np.argsort(terms, kind="stable")
         vocabulary = int(terms.max()) + 1 if len(terms) else 0
-        indptr = np.zeros(vocabulary + 1, dtype=np.int64)
-        np.cumsum(np.bincount(terms, minlength=vocabulary), out=indptr[1:])
+        return cls._of(rowids, lengths, _offsets(terms, vocabulary), docs[order], tfs[order])
+
+    def updated(self, removed: np.ndarray, added: Sequence[Row]) -> Postings:
+        """These postings without the chunks ``removed`` (rowids), with ``added`` rows.
+
+        ``added`` rowids must be above every rowid here (the index never reuses one).
+        Costs a few passes over the arrays, not the sort of :meth:`from_rows`.
+        """
+        rowids, lengths, indptr, docs, tfs = self.rowids, self.lengths, self.indptr, self.docs, self.tfs
+        keep = np.isin(rowids, removed, invert=True)
+        if not keep.all():
+            position = np.cumsum(keep) - 1  # old position -> new position
+            kept = keep[docs]
+            indptr = np.concatenate([[0], np.cumsum(kept)])[indptr]
+            docs, tfs = position[docs[kept]].astype(np.int32), tfs[kept]
+            rowids, lengths = rowids[keep], lengths[keep]
+        if added:
+            new_rowids, new_lengths, terms, new_docs, new_tfs = _columns(
+                list(added), first_position=len(rowids)
+            )
+            order = np.argsort(terms, kind="stable")
+            terms, new_docs, new_tfs = terms[order], new_docs[order], new_tfs[order]
+            vocabulary = max(len(indptr) - 1, int(terms[-1]) + 1)
+            indptr = np.concatenate([indptr, np.full(vocabulary + 1 - len(indptr), indptr[-1])])
+            # New chunks sit after every old one, so within a term they go last.
+            at = indptr[terms + 1]
+            docs, tfs = np.insert(docs, at, new_docs), np.insert(tfs, at, new_tfs)
+            indptr = indptr + _offsets(terms, vocabulary)
+            rowids = np.concatenate([rowids, new_rowids])
+            lengths = np.concatenate([lengths, new_lengths])
+        return self._of(rowids, lengths, indptr, docs, tfs)
+
+    @classmethod
+    def _of(
+        cls, rowids: np.ndarray, lengths: np.ndarray, indptr: np.ndarray, docs: np.ndarray,
+        tfs: np.ndarray,
+    ) -> Postings:
+        """Postings from term-sorted columns, with the chunk norms of their average length."""
         total = int(lengths.sum())
-        count = len(rows)
+        count = len(rowids)
         # The plain definition's operations, elementwise, so each chunk's norm is identical.
         norms = K1 * (1 - B + B * lengths / (total / count)) if count else lengths.astype(float)
-        return cls(rowids, norms, indptr, docs[order], tfs[order], total)
+        return cls(rowids, lengths, norms, indptr, docs, tfs, total)
 
     @property
     def count(self) -> int:
@@ -134,6 +165,26 @@ class Postings:
         if term < 0 or term + 1 >= len(self.indptr):
             return 0, 0
         return int(self.indptr[term]), int(self.indptr[term + 1])
+
+
+def _columns(
+    rows: list[Row], first_position: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """rowids, lengths (per chunk) and terms, positions, counts (per posting) of ``rows``."""
+    rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    lengths = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+    terms = np.frombuffer(b"".join(r[2] for r in rows), dtype=TERM_ID).astype(np.int64)
+    tfs = np.frombuffer(b"".join(r[3] for r in rows), dtype=TERM_FREQ)
+    per_doc = np.fromiter((len(r[2]) // TERM_ID.itemsize for r in rows), np.int64, len(rows))
+    positions = np.arange(first_position, first_position + len(rows), dtype=np.int32)
+    return rowids, lengths, terms, np.repeat(positions, per_doc), tfs
+
+
+def _offsets(terms: np.ndarray, vocabulary: int) -> np.ndarray:
+    """Where each term id's postings start (and, last, end) when ``terms`` are sorted."""
+    indptr = np.zeros(vocabulary + 1, dtype=np.int64)
+    np.cumsum(np.bincount(terms, minlength=vocabulary), out=indptr[1:])
+    return indptr
 
 
 def _ids(*ids: int) -> bytes:

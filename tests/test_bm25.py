@@ -353,3 +353,27 @@ def test_listing_sources_reads_the_source_index_not_the_chunks(settings: Setting
             "EXPLAIN QUERY PLAN SELECT DISTINCT source, file_sha256 FROM chunks"
         ).fetchall()
     assert "COVERING INDEX chunks_by_source" in " ".join(str(step[-1]) for step in plan)
+
+
+def test_a_searcher_reloads_when_the_log_of_dropped_chunks_was_cleared(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("rag.bm25._REMOVED_KEPT", 0)  # clear the log whenever it outgrows the index
+    rng = random.Random(4)
+    files = {f"s{n}.md": _zipf_source(rng, f"s{n}.md") for n in range(6)}
+    writer = Bm25Index.open(index_path(settings))
+    with writer.transaction():
+        writer.replace_all([c for cs in files.values() for c in cs], generation="g0")
+    reader = Bm25Index.open(index_path(settings))
+    reader.search("t1", 5)
+    for round_no, source in enumerate(sorted(files)[:5]):
+        with writer.transaction():
+            writer.replace_sources({source: []}, generation=f"g{round_no + 1}")
+        del files[source]
+        chunks = [c for cs in files.values() for c in cs]
+        assert [(c.id, s) for c, s in reader.search("t1 t2 t3", 50)] == _reference_top(
+            chunks, "t1 t2 t3", 50
+        )
+    with sqlite3.connect(index_path(settings)) as db:
+        (cleared_at,) = db.execute("SELECT value FROM meta WHERE key = 'rebuilt_at'").fetchone()
+    assert int(cleared_at) > 1  # the log was cleared after the first write at least once
