@@ -149,8 +149,10 @@ class Bm25Index:
     with :meth:`search`. One instance may be shared between threads.
     """
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path | None = None) -> None:
         self._db = db
+        # Which file (device, inode) the connection has open; None in memory.
+        self._file = _file_id(path) if path is not None else None
         # One statement at a time on the shared connection; re-entered inside a transaction.
         self._lock = threading.RLock()
         # The postings of the snapshot last searched, and the write counter it was built
@@ -167,7 +169,7 @@ class Bm25Index:
         )
         # WAL: readers keep searching the last committed index while a writer updates it.
         db.execute("PRAGMA journal_mode=WAL")
-        return cls(_prepared(db))
+        return cls(_prepared(db), path)
 
     @classmethod
     def from_chunks(cls, chunks: Iterable[Chunk], generation: str) -> Bm25Index:
@@ -177,6 +179,10 @@ class Bm25Index:
         with index.transaction():
             index.replace_all(chunks, generation)
         return index
+
+    def is_open_on(self, path: Path) -> bool:
+        """Whether this index is open on the file now at ``path`` (not one deleted since)."""
+        return self._file is not None and self._file == _file_id(path)
 
     @property
     def generation(self) -> str:
@@ -416,8 +422,10 @@ class _Snapshot:
     Inside a write transaction (already open on this connection) it adds nothing.
     """
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path | None = None) -> None:
         self._db = db
+        # Which file (device, inode) the connection has open; None in memory.
+        self._file = _file_id(path) if path is not None else None
         self._began = False
 
     def __enter__(self) -> None:
@@ -482,6 +490,14 @@ def _format(db: sqlite3.Connection) -> str | None:
     except sqlite3.OperationalError:  # no meta table yet: a new file
         return None
     return row[0] if row else None
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _forward(tokens: Sequence[str], ids: Mapping[str, int]) -> tuple[bytes, bytes]:
@@ -557,13 +573,19 @@ def rebuild_bm25_index(settings: Settings, store: ChunkStore | None = None) -> i
         index.close()
 
 
-def load_bm25_index(settings: Settings, store: ChunkStore | None = None) -> Bm25Index:
+def load_bm25_index(
+    settings: Settings, store: ChunkStore | None = None, *, current: Bm25Index | None = None
+) -> Bm25Index:
     """The index for the current store generation, rebuilt from the store when it is stale.
 
     A stale stamp usually means a writer is publishing right now: taking the write
     lock waits for it, and the stamp is checked again before rebuilding anything.
+    ``current``, an index a searcher already holds, is kept when it is still open on
+    that very file: its postings are then updated, not loaded again (a second or so
+    at 100k chunks).
     """
-    index = Bm25Index.open(index_path(settings))
+    path = index_path(settings)
+    index = current if current is not None and current.is_open_on(path) else Bm25Index.open(path)
     if index.generation == read_generation(settings):
         return index
     with index.transaction():

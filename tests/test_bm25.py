@@ -377,3 +377,22 @@ def test_a_searcher_reloads_when_the_log_of_dropped_chunks_was_cleared(
     with sqlite3.connect(index_path(settings)) as db:
         (cleared_at,) = db.execute("SELECT value FROM meta WHERE key = 'rebuilt_at'").fetchone()
     assert int(cleared_at) > 1  # the log was cleared after the first write at least once
+
+
+def test_loader_keeps_a_searchers_open_index_unless_its_file_was_replaced(
+    settings: Settings,
+) -> None:
+    store = _fill(settings, _chunks())
+    rebuild_bm25_index(settings, store)
+    held = load_bm25_index(settings, store)
+    assert held.search("skeg", 1)
+    bump_generation(settings)
+    rebuild_bm25_index(settings, store)
+    assert load_bm25_index(settings, store, current=held) is held
+    # A data folder wiped and ingested again: the held connection reads a deleted file.
+    for leftover in index_path(settings).parent.iterdir():
+        leftover.unlink()
+    rebuild_bm25_index(settings, store)
+    fresh = load_bm25_index(settings, store, current=held)
+    assert fresh is not held
+    assert [c.source for c, _ in fresh.search("skeg", 5)] == ["manual.pdf"]
