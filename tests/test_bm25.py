@@ -396,3 +396,21 @@ def test_loader_keeps_a_searchers_open_index_unless_its_file_was_replaced(
     fresh = load_bm25_index(settings, store, current=held)
     assert fresh is not held
     assert [c.source for c, _ in fresh.search("skeg", 5)] == ["manual.pdf"]
+
+
+def test_publish_reads_changed_sources_by_chunk_id_and_falls_back_when_counts_are_wrong(
+    settings: Settings,
+) -> None:
+    rng = random.Random(8)
+    store = ChunkStore(settings)
+    files = {f"f{n}.md": _random_file(rng, f"f{n}.md") for n in range(5)}
+    for chunks in files.values():
+        _write(store, chunks)
+    wanted = {s: c[0].file_sha256 for s, c in files.items()}
+    counts = {s: len(c) for s, c in files.items()}
+    assert store.chunks_of("f1.md", counts["f1.md"]) == store.chunks_of("f1.md")
+    counts["f2.md"] += 3  # a count that does not match the store: read by filter instead
+    publish(settings, store, wanted, chunk_counts=counts)
+    index = Bm25Index.open(index_path(settings))
+    assert len(index) == sum(len(c) for c in files.values())
+    assert _top(index) == _top(Bm25Index.from_chunks(store.iter_chunks(), generation=""))
