@@ -318,8 +318,14 @@ class _IngestRun:
 
     def _publish(self) -> None:
         """Tell readers the store changed: new generation, BM25 index updated to match."""
-        done = {s: r.sha256 for s, r in self.state.all().items() if r.status == "done"}
-        publish(self.settings, self.store, done, rebuild=bool(self.state.get_meta("bm25_rebuild")))
+        rows = {s: r for s, r in self.state.all().items() if r.status == "done"}
+        publish(
+            self.settings,
+            self.store,
+            {s: r.sha256 for s, r in rows.items()},
+            rebuild=bool(self.state.get_meta("bm25_rebuild")),
+            chunk_counts={s: r.chunks for s, r in rows.items()},
+        )
         self.state.set_meta("bm25_rebuild", None)
         self.state.set_meta("dirty", None)
 

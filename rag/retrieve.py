@@ -205,17 +205,17 @@ class Retriever:
         with self._lock:
             loaded = self._loaded
             if loaded is None or loaded.generation != generation:
-                loaded = self._load(generation, reopen=loaded is not None)
+                loaded = self._load(generation, previous=loaded)
                 self._loaded = loaded
             return loaded
 
-    def _load(self, generation: str, *, reopen: bool) -> _Loaded:
+    def _load(self, generation: str, *, previous: _Loaded | None) -> _Loaded:
         s = self.settings
         docs = str(s.docs_dir)
         # Opening a missing local store would create an empty one on disk; say so instead.
         if not s.chroma_host and not s.chroma_dir.exists():
             raise NoDocuments(docs)
-        if reopen:
+        if previous is not None:
             # Chroma's cached client keeps serving the vector index it loaded
             # first; only a fresh client sees what another process committed.
             forget_cached_clients()
@@ -223,7 +223,8 @@ class Retriever:
         count = store.count()
         if count == 0:
             raise NoDocuments(docs)
-        lexical = load_bm25_index(s, store)
+        # The open index is kept, so its postings are updated rather than loaded again.
+        lexical = load_bm25_index(s, store, current=previous.lexical if previous else None)
         sources = tuple(sorted(lexical.sources()))
         return _Loaded(generation, store, lexical, count, sources)
 
@@ -233,14 +234,10 @@ def _lexical(
 ) -> list[tuple[Chunk, float]]:
     """BM25's ``n`` best chunks, only among ``sources`` when given.
 
-    Scoped, every chunk is ranked and then filtered: the file's best matches may lie
-    far below the store's top ``n`` (ranking 100k scores costs a few ms).
+    Scoped, the index ranks only those files' chunks: the file's best matches may
+    lie far below the store's top ``n``.
     """
-    if not sources:
-        return loaded.lexical.search(question, n)
-    allowed = set(sources)
-    ranked = loaded.lexical.search(question, len(loaded.lexical))
-    return [(c, score) for c, score in ranked if c.source in allowed][:n]
+    return loaded.lexical.search(question, n, sources=sources)
 
 
 @functools.cache
