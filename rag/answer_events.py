@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from rag.catalog import model_catalog
 from rag.errors import EndpointSilent, EndpointUnavailable, RagError, StreamInterrupted
-from rag.grounding import Citation, citations, is_refusal, matched, sentences, support
+from rag.grounding import Citation, citations, is_refusal, matched, named, sentences, support
 from rag.llm import stream_chat
 from rag.prompt import Prompt, PromptTooLong, style_for
 from rag.retrieve import Hit
@@ -180,7 +180,7 @@ async def _relay(
     refused = not cited and is_refusal(text)
     inferred = not cited and not refused
     if inferred:
-        cited = matched(text, prompt.hits, settings.support_min)
+        cited = named(text, prompt.hits) or matched(text, prompt.hits, settings.support_min)
     yield AnswerDone(
         route=route,
         text=text,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -247,3 +248,23 @@ async def test_an_answer_that_cites_nothing_is_matched_to_the_passage_holding_it
         *_, done = [e async for e in answer(HOLIDAYS, settings, model="m")]
     assert isinstance(done, AnswerDone) and done.sources_inferred and len(done.sources) == 1
     assert "28 days" in done.sources[0].hit.text
+
+
+async def test_an_answer_that_names_a_passage_file_instead_of_citing_it_lists_that_file(
+    corpus_store: Path,
+) -> None:
+    def name_the_last_file(request: dict) -> str:
+        files = re.findall(r"^\[\d+\] \(([^),]+)", request["messages"][-1]["content"], re.M)
+        others = [f for f in files if f != files[0]]
+        assert others, files  # the corpus gives this question passages from several files
+        named_file[0] = others[-1]
+        return f"It is all in the {others[-1].rsplit('/', 1)[-1]} file."
+
+    named_file = [""]
+    with FakeOpenAI(models=["m"], reply=name_the_last_file) as fake:
+        settings = offline_settings(corpus_store, llm_base_url=fake.base_url)
+        start, *_, done = [e async for e in answer(HOLIDAYS, settings, model="m")]
+    assert isinstance(done, AnswerDone) and done.sources_inferred
+    assert [c.hit.source for c in done.sources] == [named_file[0]]
+    assert start.hits[0].source != named_file[0]  # not simply the best passage
+    assert fake.requests  # the model was asked
