@@ -169,9 +169,10 @@ class Embedder:
         if len(batches) == 1:  # a query: no hand-over to a worker thread
             out[batches[0]] = self._embed_encoded([encodings[i] for i in batches[0]])
             return out
-        vectors = self._pool.map(lambda batch: self._embed_encoded([encodings[i] for i in batch]),
-                                 batches)
-        for batch, rows in zip(batches, vectors, strict=True):
+        embedded = self._pool.map(
+            lambda batch: self._embed_encoded([encodings[i] for i in batch]), batches
+        )
+        for batch, rows in zip(batches, embedded, strict=True):
             out[batch] = rows
         return out
 
