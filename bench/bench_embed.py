@@ -1,18 +1,25 @@
 """Embedding throughput: our ONNX path against sentence-transformers on torch and fastembed.
 
-Run as ``python -m bench.bench_embed [--chunks N] [--rounds R] [--quick]``; prints a markdown
-section for bench/RESULTS.md. Every path embeds the same texts in the same process, taking turns
-slice by slice, with batch 32, truncation at 256 tokens and one thread per core:
+Run as ``python -m bench.bench_embed [--chunks N] [--rounds R] [--quick] [--no-quality]``; prints
+a markdown section for bench/RESULTS.md. Every path embeds the same texts in the same process,
+taking turns slice by slice, with truncation at 256 tokens and one thread per core:
 
-- sentence-transformers on torch fp32 (the 1.00 baseline and the cosine reference);
-- ``rag.embed.Embedder`` on the fused fp32 graph and on its int8 variant;
+- sentence-transformers on torch fp32 (the 1.00 baseline and the cosine reference), batch 32;
+- ``rag.embed.Embedder`` as the app runs it (batches of ``RAG_EMBED_BATCH`` side by side, one
+  thread each) on the fused fp32 graph and on its int8 variant;
+- the embedder as it ran before, one batch of 32 at a time with every op on all threads;
 - fastembed pointed at the very same ONNX files (a folder of symlinks plus the package's
-  tokenizer configs, with its truncation set to 256 so it sees the same tokens).
+  tokenizer configs, with its truncation set to 256 so it sees the same tokens), batch 32.
 
 The texts are real English prose about code: the docstrings of the Python standard library on
 this machine (no network needed), cut into 200-word chunks (what ingest embeds; nearly all
 exceed 256 tokens) and into a second set of mixed lengths (queries and short last chunks among
 full ones), where sorting by length before batching matters.
+
+Then, unless ``--no-quality``, retrieval quality per precision (not affected by load): the
+shipped ``docs/`` and the test corpus are ingested with the real pipeline and every answerable
+question of their QA sets (retrieval and answer sets, no follow-ups) is searched dense and
+hybrid with :func:`rag.eval.evaluate`.
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ from rag.embed import (
     read_manifest,
     session_options,
 )
+from rag.eval import QA, evaluate
 from rag.export_embedder import source_model_dir
+from rag.retrieve import Retriever
 from rag.settings import Settings, get_settings
 
 WORDS_PER_CHUNK = 200
@@ -129,37 +138,34 @@ def torch_loader(threads: int) -> Embed:
     )
 
 
-def onnx_loader(
-    settings: Settings, precision: str, *, spin: bool = True, sort: bool = True
-) -> Embed:
-    """Our query/ingest path, :class:`rag.embed.Embedder`, or one of its variants.
+def onnx_loader(settings: Settings, precision: str, *, before: bool = False) -> Embed:
+    """Our query/ingest path, :class:`rag.embed.Embedder`, with the app's batch size.
 
-    ``spin=False`` stops the session's idle worker threads from busy-waiting (onnxruntime's
-    default, kept by ``rag.embed``); ``sort=False`` batches texts in input order, not by length.
+    ``before=True`` runs it as it was until batches went side by side: one batch of 32 at a
+    time, every op split over all threads (spinning between ops, onnxruntime's default).
     """
     embedder = Embedder(
-        settings.with_overrides(
-            embed_precision=precision, embed_batch=BATCH, embed_max_tokens=MAX_TOKENS
-        )
+        settings.with_overrides(embed_precision=precision, embed_max_tokens=MAX_TOKENS)
     )
-    if not spin:
-        model = embedder.embedder_dir / MODEL_FILES[precision]
-        threads = settings.threads or os.cpu_count() or 1
-        embedder._session = ort.InferenceSession(  # a variant for comparison only
-            str(model), sess_options=session_options(threads, spin=False),
-            providers=["CPUExecutionProvider"],
-        )
-    if sort:
+    if not before:
         return embedder.embed
+    model = embedder.embedder_dir / MODEL_FILES[precision]
+    session = ort.InferenceSession(  # a variant for comparison only
+        str(model), sess_options=session_options(embedder.workers),
+        providers=["CPUExecutionProvider"],
+    )
+    embedder._session = session
 
-    def in_input_order(texts: Sequence[str]) -> np.ndarray:
+    def one_batch_at_a_time(texts: Sequence[str]) -> np.ndarray:
         encodings = embedder._tokenizer.encode_batch(list(texts))
-        return np.concatenate([
-            embedder._embed_encoded(encodings[start : start + BATCH])
-            for start in range(0, len(encodings), BATCH)
-        ])
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        out = np.empty((len(texts), embedder.dim), dtype=np.float32)
+        for start in range(0, len(order), BATCH):
+            batch = order[start : start + BATCH]
+            out[batch] = embedder._embed_encoded([encodings[i] for i in batch])
+        return out
 
-    return in_input_order
+    return one_batch_at_a_time
 
 
 def real_chunks(settings: Settings, copies: int) -> list[str]:
@@ -244,6 +250,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--chunks", type=int, default=1000, help="~200-word chunks per path")
     parser.add_argument("--rounds", type=int, default=5, help="turns the paths take")
     parser.add_argument("--quick", action="store_true", help="150 chunks, 2 rounds (smoke run)")
+    parser.add_argument("--no-quality", action="store_true", help="skip the retrieval quality")
     args = parser.parse_args(argv)
     count, rounds = (150, 2) if args.quick else (args.chunks, args.rounds)
 
@@ -259,10 +266,10 @@ def main(argv: list[str] | None = None) -> str:
         ("sentence-transformers, torch", "fp32", lambda: torch_loader(threads)),
         ("ours: rag.embed, fused ONNX", "fp32", lambda: onnx_loader(settings, "fp32")),
         ("ours: rag.embed, fused ONNX", "int8", lambda: onnx_loader(settings, "int8")),
-        ("variant: rag.embed, threads not spinning", "fp32",
-         lambda: onnx_loader(settings, "fp32", spin=False)),
-        ("variant: rag.embed without length sorting", "fp32",
-         lambda: onnx_loader(settings, "fp32", sort=False)),
+        ("before: one batch of 32 at a time, ops on all threads", "fp32",
+         lambda: onnx_loader(settings, "fp32", before=True)),
+        ("before: one batch of 32 at a time, ops on all threads", "int8",
+         lambda: onnx_loader(settings, "int8", before=True)),
         ("fastembed, same ONNX file", "fp32",
          lambda: fastembed_loader(settings.embedder_dir, "fp32", threads)),
         ("fastembed, same ONNX file", "int8",
@@ -295,14 +302,15 @@ def main(argv: list[str] | None = None) -> str:
             f"of {len(counts)} truncated at {MAX_TOKENS}"
         )
 
-    flag = " --quick" if args.quick else ""
+    flag = " --quick" if args.quick else f" --chunks {args.chunks} --rounds {args.rounds}"
     return "\n".join([
         "## Embeddings (bench_embed)",
         "",
         f"`python -m bench.bench_embed{flag}`, {seconds:.0f} s of measurement, 1-minute load "
         f"average {load_before:.1f} before and {load_after:.1f} after on {os.cpu_count()} cores. "
         f"Model {manifest['model']} from {manifest['source']['package']} "
-        f"{manifest['source']['version']}; batch {BATCH}, truncation at {MAX_TOKENS} tokens, "
+        f"{manifest['source']['version']}; batch {BATCH} (ours: {settings.embed_batch}, "
+        f"{threads} side by side), truncation at {MAX_TOKENS} tokens, "
         f"{threads} threads for every path. All paths run in one process on the same texts "
         f"(the standard library's docstrings) and take turns over {rounds} slices, so load "
         f"from other work on the machine spreads evenly over them; cosines compare each "
@@ -322,7 +330,76 @@ def main(argv: list[str] | None = None) -> str:
         f" order, {tokens(real)}).",
         "",
         *table(real_rows, failed),
+        *([] if args.no_quality else ["", *quality_section(settings)]),
     ]) + "\n"
+
+
+def answerable(path: Path) -> list[QA]:
+    """The questions of a QA or answer set that name their file and stand alone."""
+    items = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if record.get("sources") and not record.get("refuse") and not record.get("history"):
+            pages = tuple(record.get("pages") or ())
+            items.append(QA(record["q"], tuple(record["sources"]), pages))
+    return items
+
+
+def quality_section(settings: Settings) -> list[str]:
+    """Markdown rows of recall@1, recall@5 and MRR per store, precision and mode."""
+    from ingest.pipeline import ingest
+    from tests.corpus import build_corpus
+
+    repo, work = Path(__file__).resolve().parents[1], Path(tempfile.mkdtemp(prefix="quality-"))
+    qa = repo / "tests" / "qa"
+    stores = {
+        "docs/": (
+            repo / "docs", answerable(qa / "sample_docs.jsonl") + answerable(qa / "answers.jsonl")
+        ),
+        "test corpus": (build_corpus(work / "corpus"),
+                        answerable(qa / "corpus.jsonl") + answerable(qa / "answers_corpus.jsonl")),
+    }
+    lines = [
+        (
+            "**Retrieval quality** (not affected by load): `docs/` and the test corpus of "
+            "`tests/corpus.py` ingested with the real pipeline per precision, then every "
+            "question of `sample_docs.jsonl` + `answers.jsonl` and of `corpus.jsonl` + "
+            "`answers_corpus.jsonl` that names its file and has no history, searched with "
+            "`rag.eval.evaluate`."
+        ),
+        "",
+        "| store (questions) | precision | mode | recall@1 | recall@5 | MRR@5 |",
+        "|---|---|---|---|---|---|",
+    ]
+    scores: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+    for (name, (docs, items)), precision in itertools.product(stores.items(), ("fp32", "int8")):
+        store = settings.with_overrides(
+            docs_dir=docs,
+            data_dir=work / f"{name.strip('/').replace(' ', '-')}-{precision}",
+            embed_precision=precision,
+        )
+        ingest(store)
+        retriever = Retriever(store)
+        for mode in ("dense", "hybrid"):
+            at1, at5 = evaluate(retriever, items, 1, mode), evaluate(retriever, items, 5, mode)
+            scores[(name, precision, mode)] = (at1.recall, at5.recall, at5.mrr)
+            lines.append(
+                f"| {name} ({len(items)}) | {precision} | {mode} | {at1.recall:.3f} "
+                f"| {at5.recall:.3f} | {at5.mrr:.3f} |"
+            )
+    holds = all(
+        i8 >= f32
+        for name in stores
+        for i8, f32 in zip(scores[(name, "int8", "hybrid")], scores[(name, "fp32", "hybrid")],
+                           strict=True)
+    )
+    verdict = (
+        f"- int8 {'matches or beats' if holds else 'falls below'} fp32's hybrid recall@1, "
+        "recall@5 and MRR on every store (hybrid is what the app searches with)."
+    )
+    return [*lines, "", verdict]
+
+
 def _verdict(rate_of: dict[tuple[str, str], float | None]) -> list[str]:
     """Say plainly whether the issue's targets (>= 3x torch, >= 1.3x fastembed) were met."""
     torch_rate = rate_of.get(("sentence-transformers", "fp32"))

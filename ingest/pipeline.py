@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 __all__ = ["DocsFolderMissing", "Failure", "IngestReport", "ingest", "state_path"]
 
 
-# Chunks are embedded and written this many embedding batches at a time (256 by
+# Chunks are embedded and written this many embedding batches at a time (128 by
 # default), across files: fuller ONNX batches and fewer Chroma round trips than one
 # file at a time, while a kill loses little embedding work and memory holds little.
 _COMMIT_EMBED_BATCHES = 8

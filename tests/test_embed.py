@@ -72,7 +72,7 @@ def reference() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
-    return get_embedder(make_settings(tmp_path_factory.mktemp("fp32")))
+    return get_embedder(make_settings(tmp_path_factory.mktemp("fp32"), embed_precision="fp32"))
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -95,7 +95,9 @@ def test_fp32_matches_sentence_transformers(fp32: Embedder, reference: np.ndarra
 
 
 def test_output_order_follows_input_despite_length_sorting(tmp_path: Path) -> None:
-    embedder = Embedder(make_settings(tmp_path, embed_batch=3))
+    # fp32, whose vector of a text does not depend on its batch (int8 quantizes each batch's
+    # activations with one scale); batches of 3 on 2 workers, so several are in flight at once.
+    embedder = Embedder(make_settings(tmp_path, embed_precision="fp32", embed_batch=3, threads=2))
     together = embedder.embed(SAMPLES)
     alone = np.stack([embedder.embed_query(text) for text in SAMPLES])
     np.testing.assert_allclose(together, alone, atol=1e-5)
@@ -133,8 +135,30 @@ def test_load_tokenizer_neither_truncates_nor_pads(settings: Settings) -> None:
 def test_get_embedder_is_cached_per_model_and_precision(tmp_path: Path) -> None:
     first = get_embedder(make_settings(tmp_path / "a"))
     assert get_embedder(make_settings(tmp_path / "b")) is first
-    int8 = get_embedder(make_settings(tmp_path / "c", embed_precision="int8"))
-    assert int8 is not first and int8.precision == "int8"
+    fp32 = get_embedder(make_settings(tmp_path / "c", embed_precision="fp32"))
+    assert fp32 is not first and fp32.precision == "fp32"
+
+
+def test_the_default_embedder_is_int8_and_stays_close_to_torch(
+    tmp_path: Path, reference: np.ndarray
+) -> None:
+    embedder = get_embedder(make_settings(tmp_path))
+    assert embedder.precision == "int8"
+    cos = cosines(embedder.embed(SAMPLES), reference)
+    # Very short texts ("ok", "") move most under int8: their cosine is about 0.96.
+    assert cos.mean() >= 0.98 and cos.min() >= 0.95, f"mean {cos.mean():.4f}, min {cos.min():.4f}"
+
+
+def test_one_embedder_serves_several_threads_at_once(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    embedder = get_embedder(make_settings(tmp_path, threads=2))
+    texts = [t for t in SAMPLES if t.strip()]
+    expected = embedder.embed(texts)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: embedder.embed(texts), range(4)))
+    for vectors in results:
+        assert np.array_equal(vectors, expected)
 
 
 def test_missing_model_raises_model_missing_telling_how_to_export(tmp_path: Path) -> None:
@@ -147,14 +171,17 @@ def test_missing_model_raises_model_missing_telling_how_to_export(tmp_path: Path
         assert str(settings.embedder_dir) in message
 
 
-def test_truncated_model_file_is_refused_on_load(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, models_dir_override=tmp_path / "models")
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_truncated_model_file_is_refused_on_load(tmp_path: Path, precision: str) -> None:
+    settings = make_settings(
+        tmp_path, models_dir_override=tmp_path / "models", embed_precision=precision
+    )
     source = MODELS_DIR / settings.embedder_dir.name
     settings.embedder_dir.mkdir(parents=True)
     for name in (MANIFEST_NAME, "tokenizer.json"):
         shutil.copy(source / name, settings.embedder_dir / name)
-    (settings.embedder_dir / MODEL_FILES["fp32"]).write_bytes(
-        (source / MODEL_FILES["fp32"]).read_bytes()[:1000]
+    (settings.embedder_dir / MODEL_FILES[precision]).write_bytes(
+        (source / MODEL_FILES[precision]).read_bytes()[:1000]
     )
     with pytest.raises(ModelMissing, match="damaged.*make models"):
         Embedder(settings)

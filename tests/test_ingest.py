@@ -191,13 +191,23 @@ def test_changing_the_chunk_size_reingests_every_file(settings, corpus, tmp_path
     assert ingest(smaller).unchanged == sorted(CORPUS)
 
 
-def test_changing_the_embedding_precision_reingests_every_file(settings, corpus) -> None:  # type: ignore[no-untyped-def]
-    first = ingest(settings)
-    report = ingest(settings.with_overrides(embed_precision="int8"))
+def test_a_store_embedded_with_fp32_is_re_embedded_with_the_int8_default(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    assert settings.embed_precision == "int8"
+    first = ingest(settings.with_overrides(embed_precision="fp32"))  # a store from before
+    report = ingest(settings)
     assert sorted(report.updated) == CORPUS and report.chunks == first.chunks
     assert report.warnings[0].error.startswith(
         "the chunking or embedding settings changed (embed_precision fp32 -> int8, model_sha256 "
     )
+    again = ingest(settings)
+    assert again.unchanged == sorted(CORPUS) and not again.warnings
+
+
+def test_going_back_to_fp32_re_embeds_again(settings, corpus) -> None:  # type: ignore[no-untyped-def]
+    ingest(settings)
+    report = ingest(settings.with_overrides(embed_precision="fp32"))
+    assert sorted(report.updated) == CORPUS
+    assert "embed_precision int8 -> fp32" in report.warnings[0].error
 
 
 def test_folder_that_cannot_be_listed_keeps_its_chunks_and_is_reported(  # type: ignore[no-untyped-def]
