@@ -52,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings().with_overrides(docs_dir=args.docs_dir, data_dir=args.data_dir)
         progress = not args.json and sys.stderr.isatty()
-        report = ingest(
-            settings, rebuild=args.rebuild, progress=progress, take_over=args.take_over
-        )
+        report = ingest(settings, rebuild=args.rebuild, progress=progress, take_over=args.take_over)
     except RagError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 1

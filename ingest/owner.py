@@ -57,7 +57,9 @@ class Owner:
         """The owner a collection's metadata names, or ``None`` when it has none."""
         if not metadata.get(_ID):
             return None
-        return cls(str(metadata[_ID]), str(metadata.get(_HOST, "?")), str(metadata.get(_FOLDER, "?")))
+        return cls(
+            str(metadata[_ID]), str(metadata.get(_HOST, "?")), str(metadata.get(_FOLDER, "?"))
+        )
 
 
 def this_folder(settings: Settings, state: IngestState) -> Owner:

@@ -23,7 +23,7 @@ from rag.retrieve import Retriever
 from rag.settings import Settings
 from rag.store import Chunk, ChunkStore, read_generation
 from tests.documents import write_corpus
-from tests.support import free_port, make_settings, stop_process
+from tests.support import cli_env, free_port, make_settings, run_module, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.embedder]
 # The `chroma` script installed next to this interpreter (whatever the venv is called).
@@ -133,9 +133,9 @@ def test_a_second_data_folder_is_refused_and_the_owners_chunks_stay(
     # Another collection name is the second machine's own.
     own = ingest(other.with_overrides(collection="team-b"))
     assert own.added == ["other.md"]
-    assert {c.source for c in ChunkStore(other.with_overrides(collection="team-b")).iter_chunks()} == {
-        "other.md"
-    }
+    assert {
+        c.source for c in ChunkStore(other.with_overrides(collection="team-b")).iter_chunks()
+    } == {"other.md"}
     assert "other.md" not in {c.split("#")[0] for c in _stored(owner)}
 
 
@@ -160,7 +160,7 @@ def test_an_unowned_collection_from_an_older_version_is_adopted(
     assert ingest(legacy).warnings == []
 
 
-def test_take_over_makes_the_second_folder_the_owner_and_refuses_the_first(
+def test_the_cli_refuses_a_second_folder_until_it_takes_over_and_then_refuses_the_first(
     tmp_path: Path, chroma_server: int
 ) -> None:
     first = _machine(tmp_path, "a", chroma_server)
@@ -168,13 +168,22 @@ def test_take_over_makes_the_second_folder_the_owner_and_refuses_the_first(
     ingest(first)
     second = _machine(tmp_path, "b", chroma_server)
     (second.docs_dir / "other.md").write_text("# Other\n\nThe second machine's note.\n")
+    env = cli_env(CHROMA_HOST="127.0.0.1", CHROMA_PORT=str(chroma_server))
+    args = (second.docs_dir, "--data-dir", second.data_dir)
 
-    report = ingest(second, take_over=True)
-    assert any("took the collection over" in w.error for w in report.warnings)
+    refused = run_module("ingest", *args, cwd=tmp_path, env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("ingest: The collection 'chunks' on the Chroma server")
+    assert "--take-over" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert "other.md" not in {c.split("#")[0] for c in _stored(first)}
+
+    taken = run_module("ingest", *args, "--take-over", cwd=tmp_path, env=env)
+    assert taken.returncode == 0, taken.stderr
+    assert "took the collection over" in taken.stdout
     assert {c.split("#")[0] for c in _stored(second)} == {"other.md"}
-    with pytest.raises(CollectionOwned) as refused:
+    with pytest.raises(CollectionOwned) as back:
         ingest(first)
-    assert str(second.data_dir.resolve()) in str(refused.value)
+    assert str(second.data_dir.resolve()) in str(back.value)
     assert {c.split("#")[0] for c in _stored(second)} == {"other.md"}
 
 
