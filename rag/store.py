@@ -160,6 +160,28 @@ class ChunkStore:
         """Number of chunks in the store."""
         return self._collection.count()
 
+    @property
+    def collection_id(self) -> str:
+        """Chroma's id of the collection: a reset (drop and recreate) gives a new one."""
+        return str(self._collection.id)
+
+    def source_summary(self, page_size: int = _READ_PAGE) -> dict[str, tuple[str, int]]:
+        """``{source: (file sha256, chunk count)}`` over the whole store, from metadata only.
+
+        A source whose chunks disagree on the hash (half rewritten) has hash ``""``.
+        """
+        found: dict[str, tuple[str, int]] = {}
+        offset = 0
+        while True:
+            res = self._collection.get(include=["metadatas"], limit=page_size, offset=offset)
+            if not res["ids"]:
+                return found
+            for meta in res["metadatas"]:
+                source, sha = str(meta.get("source", "")), str(meta.get("file_sha256", ""))
+                held, count = found.get(source, (sha, 0))
+                found[source] = (held if held == sha else "", count + 1)
+            offset += len(res["ids"])
+
     def metadata(self) -> dict[str, Any]:
         """The collection's metadata as the store holds it now (read again, not cached)."""
         fresh = self._client.get_collection(name=self.settings.collection, embedding_function=None)

@@ -6,6 +6,7 @@ BM25 index, and both point at one server.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -18,10 +19,11 @@ import pytest
 
 from ingest.owner import CollectionOwned
 from ingest.pipeline import ingest
+from rag.bm25 import Bm25Index, index_path
 from rag.embed import get_embedder
 from rag.retrieve import Retriever
 from rag.settings import Settings
-from rag.store import Chunk, ChunkStore, read_generation
+from rag.store import Chunk, ChunkStore, bump_generation, read_generation
 from tests.documents import write_corpus
 from tests.support import cli_env, free_port, make_settings, run_module, stop_process
 
@@ -208,3 +210,26 @@ def test_a_reader_with_an_empty_data_folder_searches_both_halves_and_sees_new_fi
     assert hits and hits[0].source == "glaciers.md"
     assert "glaciers.md" in reader.sources()
     assert not (tmp_path / "reader" / "data" / "ingest-state.sqlite3").exists()
+
+    (owner.docs_dir / "glaciers.md").unlink()
+    ingest(owner)
+    assert reader.search("Zwischbergen", 3, mode="bm25") == []
+
+    # Re-chunked by the owner (a reset: same files, same hashes, other chunks), the
+    # reader's keyword index holds exactly the collection's new chunks.
+    ingest(owner.with_overrides(chunk_tokens=40, chunk_overlap=8))
+    hits = reader.search("seismometers eruption", 50, mode="bm25")
+    assert hits and {(h.chunk_id, h.text) for h in hits} <= set(_stored(owner).items())
+    assert len(Bm25Index.open(index_path(reader.settings))) == len(_stored(owner))
+
+    # A reset that keeps every file's hash and chunk count (a chunker cutting elsewhere)
+    # is told apart by the collection's new id.
+    store = ChunkStore(owner)
+    kept = list(store.iter_chunks())
+    store.reset()
+    store.add(
+        [dataclasses.replace(c, text=f"{c.text} Quillwort.") for c in kept],
+        np.tile(np.eye(1, 384, dtype=np.float32), (len(kept), 1)),
+    )
+    bump_generation(owner)
+    assert len(reader.search("quillwort", 50, mode="bm25")) == len(kept)
