@@ -10,8 +10,11 @@ once and kept in its ingest state), with host name and folder for messages.
 - A collection that ingest creates is created with this folder's stamp; Chroma
   creates collections atomically, so of two first ingests at once one wins and
   the other is refused.
-- An unowned collection (filled by an older version, or created empty by a
-  reader) is adopted by the first ingest that finds it.
+- An unowned collection (filled by an older version) is adopted by the first
+  ingest that finds it. Chroma has no compare-and-set on metadata, so two first
+  ingests from two folders started on one unowned collection in the same moment
+  could both adopt it; adopt from one machine. Readers open collections without
+  creating them, so no new unowned collection arises.
 - A collection owned by another data folder is refused before anything is
   written, with :class:`CollectionOwned`, unless ``take_over`` is asked for
   (``python -m ingest --take-over``): then this folder becomes the owner, and the
