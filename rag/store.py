@@ -430,4 +430,12 @@ def _server_generation(settings: Settings) -> str:
         )
     except NotFoundError:
         return ""
+    except RagError:
+        raise
+    except Exception as exc:  # httpx and Chroma raise many kinds: say it as a sentence
+        raise RagError(
+            f"The Chroma server at {settings.chroma_host}:{settings.chroma_port} did not answer "
+            f"({type(exc).__name__}: {exc}). Check that `chroma run` is still running there, "
+            "or unset CHROMA_HOST to use the local store."
+        ) from exc
     return str((collection.metadata or {}).get(_GENERATION_KEY, ""))

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from ingest.owner import CollectionOwned
 from ingest.pipeline import ingest
 from rag.bm25 import Bm25Index, index_path
 from rag.embed import get_embedder
+from rag.errors import RagError
 from rag.retrieve import Retriever
 from rag.settings import Settings
 from rag.store import Chunk, ChunkStore, bump_generation, read_generation
@@ -35,6 +37,13 @@ CHROMA = Path(sys.executable).parent / "chroma"
 @pytest.fixture
 def chroma_server(tmp_path: Path) -> Iterator[int]:
     """A real Chroma server on a free loopback port, stopped at the end; yields the port."""
+    with running_chroma(tmp_path) as port:
+        yield port
+
+
+@contextmanager
+def running_chroma(tmp_path: Path) -> Iterator[int]:
+    """`chroma run` on a free loopback port while the block runs; yields the port."""
     port = free_port()
     log = (tmp_path / "chroma.log").open("w")
     server = subprocess.Popen(
@@ -233,3 +242,16 @@ def test_a_reader_with_an_empty_data_folder_searches_both_halves_and_sees_new_fi
     )
     bump_generation(owner)
     assert len(reader.search("quillwort", 50, mode="bm25")) == len(kept)
+
+
+def test_a_reader_whose_server_stopped_is_told_so_in_a_sentence(tmp_path: Path) -> None:
+    with running_chroma(tmp_path) as port:
+        owner = _machine(tmp_path, "a", port)
+        (owner.docs_dir / "tides.md").write_text("# Tides\n\nSpring tides follow new moons.\n")
+        ingest(owner)
+        reader = Retriever(_machine(tmp_path, "reader", port))
+        assert reader.search("spring tides", 1, mode="bm25")[0].source == "tides.md"
+    with pytest.raises(RagError) as stopped:
+        reader.search("spring tides", 1)
+    assert f"127.0.0.1:{port} did not answer" in str(stopped.value)
+    assert "CHROMA_HOST" in str(stopped.value)
