@@ -29,6 +29,7 @@ from __future__ import annotations
 import socket
 import uuid
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from ingest.state import IngestState
@@ -74,29 +75,51 @@ def this_folder(settings: Settings, state: IngestState) -> Owner:
     return Owner(owner_id, socket.gethostname(), str(settings.data_dir.resolve()))
 
 
-def claim(store: ChunkStore, me: Owner, *, take_over: bool = False) -> str | None:
+class Claim(Enum):
+    """How an ingest came to write a server collection (see :func:`claim`)."""
+
+    OWNED = "owned"  # this data folder created it or wrote it before
+    ADOPTED = "adopted"  # it had no owner
+    TAKEN_OVER = "taken over"  # another data folder owned it; --take-over was asked for
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """The outcome of :func:`claim`: how, and from whom when taken over."""
+
+    how: Claim
+    previous: Owner | None = None
+
+    def notice(self) -> str | None:
+        """The sentence for the ingest report, ``None`` when nothing is worth saying."""
+        if self.how is Claim.ADOPTED:
+            return "the collection had no owner; this data folder adopted it"
+        if self.how is Claim.TAKEN_OVER and self.previous is not None:
+            return (
+                f"this data folder took the collection over from {self.previous.folder} on "
+                f"{self.previous.host}; it was rebuilt from this docs folder"
+            )
+        return None
+
+
+def claim(store: ChunkStore, me: Owner, *, take_over: bool = False) -> Claimed:
     """Make sure ``me`` owns the store's collection before anything is written to it.
 
-    Returns ``None`` when ``me`` already owned it, else a sentence saying what
-    happened (adopted, taken over) for the report. Raises :class:`CollectionOwned`
-    when another data folder owns it and ``take_over`` is off.
+    Raises :class:`CollectionOwned` when another data folder owns it and
+    ``take_over`` is off; nothing is written then.
     """
-    held = store.metadata()
-    owner = Owner.from_metadata(held)
+    owner = Owner.from_metadata(store.metadata())
     if owner is not None and owner.id == me.id:
-        if owner != me:  # same folder, moved or renamed host: keep the message right
+        if owner != me:  # same folder id, another host name or path: keep the message right
             store.update_metadata(me.metadata())
-        return None
+        return Claimed(Claim.OWNED)
     if owner is None:
         store.update_metadata(me.metadata())
-        return "the collection had no owner; this data folder adopted it"
+        return Claimed(Claim.ADOPTED)
     if not take_over:
         raise CollectionOwned(refusal(store, owner))
     store.update_metadata(me.metadata())
-    return (
-        f"this data folder took the collection over from {owner.folder} on {owner.host}; "
-        "it was rebuilt from this docs folder"
-    )
+    return Claimed(Claim.TAKEN_OVER, owner)
 
 
 def refusal(store: ChunkStore, owner: Owner) -> str:

@@ -53,7 +53,7 @@ from ingest.limits import Extraction, Limits
 from ingest.loaders import NEEDS_OCR, read_sections, supported_suffixes
 from ingest.lock import writer_lock
 from ingest.ocr import Ocr, OcrStats
-from ingest.owner import claim, this_folder
+from ingest.owner import Claim, claim, this_folder
 from ingest.report import Failure, IngestReport
 from ingest.scan import SourceFile, scan_docs
 from ingest.state import IngestState, SourceState
@@ -109,13 +109,15 @@ def ingest(
             return run.run(rebuild=rebuild)
         me = this_folder(settings, state)
         store = ChunkStore(settings, stamp=me.metadata())
-        notice = claim(store, me, take_over=take_over)
+        claimed = claim(store, me, take_over=take_over)
         run = _IngestRun(settings, store, state, progress=progress)
-        if notice is not None:
+        if (notice := claimed.notice()) is not None:
             run.report.warnings.append(Failure(store.location, notice))
+        if claimed.how is not Claim.OWNED:
             # Readers elsewhere learn the generation from the collection: publish once.
             state.set_meta("dirty", "1")
-        return run.run(rebuild=rebuild or (take_over and notice is not None))
+        # Taken over, the collection holds another folder's files, which this state never knew.
+        return run.run(rebuild=rebuild or claimed.how is Claim.TAKEN_OVER)
 
 
 class _IngestRun:
