@@ -1,8 +1,8 @@
-"""``python -m ingest [DOCS_DIR] [--data-dir DIR] [--json] [--rebuild]``: ingest the docs folder.
+"""``python -m ingest [DOCS_DIR] [--data-dir DIR] [--json] [--rebuild] [--take-over]``: ingest.
 
 Exit status: 0 when every file was ingested, 2 when some failed (the rest are
-ingested), 1 on a fatal error (lock held, docs folder missing, model missing, or
-anything unexpected), which is printed as one sentence on stderr.
+ingested), 1 on a fatal error (lock held, server collection owned by another data
+folder, docs folder missing, model missing, or anything unexpected), which is printed as one sentence on stderr.
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rebuild", action="store_true", help="reset the store and ingest every file again"
     )
+    parser.add_argument(
+        "--take-over",
+        action="store_true",
+        help="with CHROMA_HOST: make this data folder the owner of a collection another one "
+        "writes, and rebuild it from this docs folder",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings().with_overrides(docs_dir=args.docs_dir, data_dir=args.data_dir)
         progress = not args.json and sys.stderr.isatty()
-        report = ingest(settings, rebuild=args.rebuild, progress=progress)
+        report = ingest(settings, rebuild=args.rebuild, progress=progress, take_over=args.take_over)
     except RagError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 1

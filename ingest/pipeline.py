@@ -16,6 +16,10 @@
 5. when anything changed: bumps the store generation and updates the BM25 index
    in place: only the sources whose hash the index does not hold are re-read.
 
+On a Chroma server (``CHROMA_HOST``) the collection is first claimed for this
+data folder (:mod:`ingest.owner`): one owned by another data folder is refused
+before anything is written, so it is never reset from here.
+
 The state records the settings that decide what chunks and vectors are (model
 checksum, precision, chunk sizes: :func:`vector_fingerprint`); when they change,
 the store is reset and every file re-ingested, so old and new vectors never mix.
@@ -49,6 +53,7 @@ from ingest.limits import Extraction, Limits
 from ingest.loaders import NEEDS_OCR, read_sections, supported_suffixes
 from ingest.lock import writer_lock
 from ingest.ocr import Ocr, OcrStats
+from ingest.owner import Claim, claim, this_folder
 from ingest.report import Failure, IngestReport
 from ingest.scan import SourceFile, scan_docs
 from ingest.state import IngestState, SourceState
@@ -79,13 +84,18 @@ def state_path(settings: Settings) -> Path:
     return settings.data_dir / "ingest-state.sqlite3"
 
 
-def ingest(settings: Settings, *, rebuild: bool = False, progress: bool = False) -> IngestReport:
+def ingest(
+    settings: Settings, *, rebuild: bool = False, progress: bool = False, take_over: bool = False
+) -> IngestReport:
     """Bring the store in line with ``settings.docs_dir``; see the module docstring.
 
     ``rebuild`` resets the store and the state and ingests everything again.
-    ``progress`` shows a tqdm bar on stderr. Raises :class:`~rag.errors.IngestLocked`
-    when another process is writing, :class:`DocsFolderMissing`, and
-    :class:`~rag.errors.ModelMissing` when the embedding model is not exported.
+    ``progress`` shows a tqdm bar on stderr. ``take_over`` makes this data folder
+    the owner of a server collection another one owns (it is then rebuilt). Raises
+    :class:`~rag.errors.IngestLocked` when another process is writing,
+    :class:`~ingest.owner.CollectionOwned` when another data folder owns the server
+    collection, :class:`DocsFolderMissing`, and :class:`~rag.errors.ModelMissing`
+    when the embedding model is not exported.
     """
     docs = settings.docs_dir
     if not docs.is_dir():
@@ -93,10 +103,21 @@ def ingest(settings: Settings, *, rebuild: bool = False, progress: bool = False)
             f"The docs folder {docs} does not exist: create it and put your files in it, "
             "or name another folder (python -m ingest DIR, or RAG_DOCS_DIR)."
         )
-    with writer_lock(settings):
-        store = ChunkStore(settings)
-        with IngestState(state_path(settings)) as state:
-            return _IngestRun(settings, store, state, progress=progress).run(rebuild=rebuild)
+    with writer_lock(settings), IngestState(state_path(settings)) as state:
+        if not settings.chroma_host:
+            run = _IngestRun(settings, ChunkStore(settings), state, progress=progress)
+            return run.run(rebuild=rebuild)
+        me = this_folder(settings, state)
+        store = ChunkStore(settings, stamp=me.metadata())
+        claimed = claim(store, me, take_over=take_over)
+        run = _IngestRun(settings, store, state, progress=progress)
+        if (notice := claimed.notice()) is not None:
+            run.report.warnings.append(Failure(store.location, notice))
+        if claimed.how is not Claim.OWNED:
+            # Readers elsewhere learn the generation from the collection: publish once.
+            state.set_meta("dirty", "1")
+        # Taken over, the collection holds another folder's files, which this state never knew.
+        return run.run(rebuild=rebuild or claimed.how is Claim.TAKEN_OVER)
 
 
 class _IngestRun:

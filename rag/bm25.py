@@ -24,8 +24,10 @@ bumps the generation and re-indexes only the sources whose file hash differs
 from what the index holds (and drops the sources that are gone), in one
 transaction; its cost follows the changed sources, not the store (the chunk and
 token totals are kept in ``meta``, the sources' hashes in an index). Readers call
-:func:`load_bm25_index`, which rebuilds from the store only when the stamp does
-not match (an ingest that was killed, or an older index).
+:func:`load_bm25_index`, which acts only when the stamp does not match: it
+rebuilds from the local store (an ingest that was killed, or an older index),
+and on a Chroma server, where the owner ingests from another machine and each
+machine keeps its own index, re-reads the sources that changed.
 
 >>> index = Bm25Index.from_chunks(
 ...     [
@@ -231,6 +233,27 @@ class Bm25Index:
         for source, sha in rows:
             found[source] = sha if source not in found else ""
         return found
+
+    def source_counts(self) -> dict[str, tuple[str, int]]:
+        """``{source: (file sha256, chunk count)}``, the hash ``""`` when its chunks disagree."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT source, file_sha256, COUNT(*) FROM chunks GROUP BY source, file_sha256"
+            ).fetchall()
+        found: dict[str, tuple[str, int]] = {}
+        for source, sha, count in rows:
+            held = found.get(source)
+            found[source] = (sha, count) if held is None else ("", held[1] + count)
+        return found
+
+    @property
+    def store_id(self) -> str:
+        """The id of the Chroma collection a server reader's index follows ("" if none)."""
+        return self._meta("store_id")
+
+    def set_store_id(self, store_id: str) -> None:
+        """Record which collection this index follows; call inside :meth:`transaction`."""
+        self._set_meta("store_id", store_id)
 
     def transaction(self) -> _Transaction:
         """A write transaction (``with index.transaction(): ...``): all of it or nothing.
@@ -580,10 +603,10 @@ def rebuild_bm25_index(settings: Settings, store: ChunkStore | None = None) -> i
 def load_bm25_index(
     settings: Settings, store: ChunkStore | None = None, *, current: Bm25Index | None = None
 ) -> Bm25Index:
-    """The index for the current store generation, rebuilt from the store when it is stale.
+    """The index for the current store generation, brought in line with the store when stale.
 
     A stale stamp usually means a writer is publishing right now: taking the write
-    lock waits for it, and the stamp is checked again before rebuilding anything.
+    lock waits for it, and the stamp is checked again before changing anything.
     ``current``, an index a searcher already holds, is kept when it is still open on
     that very file: its postings are then updated, not loaded again (a second or so
     at 100k chunks).
@@ -595,8 +618,38 @@ def load_bm25_index(
     with index.transaction():
         generation = read_generation(settings)
         if index.generation != generation:
-            index.replace_all(_chunks_of(settings, store), generation)
+            _catch_up(index, settings, store or _reader_store(settings), generation)
     return index
+
+
+def _catch_up(index: Bm25Index, settings: Settings, store: ChunkStore, generation: str) -> None:
+    """Bring a stale index in line with the store; call inside its transaction.
+
+    Locally a stale index means a killed ingest or an older format: it is rebuilt.
+    On a Chroma server it usually means the owner ingested on another machine,
+    which happens after every ingest, so only the sources whose hash or chunk
+    count differs from the store's are read again (at 20k chunks, 0.8 s of paging
+    through the metadata instead of 3.7 s of rebuilding). A collection that was
+    reset has a new id, and its index is rebuilt: re-chunked files keep their hashes.
+    """
+    # The generation was read before the store: if the owner writes meanwhile, the
+    # stamp is older than the content and the next search catches up again.
+    if not settings.chroma_host or index.store_id != store.collection_id:
+        index.replace_all(store.iter_chunks(), generation)
+    else:
+        held, wanted = index.source_counts(), store.source_summary()
+        changes: dict[str, Sequence[Chunk]] = {s: [] for s in held if s not in wanted}
+        changes.update(
+            (s, store.chunks_of(s, n)) for s, (sha, n) in wanted.items() if held.get(s) != (sha, n)
+        )
+        index.replace_sources(changes, generation)
+    if settings.chroma_host:
+        index.set_store_id(store.collection_id)
+
+
+def _reader_store(settings: Settings) -> ChunkStore:
+    # A reader must not create an empty, unowned collection on a server.
+    return ChunkStore(settings, create=not settings.chroma_host)
 
 
 def _remove_folder_indexes(root: Path) -> None:

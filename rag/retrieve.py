@@ -219,7 +219,8 @@ class Retriever:
             # Chroma's cached client keeps serving the vector index it loaded
             # first; only a fresh client sees what another process committed.
             forget_cached_clients()
-        store = ChunkStore(s)
+        # Not created when missing: a reader must not make an empty, unowned server collection.
+        store = ChunkStore(s, create=False)
         count = store.count()
         if count == 0:
             raise NoDocuments(docs)

@@ -113,7 +113,7 @@ class SearchIndex:
         """
         manifest = read_manifest(settings.embedder_dir)
         passages, rows = [], []
-        for chunk, vector in ChunkStore(settings).iter_vectors():
+        for chunk, vector in ChunkStore(settings, create=False).iter_vectors():
             passages.append(
                 {
                     "id": chunk.id,
