@@ -14,6 +14,8 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 
+from rag.web.front_routes import put_first
+
 # Chainlit is imported where it is used, so importing this module does not load it. No
 # ``from __future__ import annotations``: FastAPI reads the routes' parameter types from
 # the objects themselves, imported inside feedback_router().
@@ -74,8 +76,4 @@ def feedback_router() -> APIRouter:
 
 def guard_feedback(app: FastAPI) -> None:
     """Put the checked feedback routes ahead of Chainlit's own (once, also on a reload)."""
-    previous = getattr(app.state, "rag_feedback_routes", [])
-    existing = [r for r in app.router.routes if all(r is not p for p in previous)]
-    added = list(feedback_router().routes)
-    app.router.routes[:] = added + existing
-    app.state.rag_feedback_routes = added
+    put_first(app, feedback_router(), "rag_feedback_routes")

@@ -27,6 +27,7 @@ from rag.mentions import EVERY_FILE
 from rag.retrieve import get_retriever
 from rag.settings import Settings
 from rag.web.chat_text import mention_name
+from rag.web.front_routes import put_first
 from rag.web.search_page import SIGN_IN_FIRST, signed_in
 from rag.web.socket_guard import Caller, refusal
 
@@ -69,8 +70,4 @@ def mount_file_names(app: FastAPI, settings: Settings) -> None:
     Chainlit answers every other GET with its web app, so the route goes ahead of
     that catch-all; a reload replaces it instead of adding a second copy.
     """
-    previous = getattr(app.state, "rag_file_name_routes", [])
-    existing = [r for r in app.router.routes if all(r is not p for p in previous)]
-    added = list(create_file_names_router(settings).routes)
-    app.router.routes[:] = added + existing
-    app.state.rag_file_name_routes = added
+    put_first(app, create_file_names_router(settings), "rag_file_name_routes")

@@ -103,6 +103,7 @@ from rag.retrieve import Hit
 from rag.routing import Route, RouteRefused, split_qualified
 from rag.settings import Settings
 from rag.web.chat_text import route_note
+from rag.web.front_routes import put_first
 
 log = logging.getLogger(__name__)
 
@@ -648,10 +649,4 @@ def mount_openai_api(app: FastAPI, settings: Settings) -> None:
     with HTML. Calling it again (a reload re-running app.py) replaces the routes
     instead of adding a second copy.
     """
-    previous = getattr(app.state, "rag_openai_routes", [])
-    existing = [r for r in app.router.routes if all(r is not p for p in previous)]
-    # The router's own APIRoute objects go in directly: include_router() may wrap
-    # them (FastAPI 0.16x), and then their place in the list is not theirs to keep.
-    added = list(create_router(settings).routes)
-    app.router.routes[:] = added + existing
-    app.state.rag_openai_routes = added
+    put_first(app, create_router(settings), "rag_openai_routes")

@@ -37,6 +37,7 @@ from rag.embed import TOKENIZER_NAME, read_manifest
 from rag.errors import NoDocuments, RagError
 from rag.settings import Settings
 from rag.store import ChunkStore, read_generation
+from rag.web.front_routes import put_first
 from rag.web.sign_in import SignIn, sign_in_mode
 from rag.web.socket_guard import Caller, refusal
 
@@ -228,8 +229,4 @@ def mount_search_page(app: FastAPI, settings: Settings) -> None:
     Chainlit answers every other GET with its web app, so the routes go ahead of
     that catch-all; a reload replaces them instead of adding a second copy.
     """
-    previous = getattr(app.state, "rag_search_routes", [])
-    existing = [r for r in app.router.routes if all(r is not p for p in previous)]
-    added = list(create_search_router(settings).routes)
-    app.router.routes[:] = added + existing
-    app.state.rag_search_routes = added
+    put_first(app, create_search_router(settings), "rag_search_routes")
