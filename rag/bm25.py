@@ -51,7 +51,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +75,6 @@ _BUSY_TIMEOUT_S = 300.0
 _INSERT_BATCH = 2000
 # Dropped chunks logged for searchers at least up to this many (see Bm25Index._stamp).
 _REMOVED_KEPT = 10_000
-T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -106,10 +105,7 @@ CREATE TABLE IF NOT EXISTS doc_terms (
 CREATE TABLE IF NOT EXISTS removed (rowid INTEGER PRIMARY KEY, write INTEGER NOT NULL);
 """
 
-_ROWS = """
-SELECT rowid, id, source, idx, page, heading, text, file_sha256, ocr
-FROM chunks WHERE rowid IN ({marks})
-"""
+_ROWS = "SELECT rowid, id, source, idx, page, heading, text, file_sha256, ocr FROM chunks"
 # Bound parameters per statement, well below SQLite's limit.
 _MARKS = 500
 
@@ -225,14 +221,9 @@ class Bm25Index:
         return [(chunks[rowid], score) for _, rowid, score in ranked]
 
     def sources(self) -> dict[str, str]:
-        """``{source: file sha256}`` of every source the index holds chunks of."""
-        with self._lock:
-            rows = self._db.execute("SELECT DISTINCT source, file_sha256 FROM chunks").fetchall()
-        # A source whose chunks disagree on the hash (never written so) maps to "": re-indexed.
-        found: dict[str, str] = {}
-        for source, sha in rows:
-            found[source] = sha if source not in found else ""
-        return found
+        """``{source: file sha256}`` of every source the index holds chunks of; a source whose
+        chunks disagree on the hash (never written so) maps to "", so it is re-indexed."""
+        return {source: sha for source, (sha, _) in self.source_counts().items()}
 
     def source_counts(self) -> dict[str, tuple[str, int]]:
         """``{source: (file sha256, chunk count)}``, the hash ``""`` when its chunks disagree."""
@@ -321,34 +312,28 @@ class Bm25Index:
 
     def _term_ids(self, terms: Sequence[str]) -> dict[str, int]:
         distinct = list(dict.fromkeys(terms))
-        rows = self._db.execute(
-            f"SELECT term, id FROM vocab WHERE term IN ({','.join('?' * len(distinct))})",
-            distinct,
-        )
-        return dict(rows.fetchall())
+        return dict(self._where_in("SELECT term, id FROM vocab", "term", distinct))
 
     def _rowids_of(self, sources: Collection[str]) -> np.ndarray:
-        found: list[int] = []
-        for part in _batches(sorted(sources), _MARKS):
-            found += (r for (r,) in self._db.execute(
-                f"SELECT rowid FROM chunks WHERE source IN ({','.join('?' * len(part))})", part
-            ))
-        return np.array(found, dtype=np.int64)
+        rows = self._where_in("SELECT rowid FROM chunks", "source", sorted(sources))
+        return np.array([r for (r,) in rows], dtype=np.int64)
 
     def _chunk_ids(self, rowids: np.ndarray) -> list[str]:
-        ids: dict[int, str] = {}
-        for part in _batches(rowids.tolist(), _MARKS):
-            ids.update(self._db.execute(
-                f"SELECT rowid, id FROM chunks WHERE rowid IN ({','.join('?' * len(part))})", part
-            ).fetchall())
+        ids = dict(self._where_in("SELECT rowid, id FROM chunks", "rowid", rowids.tolist()))
         return [ids[r] for r in rowids.tolist()]
 
     def _chunks(self, rowids: Sequence[int]) -> dict[int, Chunk]:
-        found: dict[int, Chunk] = {}
-        for part in _batches(list(rowids), _MARKS):
-            rows = self._db.execute(_ROWS.format(marks=",".join("?" * len(part))), part)
-            found.update((row[0], _chunk(row[1:])) for row in rows)
-        return found
+        return {row[0]: _chunk(row[1:]) for row in self._where_in(_ROWS, "rowid", list(rowids))}
+
+    def _where_in(
+        self, select: str, column: str, values: Sequence[object]
+    ) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``select ... WHERE column IN values``, in statements of at most
+        :data:`_MARKS` bound values (SQLite's limit on them)."""
+        for start in range(0, len(values), _MARKS):
+            part = values[start : start + _MARKS]
+            marks = ",".join("?" * len(part))
+            yield from self._db.execute(f"{select} WHERE {column} IN ({marks})", part)
 
     # --- inside a transaction ---------------------------------------------------
 
@@ -403,12 +388,7 @@ class Bm25Index:
         self._db.executemany(
             "INSERT OR IGNORE INTO vocab (term) VALUES (?)", [(t,) for t in ordered]
         )
-        ids: dict[str, int] = {}
-        for part in _batches(ordered, _MARKS):
-            ids.update(self._db.execute(
-                f"SELECT term, id FROM vocab WHERE term IN ({','.join('?' * len(part))})", part
-            ).fetchall())
-        return ids
+        return self._term_ids(ordered)
 
     def _stamp(self, generation: str) -> None:
         """Record the generation, and count the write so searchers update their postings."""
@@ -445,10 +425,8 @@ class _Snapshot:
     Inside a write transaction (already open on this connection) it adds nothing.
     """
 
-    def __init__(self, db: sqlite3.Connection, path: Path | None = None) -> None:
+    def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
-        # Which file (device, inode) the connection has open; None in memory.
-        self._file = _file_id(path) if path is not None else None
         self._began = False
 
     def __enter__(self) -> None:
@@ -529,11 +507,6 @@ def _forward(tokens: Sequence[str], ids: Mapping[str, int]) -> tuple[bytes, byte
     term_ids = np.array([ids[t] for t in counts], dtype=TERM_ID)
     tfs = np.minimum(np.array(list(counts.values()), dtype=np.int64), MAX_TF).astype(TERM_FREQ)
     return term_ids.tobytes(), tfs.tobytes()
-
-
-def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _chunk(row: tuple) -> Chunk:  # type: ignore[type-arg]

@@ -119,9 +119,8 @@ class Postings:
 
     def df(self, term: int) -> int:
         """How many chunks hold term id ``term``."""
-        if term < 0 or term + 1 >= len(self.indptr):
-            return 0
-        return int(self.indptr[term + 1] - self.indptr[term])
+        lo, hi = self._slice(term)
+        return hi - lo
 
     def scores(self, query: Sequence[int]) -> np.ndarray:
         """Every chunk's BM25 score for ``query`` term ids, by position (0: no shared word).
