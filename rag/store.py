@@ -229,7 +229,7 @@ class ChunkStore:
                 where=_source_filter(sources),
                 include=["documents", "metadatas", "distances"],
             )
-        except Exception as exc:
+        except Exception as exc:  # chromadb raises a bare InternalError here
             if "Nothing found on disk" in str(exc):
                 raise NoDocuments(str(self.settings.docs_dir)) from exc
             raise
@@ -352,7 +352,7 @@ def _open_client(settings: Settings) -> Any:
     if settings.chroma_host:
         try:
             return _http_client(settings.chroma_host, settings.chroma_port)
-        except Exception as exc:
+        except Exception as exc:  # connection errors vary by transport
             raise RagError(
                 f"Could not reach the Chroma server at {settings.chroma_host}:{settings.chroma_port}"
                 f" ({exc}). Start it with `chroma run --path DIR --port {settings.chroma_port}`"
