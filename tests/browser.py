@@ -106,3 +106,22 @@ def chat_page(pw: Any, profile: Path) -> Iterator[Any]:
         page.set_default_timeout(CHAT_TIMEOUT_MS)
         expect.set_options(timeout=CHAT_TIMEOUT_MS)
         yield page
+
+
+def send(page: Any) -> None:
+    """Send what the chat input holds and wait until its answer has finished streaming."""
+    from playwright.sync_api import expect
+
+    before = page.locator(ASSISTANT).count()
+    expect(page.locator("#chat-submit")).to_be_enabled()
+    page.locator("#chat-submit").click()
+    page.wait_for_function(
+        f"document.querySelectorAll('{ASSISTANT}').length > {before}", timeout=60_000
+    )
+    page.locator("#stop-button").wait_for(state="detached", timeout=60_000)
+
+
+def ask(page: Any, question: str) -> None:
+    """Type ``question`` into the chat input, send it, and wait for the whole answer."""
+    page.locator("#chat-input").fill(question)
+    send(page)

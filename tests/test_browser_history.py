@@ -9,6 +9,7 @@ import pytest
 
 from rag.users import add_user
 from tests.browser import ASSISTANT, chat_page
+from tests.browser import ask as send_and_wait
 from tests.chainlit_server import app_env, running_chainlit
 from tests.fake_openai import FakeOpenAI
 from tests.support import make_settings
@@ -24,9 +25,7 @@ def ask(page, question: str, fake: FakeOpenAI) -> None:  # Playwright's Page
     from playwright.sync_api import expect
 
     asked, answers = len(fake.requests), page.locator(ASSISTANT).count()
-    page.locator("#chat-input").fill(question)
-    expect(page.locator("#chat-submit")).to_be_enabled()
-    page.locator("#chat-submit").click()
+    send_and_wait(page, question)
     expect(page.locator(ASSISTANT)).to_have_count(answers + 1)
     expect(page.locator(ASSISTANT).last).to_contain_text("28 days")
     expect(page.locator("#stop-button")).to_have_count(0)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser import ASSISTANT, chat_page
+from tests.browser import ASSISTANT, ask, chat_page, send
 from tests.chainlit_server import app_env, running_chainlit
 from tests.fake_openai import FakeOpenAI
 from tests.support import run_module
@@ -70,17 +70,6 @@ def test_a_mention_limits_the_sources_shown_in_chromium(
     prompts = [r["messages"][-1]["content"] for r in fake.requests]
     assert "(handbook.md)" in prompts[0]
     assert "(handbook.md)" not in prompts[1] and "(policies/expenses.txt)" in prompts[1]
-
-
-def ask(page: Any, question: str) -> None:  # Playwright's Page
-    """Send ``question`` and wait until its answer has finished streaming."""
-    before = page.locator(ASSISTANT).count()
-    page.locator("#chat-input").fill(question)
-    page.locator("#chat-submit").click()
-    page.wait_for_function(
-        f"document.querySelectorAll('{ASSISTANT}').length > {before}", timeout=60_000
-    )
-    page.locator("#stop-button").wait_for(state="detached", timeout=60_000)
 
 
 def test_typing_at_offers_the_files_and_follow_ups_stay_with_the_chosen_one_in_chromium(
@@ -201,13 +190,3 @@ def test_files_ingested_while_the_page_is_open_are_offered_without_reloading_it(
 def passage_files(prompt: str) -> set[str]:
     """The files of the passages in a prompt (``[n] (file, page p)`` lines)."""
     return set(re.findall(r"^\[\d+\] \(([^,)]+)", prompt, re.MULTILINE))
-
-
-def send(page: Any) -> None:  # Playwright's Page
-    """Send what the composer holds and wait until its answer has finished streaming."""
-    before = page.locator(ASSISTANT).count()
-    page.locator("#chat-submit").click()
-    page.wait_for_function(
-        f"document.querySelectorAll('{ASSISTANT}').length > {before}", timeout=60_000
-    )
-    page.locator("#stop-button").wait_for(state="detached", timeout=60_000)
