@@ -4,10 +4,11 @@ An :class:`Endpoint` is where one server is (Foundry Local, Ollama, llama.cpp,
 vLLM, the embedded engine or a cloud service) and the key it wants; what the
 app knows *about* a server (its models, context window, whether it stays on
 the premises, what to start when it is down) lives in
-:class:`rag.catalog.Provider`. This module lists a server's models and streams
-chat completions from it, and turns transport failures into
-:class:`~rag.errors.EndpointUnavailable` / :class:`~rag.errors.EndpointSilent` /
-:class:`~rag.errors.EndpointError` / :class:`~rag.errors.StreamInterrupted`.
+:class:`rag.catalog.Provider`. This module lists a server's models, streams
+chat completions from it, reads the odds of a reply's first token, and turns
+transport failures into :class:`~rag.errors.EndpointUnavailable` /
+:class:`~rag.errors.EndpointSilent` / :class:`~rag.errors.EndpointError` /
+:class:`~rag.errors.StreamInterrupted`.
 
 Two deadlines bound an answer, both counted from the request: the first text
 must arrive within ``LLM_FIRST_TOKEN_TIMEOUT`` (else :class:`EndpointSilent`,
@@ -197,6 +198,40 @@ async def stream_chat(
             yield text
     finally:
         await texts.aclose()  # a caller that stops listening closes the HTTP stream now
+
+
+async def first_token_odds(
+    endpoint: Endpoint,
+    messages: Sequence[Message],
+    *,
+    model: str,
+    settings: Settings,
+    top: int = 20,
+) -> dict[str, float]:
+    """The log-probabilities of the ``top`` likeliest first tokens of the greedy reply to
+    ``messages``, by token text (one token is generated, not streamed).
+
+    A server that reports no log-probabilities gives its one token at log-probability 0
+    (certain). Raises as :func:`stream_chat` does before its first text.
+    """
+    deadlines = Deadlines.start(settings)
+    request = client_for(endpoint, settings).chat.completions.create(
+        model=model,
+        messages=list(messages),  # type: ignore[arg-type]
+        max_tokens=1,
+        temperature=0.0,
+        logprobs=True,
+        top_logprobs=top,
+    )
+    reply = await _first_reply(endpoint, request, deadlines, f"rejected a check for '{model}'")
+    if not reply.choices:
+        return {}
+    choice = reply.choices[0]
+    content = choice.logprobs.content if choice.logprobs else None
+    if not content:
+        return {choice.message.content or "": 0.0}
+    first = content[0]
+    return {t.token: t.logprob for t in first.top_logprobs} or {first.token: first.logprob}
 
 
 async def _texts(

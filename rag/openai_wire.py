@@ -68,7 +68,13 @@ def now() -> int:
 
 
 def chunk(
-    cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any
+    cid: str,
+    created: int,
+    model: str,
+    delta: dict[str, Any],
+    finish: str | None = None,
+    logprobs: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """One ``chat.completion.chunk`` with a single choice."""
     return {
@@ -76,13 +82,20 @@ def chunk(
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
         **extra,
     }
 
 
 def completion(
-    cid: str, created: int, model: str, text: str, finish: str, usage: dict[str, int], **extra: Any
+    cid: str,
+    created: int,
+    model: str,
+    text: str,
+    finish: str,
+    usage: dict[str, int],
+    logprobs: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """A whole ``chat.completion`` with a single assistant message."""
     return {
@@ -94,7 +107,7 @@ def completion(
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": finish,
             }
         ],

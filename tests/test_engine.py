@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ import pytest
 from rag.embedded_llm import EngineProcess, engine_available
 from rag.embedded_llm.generation import Delta, Engine, Sampling, StopMatcher, ends_in_loop
 from rag.errors import ModelMissing
-from rag.llm import Endpoint
+from rag.llm import Endpoint, first_token_odds
 from rag.model_tiers import TIERS
 from rag.settings import Settings
 from tests.support import MODELS_DIR, REPO, make_settings
@@ -130,6 +131,46 @@ def test_stop_sequence_cuts_the_answer_before_it(engine, client) -> None:
     cut = client.chat.completions.create(**ask, stop=[stop, "never-appears"])
     assert cut.choices[0].message.content == full[: full.index(stop)]
     assert cut.choices[0].finish_reason == "stop"
+
+
+def test_logprobs_give_each_greedy_tokens_odds_and_the_likeliest_alternatives(
+    engine, client
+) -> None:
+    ask = dict(model=engine[0].info.id, messages=CONTEXT_PROMPT, temperature=0, max_tokens=6)
+    reply = client.chat.completions.create(**ask, logprobs=True, top_logprobs=3)
+    tokens = reply.choices[0].logprobs.content
+    assert len(tokens) == reply.usage.completion_tokens
+    assert "".join(t.token for t in tokens) == reply.choices[0].message.content
+    for token in tokens:
+        top = [t.logprob for t in token.top_logprobs]
+        assert len(top) == 3 and top == sorted(top, reverse=True) and top[0] <= 0
+        # Greedy decoding picks the likeliest token, so it heads its own alternatives.
+        assert token.token == token.top_logprobs[0].token and token.logprob == top[0]
+        assert sum(math.exp(lp) for lp in top) <= 1 + 1e-6
+    streamed = list(client.chat.completions.create(**ask, stream=True, logprobs=True))
+    last = [c for c in streamed if c.choices][-1].choices[0]
+    assert [t.token for t in last.logprobs.content] == [t.token for t in tokens]
+    assert client.chat.completions.create(**ask).choices[0].logprobs is None
+
+
+def test_top_logprobs_without_logprobs_gets_400(engine) -> None:
+    url = f"{engine[1].base_url}/chat/completions"
+    for bad in ({"top_logprobs": 2}, {"logprobs": True, "top_logprobs": 21}, {"logprobs": "yes"}):
+        error = _assert_openai_error(httpx.post(url, json={"messages": CONTEXT_PROMPT, **bad}), 400)
+        assert error["param"] in ("top_logprobs", "logprobs")
+
+
+async def test_first_token_odds_name_the_greedy_first_token_likeliest(
+    engine, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, engine_model=SMALL)
+    odds = await first_token_odds(
+        engine[1], CONTEXT_PROMPT, model=engine[0].info.id, settings=settings
+    )
+    first = openai.OpenAI(base_url=engine[1].base_url, api_key="x").chat.completions.create(
+        model=engine[0].info.id, messages=CONTEXT_PROMPT, temperature=0, max_tokens=1
+    )
+    assert len(odds) == 20 and max(odds, key=odds.get) == first.choices[0].message.content
 
 
 def test_a_greedy_request_reads_only_what_its_prompt_does_not_share_with_the_last(

@@ -42,6 +42,8 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     min_tokens: int = 0
+    # OpenAI's logprobs: None, none reported; else each token's, with this many alternatives.
+    top_logprobs: int | None = None
 
 
 # Tiny models (SmolLM2-135M) fall into loops ("* 11434 * 11434 ..."). A generation
@@ -78,11 +80,21 @@ class Delta:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's text and log-probability, and the likeliest tokens at its place."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Finished:
     """The end of a generation: ``reason`` is "stop", "length" or "cancelled"."""
 
     reason: str
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token, when Sampling.top_logprobs asks
 
 
 @dataclass(frozen=True)
@@ -234,6 +246,7 @@ class Engine:
         first_token_at: float | None = None
         generated = 0
         produced: list[int] = []
+        logprobs: list[TokenLogprob] = []
         reason = "length"
         while not generator.is_done():
             if job.cancel.is_set():
@@ -241,9 +254,13 @@ class Engine:
                 break
             if generated == limit:
                 break
+            # Read before generate_next_token: they are the distribution the token comes from.
+            logits = None if s.top_logprobs is None else np.asarray(generator.get_logits())
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
             generated += 1
+            if logits is not None:
+                logprobs.append(self._logprob(logits, token, s.top_logprobs or 0))
             first_token_at = first_token_at or time.perf_counter()
             if token in self.eos_ids:
                 reason = "stop"
@@ -265,12 +282,7 @@ class Engine:
         # A fresh generator's KV cache is freed before the next job allocates its own (a
         # kept prefix holds its generator itself).
         del generator
-        self.stats.tokens += generated
-        if reason == "cancelled":
-            self.stats.cancelled += 1
-            self.stats.last_cancelled_tokens = generated
-        else:
-            self.stats.finished += 1
+        self._count(reason, generated)
         elapsed = time.perf_counter() - started
         ttft = (first_token_at - started) if first_token_at else elapsed
         log.info(
@@ -278,7 +290,28 @@ class Engine:
             reason, prompt_len, self.stats.prefix_tokens_reused - reused_before, generated, ttft,
             (generated - 1) / (elapsed - ttft) if generated > 1 and elapsed > ttft else 0.0,
         )  # fmt: skip
-        job.emit(Finished(reason, generated))
+        job.emit(Finished(reason, generated, tuple(logprobs)))
+
+    def _count(self, reason: str, generated: int) -> None:
+        """Add one ended generation to the stats."""
+        self.stats.tokens += generated
+        if reason == "cancelled":
+            self.stats.cancelled += 1
+            self.stats.last_cancelled_tokens = generated
+        else:
+            self.stats.finished += 1
+
+    def _logprob(self, logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+        """``token``'s log-probability under ``logits`` and the ``top`` likeliest tokens'."""
+        scores = logits.reshape(-1).astype(np.float64)
+        scores -= scores.max()
+        logp = scores - np.log(np.exp(scores).sum())
+        best = np.argpartition(-logp, top)[:top] if top else np.empty(0, dtype=np.int64)
+        best = best[np.argsort(-logp[best])]
+        text = self.tokenizer.decode
+        return TokenLogprob(
+            text([token]), float(logp[token]), tuple((text([int(i)]), float(logp[i])) for i in best)
+        )
 
     def _generator_for(self, job: _Job) -> tuple[og.Generator, int | None]:
         """A generator that has read ``job``'s prompt, and the tokens it may still make

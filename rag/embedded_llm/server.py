@@ -5,8 +5,9 @@ Routes:
 - ``GET /v1/models``: the loaded model (its id is the model folder's name);
 - ``POST /v1/chat/completions``: ``stream`` true or false, ``max_tokens`` (or
   ``max_completion_tokens``), ``temperature``, ``top_p``, ``stop``, ``seed``,
-  ``stream_options.include_usage``; vLLM's ``min_tokens`` / ``ignore_eos``
-  extensions are accepted too. ``usage`` carries real token counts;
+  ``stream_options.include_usage``, ``logprobs`` and ``top_logprobs`` (in a stream,
+  all on the last chunk); vLLM's ``min_tokens`` / ``ignore_eos`` extensions are
+  accepted too. ``usage`` carries real token counts;
 - ``GET /health`` and ``GET /engine/stats`` (generation counters).
 
 Every error is OpenAI-shaped JSON ``{"error": {"message", "type", "param", "code"}}``.
@@ -115,6 +116,7 @@ def parse_engine_request(body: Any, model_id: str, default_max_tokens: int) -> C
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise EngineRequestError(400, "'stream_options' must be an object.", param="stream_options")
+    top_logprobs = _top_logprobs(body)
     return ChatRequest(
         model=model_id,
         messages=clean,
@@ -127,9 +129,23 @@ def parse_engine_request(body: Any, model_id: str, default_max_tokens: int) -> C
             stop=stops(body.get("stop")),
             seed=seed,
             min_tokens=min_tokens,
+            top_logprobs=top_logprobs,
         ),
         max_tokens_given=given,
     )
+
+
+def _top_logprobs(body: dict[str, Any]) -> int | None:
+    """OpenAI's ``logprobs`` (true/false) and ``top_logprobs`` (0-20, only with logprobs)."""
+    wanted = body.get("logprobs") or False
+    if not isinstance(wanted, bool):
+        raise EngineRequestError(400, "'logprobs' must be true or false.", param="logprobs")
+    top = number(body.get("top_logprobs"), "top_logprobs", int, 0, 20)
+    if top is not None and not wanted:
+        raise EngineRequestError(
+            400, "'top_logprobs' needs 'logprobs': true.", param="top_logprobs"
+        )
+    return (top or 0) if wanted else None
 
 
 def _message(message: Any, index: int) -> dict[str, str]:
@@ -241,8 +257,14 @@ class EngineApp:
             )
         return replace(s, max_tokens=room, min_tokens=min(s.min_tokens, room))
 
-    def _chunk(self, cid: str, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        return chunk(cid, now(), self.engine.info.id, delta, finish)
+    def _chunk(
+        self,
+        cid: str,
+        delta: dict[str, Any],
+        finish: str | None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return chunk(cid, now(), self.engine.info.id, delta, finish, logprobs)
 
     async def _sse(
         self, chat: ChatRequest, sampling: Sampling, prompt_ids: np.ndarray, completion_id: str
@@ -258,7 +280,7 @@ class EngineApp:
                 yield sse(WireError(500, event.message, type="server_error").body())
                 break
             elif isinstance(event, Finished):
-                last = self._chunk(completion_id, {}, event.reason)
+                last = self._chunk(completion_id, {}, event.reason, _logprobs(sampling, event))
                 counts = usage(len(prompt_ids), event.completion_tokens)
                 last["usage"] = counts
                 yield sse(last)
@@ -303,8 +325,11 @@ class EngineApp:
             return EngineRequestError(500, end.message, type="server_error").response()
         counts = usage(len(prompt_ids), end.completion_tokens)
         return JSONResponse(
-            completion(completion_id, now(), self.engine.info.id, text, end.reason, counts)
-        )
+            completion(
+                completion_id, now(), self.engine.info.id, text, end.reason, counts,
+                _logprobs(sampling, end),
+            )
+        )  # fmt: skip
 
     async def _http_error(self, request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
@@ -316,6 +341,22 @@ class EngineApp:
     async def _crash(self, request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
         return EngineRequestError(500, f"The engine failed: {exc}", type="server_error").response()
+
+
+def _logprobs(sampling: Sampling, end: Finished) -> dict[str, Any] | None:
+    """The choice's ``logprobs`` (in a stream, on its last chunk): each token's
+    log-probability and its likeliest alternatives; None when the request did not ask."""
+    if sampling.top_logprobs is None:
+        return None
+
+    def token(text: str, logprob: float) -> dict[str, Any]:
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    content = [
+        {**token(e.token, e.logprob), "top_logprobs": [token(t, lp) for t, lp in e.top]}
+        for e in end.logprobs
+    ]
+    return {"content": content, "refusal": None}
 
 
 def _exit_when_parent_dies() -> None:
