@@ -13,6 +13,8 @@ so all of them answer the same way. :func:`answer` is an async generator of even
 When the relevance gate (:func:`rag.grounding.judge`) finds that the documents
 do not cover the question, no model is asked: the events carry ``route=None``,
 the text :data:`~rag.grounding.NOT_COVERED` and the closest passages as ``hits``.
+The same reply comes when the embedded engine, asked first whether its passages
+state the answer (a one-token check, :func:`rag.grounding.yes_share`), doubts it.
 Retrieval for a follow-up sees the previous question too (:func:`search_query`).
 Files mentioned as ``@name`` limit retrieval to them (:mod:`rag.mentions`), and
 the follow-ups after them too (the scope is read from the history, so the chat and
@@ -39,9 +41,10 @@ and ``StreamInterrupted`` (the stream broke midway; ``.partial`` keeps the text)
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
@@ -54,9 +57,10 @@ from rag.answer_events import (
     first_answer,
 )
 from rag.catalog import model_catalog
-from rag.grounding import NOT_COVERED, judge, keep_close
+from rag.errors import RagError
+from rag.grounding import NOT_COVERED, judge, keep_close, yes_share
 from rag.hosts import host_of, is_loopback_host
-from rag.llm import Message
+from rag.llm import Message, first_token_odds
 from rag.mentions import (
     WHOLE_TASK,
     Scope,
@@ -69,6 +73,7 @@ from rag.prompt import (
     Prompt,
     PromptTooLong,
     build_prompt,
+    check_messages,
     estimate_tokens,
     source_label,
     style_for,
@@ -84,6 +89,8 @@ __all__ = [
     "EVERY_FILE_AGAIN", "AnswerDelta", "AnswerDone", "AnswerEvent", "AnswerStart", "Generation",
     "answer", "direct", "format_sources", "on_this_machine", "question_scope", "search_query",
 ]  # fmt: skip
+
+log = logging.getLogger("rag.answer")
 
 # The least room an answer may be left in the window (RAG_ANSWER_TOKENS' own floor).
 MIN_ANSWER_TOKENS = 16
@@ -166,11 +173,48 @@ async def _grounded(
     routes = await catalog.routes(question, model, size)
 
     def prompt_for(route: Route) -> Prompt:
-        return _prompt(route, question, hits, history, settings)
+        return build_prompt(
+            question,
+            hits,
+            settings=settings,
+            history=history,
+            context_tokens=route.provider.context_tokens,
+            style=style_for(route.provider),
+            searched=query,
+        )
 
+    if routes and await _model_doubts(routes[0], prompt_for, question, query, settings):
+        async for event in _not_covered(hits, started):
+            yield event
+        return
     generation = generation or Generation()
     async for event in first_answer(routes, prompt_for, settings, generation, started):
         yield event
+
+
+async def _model_doubts(
+    route: Route,
+    prompt_for: Callable[[Route], Prompt],
+    question: str,
+    query: str,
+    settings: Settings,
+) -> bool:
+    """True when the model that is about to answer, asked whether its passages state the
+    answer to ``query`` (:func:`rag.prompt.check_messages`), gives "yes" a probability below
+    ``RAG_CHECK_MIN_YES``. Only prompt styles calibrated for it ask; a route that is
+    down or too small is left to :func:`first_answer`, which reports or passes it."""
+    if not settings.gate or not style_for(route.provider).check:
+        return False
+    try:
+        messages = check_messages(prompt_for(route), question, query)
+        odds = await first_token_odds(
+            route.endpoint, messages, model=route.model, settings=settings
+        )
+    except RagError:
+        return False
+    share = yes_share(odds)
+    log.info("answerable check: yes %s", "unknown" if share is None else f"{share:.2f}")
+    return share is not None and share < settings.check_min_yes
 
 
 async def direct(
@@ -208,19 +252,6 @@ async def direct(
 
     async for event in first_answer(routes, prompt_for, settings, generation, started):
         yield event
-
-
-def _prompt(
-    route: Route, question: str, hits: list[Hit], history: Sequence[Message], settings: Settings
-) -> Prompt:
-    return build_prompt(
-        question,
-        hits,
-        settings=settings,
-        history=history,
-        context_tokens=route.provider.context_tokens,
-        style=style_for(route.provider),
-    )
 
 
 async def _not_covered(hits: list[Hit], started: float) -> AsyncGenerator[AnswerEvent, None]:

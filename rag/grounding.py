@@ -1,6 +1,6 @@
 """Keeping answers tied to the documents: the relevance gate, citations, refusals, support.
 
-Four small rules, each measured on the QA sets in ``tests/qa/``:
+Five small rules, each measured on the QA sets in ``tests/qa/``:
 
 - :func:`judge` is the gate in front of the model. When no retrieved passage is
   close to the question by meaning (the embedder's cosine similarity) *and* the
@@ -12,6 +12,11 @@ Four small rules, each measured on the QA sets in ``tests/qa/``:
   answerable question fell that low. Near misses ("Who is the CEO of
   Brightwater Kayaks?") pass the gate and are left to the model's own refusal,
   which the prompt asks for in exact words.
+- :func:`yes_share` reads the model's own check past the gate: asked
+  :data:`ANSWERABLE_CHECK` after the question, in the prompt it is about to answer,
+  the embedded 1.5B gives "yes" a probability of 0.26 or more on every answerable
+  question of both sets, and under 0.2 on 6 of the 18 near misses the gate lets
+  through ("Does Local RAG Chat have an iPhone app?" 0.02).
 - :func:`keep_close` drops passages far weaker than the best one before they
   reach the prompt, so an unrelated file never becomes a "source".
 - :func:`citations` lists the passages an answer cites (``[n]``), the only ones
@@ -24,12 +29,15 @@ Four small rules, each measured on the QA sets in ``tests/qa/``:
 [Citation(number=2, hit='b'), Citation(number=1, hit='a')]
 >>> is_refusal("Your documents do not seem to cover this.")
 True
+>>> round(yes_share({"Yes": -1.6, "No": -0.3, " no": -4.0}), 2)
+0.21
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -65,7 +73,8 @@ REFUSAL = re.compile(
     "|".join(
         [
             rf"\b{_SUBJECT},? (?:do|does|did)(?: not|n't) (?:seem to |appear to )?{_VERBS}\b",
-            r"\bnot (?:mentioned|covered|specified|stated|found|provided|included|addressed|"
+            r"\bnot (?:explicitly |directly |clearly |specifically )?"
+            r"(?:mentioned|covered|specified|stated|found|provided|included|addressed|"
             rf"discussed|described|given) (?:anywhere )?in (?:the|your|these|this)"
             rf" (?:provided |given )?{_SUBJECT}",
             r"\b(?:there is|there's|there are|I have|I found|(?:contain|provide|give|mention)s?"
@@ -85,6 +94,11 @@ _HEDGE = re.compile(r"\b(?:if|when|whenever|unless|says?|said)\b", re.IGNORECASE
 _MARKUP = re.compile(r"[*`]+")
 _CITES = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 OPENING_SENTENCES = 2
+# Put after the question: the answer's prompt is then the check's prompt minus this
+# sentence, so an engine that keeps the prompt it read reads only these words twice.
+ANSWERABLE_CHECK = (
+    "Do the passages above state the answer to this question? Reply with yes or no only."
+)
 
 
 @dataclass(frozen=True)
@@ -191,6 +205,18 @@ def matched(text: str, hits: Sequence[Hit], threshold: float) -> list[Citation[H
     scored = [(support(text, [h.text]), n) for n, h in enumerate(hits, start=1)]
     best, number = max(scored, key=lambda pair: (pair[0], -pair[1]))
     return [Citation(number, hits[number - 1])] if best >= threshold else []
+
+
+def yes_share(odds: Mapping[str, float]) -> float | None:
+    """The probability of "yes" against "no" as a reply's first token, from the
+    log-probabilities of its likeliest first tokens; None when neither is among them."""
+    chance = {"yes": 0.0, "no": 0.0}
+    for token, logprob in odds.items():
+        word = token.strip().lower()
+        if word in chance:
+            chance[word] += math.exp(logprob)
+    total = chance["yes"] + chance["no"]
+    return chance["yes"] / total if total > 0 else None
 
 
 def is_refusal(text: str) -> bool:

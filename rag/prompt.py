@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rag.errors import ModelMissing, RagError
-from rag.grounding import NOT_COVERED, content_words, sentences
+from rag.grounding import ANSWERABLE_CHECK, NOT_COVERED, content_words, sentences
 from rag.llm import Message
 from rag.routing import Provider
 from rag.settings import Settings
@@ -90,6 +90,9 @@ class PromptStyle:
     # passages; None: RAG_ANSWER_TOKENS and RAG_TEMPERATURE.
     answer_tokens: int | None = None
     temperature: float | None = None
+    # Ask the model first whether the passages answer the question (check_messages), and
+    # answer "not covered" when it doubts it (RAG_CHECK_MIN_YES, measured in bench_check).
+    check: bool = False
 
 
 FULL = PromptStyle()
@@ -110,10 +113,15 @@ COMPACT = PromptStyle(
 # the prompt by about 40% against five; greedy decoding keeps a small model on them.
 # Each is cut to the sentences around the question's words (see bench/RESULTS.md).
 ON_CPU = PromptStyle(
-    max_passages=3, passage_tokens=130, focus=True, answer_tokens=200, temperature=0.0
-)
+    max_passages=3, passage_tokens=130, focus=True, answer_tokens=200, temperature=0.0,
+    check=True,
+)  # fmt: skip
+# Measured in bench_check, the 1.5B's answer to the check sets near misses apart; the
+# 0.5B's is close to 0.5 whatever the question (0.45-0.67), so that one is not asked.
+ON_CPU_UNCHECKED = replace(ON_CPU, check=False)
 # SmolLM2-135M needs COMPACT; Qwen2.5 0.5B and larger answer best with the full context.
 SMALL_MODEL_PARAMETERS = 300_000_000
+CHECKED_MODEL_PARAMETERS = 1_000_000_000
 
 # Token counting. The chat model's own tokenizer is unknown here (Phi, Qwen, Llama,
 # SmolLM2 and cloud models all differ), so the count is an upper estimate, the larger of:
@@ -196,14 +204,17 @@ def _counter_for(embedder_dir: Path) -> TokenCounter:
 
 def style_for(provider: Provider) -> PromptStyle:
     """The one prompt rule: below :data:`SMALL_MODEL_PARAMETERS`, the compact prompt; the
-    embedded engine's larger models, :data:`ON_CPU`; any other server, the full context.
+    embedded engine's larger models, :data:`ON_CPU` (checked from
+    :data:`CHECKED_MODEL_PARAMETERS` on); any other server, the full context.
 
     Only the embedded engine reports its size; every server whose size is unknown
     (Foundry Local, Ollama, a cloud model) is taken to be capable.
     """
     if provider.parameters is None:
         return FULL
-    return COMPACT if provider.parameters < SMALL_MODEL_PARAMETERS else ON_CPU
+    if provider.parameters < SMALL_MODEL_PARAMETERS:
+        return COMPACT
+    return ON_CPU if provider.parameters >= CHECKED_MODEL_PARAMETERS else ON_CPU_UNCHECKED
 
 
 @dataclass(frozen=True)
@@ -227,19 +238,22 @@ def build_prompt(
     context_tokens: int | None = None,
     counter: TokenCounter | None = None,
     style: PromptStyle = FULL,
+    searched: str | None = None,
 ) -> Prompt:
     """Messages for ``question`` grounded in ``hits`` (best first), within the budget.
 
     ``context_tokens`` is the endpoint's window (default ``settings.context_tokens``);
     ``settings.answer_tokens`` of it are kept free for the answer. ``style`` limits
-    the context for small models (:data:`COMPACT`). Raises :class:`PromptTooLong`
-    when not even the question fits.
+    the context for small models (:data:`COMPACT`). A style that focuses passages cuts
+    them around the words of ``searched``, what retrieval searched for (default: the
+    question), so a follow-up's passages keep the sentences about its subject.
+    Raises :class:`PromptTooLong` when not even the question fits.
     """
     window = context_tokens or settings.context_tokens
     budget = window - settings.answer_tokens
     counter = counter or token_counter(settings)
     question = question.strip()
-    hits = _styled_hits(hits, style, counter, question)
+    hits = _styled_hits(hits, style, counter, searched or question)
 
     bare = _messages([], [], question, style)
     bare_tokens = counter.count_messages(bare)
@@ -334,6 +348,24 @@ def estimate_tokens(
         + counter.count_messages(recent)
         + sum(_passage_cost(n, h, counter) for n, h in enumerate(hits[:FULL_PASSAGES], start=1))
     )
+
+
+def check_messages(prompt: Prompt, question: str, asked: str | None = None) -> list[Message]:
+    """``prompt``'s messages (built for ``question``) with the check
+    (:data:`~rag.grounding.ANSWERABLE_CHECK`) after the question, which reads ``asked``
+    instead when given.
+
+    A follow-up is asked joined to the question before it (:func:`rag.answer.search_query`):
+    measured, the 1.5B doubts the passages of a bare follow-up that they do answer ("And in
+    a city like Berlin?": "yes" 0.13 bare, 0.57 joined). Everything before the question is
+    the answer's own prompt, so an engine that keeps the prompt it last read (the embedded
+    one) reads only the question and the check again.
+    """
+    *head, last = prompt.messages
+    content, bare = last["content"], question.strip()
+    if asked is not None and content.endswith(bare):
+        content = content[: len(content) - len(bare)] + " ".join(asked.split())
+    return [*head, {**last, "content": f"{content}\n\n{ANSWERABLE_CHECK}"}]
 
 
 def context_block(hits: Sequence[Hit]) -> str:

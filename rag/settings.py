@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     # Calibrated on tests/qa (see rag/grounding.py): below both, the documents do not cover it.
     gate_min_similarity: float = Field(0.26, ge=-1, le=1, validation_alias=_env("RAG_GATE_MIN_SIMILARITY"))
     gate_min_coverage: float = Field(0.5, ge=0, le=1, validation_alias=_env("RAG_GATE_MIN_COVERAGE"))
+    # The embedded engine's own check past the gate: below this probability of "yes" to "do
+    # the passages state the answer?", the model is not asked to answer (bench/RESULTS.md).
+    check_min_yes: float = Field(0.2, ge=0, le=1, validation_alias=_env("RAG_CHECK_MIN_YES"))
     # Passages this far below the best one's similarity (and not found by BM25) are left out.
     passage_margin: float = Field(0.25, ge=0, le=2, validation_alias=_env("RAG_PASSAGE_MARGIN"))
     # An answer sentence whose cited passages hold less than this share of its words is marked.

@@ -11,12 +11,22 @@ import pytest
 
 import app
 from rag.answer import AnswerDone, AnswerStart, answer, search_query
-from rag.grounding import NOT_COVERED, citations, is_refusal, judge, keep_close, support
+from rag.embedded_llm.process import shared_engine
+from rag.grounding import (
+    NOT_COVERED,
+    citations,
+    is_refusal,
+    judge,
+    keep_close,
+    support,
+    yes_share,
+)
 from rag.prompt import CONTEXT_END, CONTEXT_HEAD, SYSTEM_PROMPT, build_prompt
 from rag.retrieve import Hit, retrieve
+from rag.model_tiers import TIERS
 from rag.settings import Settings, get_settings
 from tests.chat_session import ChatSession
-from tests.support import MODELS_DIR, offline_settings
+from tests.support import MODELS_DIR, make_settings, offline_settings
 from tests.fake_openai import FakeOpenAI
 
 HOLIDAYS = "How many days of paid holiday do employees get?"
@@ -71,6 +81,7 @@ def test_citations_follow_the_order_of_first_mention_and_ignore_numbers_out_of_r
         "The documents do not cover the CEO.",
         "The context does not mention a mobile app.",
         "The CEO is not mentioned in the provided context.",
+        "The dress code at Brightwater Kayaks is not explicitly stated in the given context.",
         "I don't know.",
         "There is no information about Tokyo in the passages.",
     ],
@@ -85,6 +96,7 @@ def test_refusals_are_recognised(text: str) -> None:
         "Ollama listens on port 11434 [1].",
         "Yes: the documents cover PDFs, Word files and HTML [2].",
         "You do not need a GPU [1].",
+        "A scanned page is not directly searchable until OCR has read it [2].",
     ],
 )
 def test_answers_are_not_mistaken_for_refusals(text: str) -> None:
@@ -142,6 +154,65 @@ async def test_the_embedded_model_does_not_obey_an_instruction_inside_a_document
     done = events[-1]
     assert isinstance(done, AnswerDone) and done.route is not None
     assert "BANANAS" not in done.text.upper()
+
+
+def test_yes_share_weighs_every_spelling_of_yes_against_no() -> None:
+    assert yes_share({"Yes": -0.5, " yes": -2.0, "No": -1.5, "Maybe": -0.1}) == pytest.approx(
+        (0.6065 + 0.1353) / (0.6065 + 0.1353 + 0.2231), abs=1e-3
+    )
+    assert yes_share({"NO": 0.0}) == 0.0 and yes_share({"yes\n": 0.0}) == 1.0
+    assert yes_share({"The": -0.1, "It": -2.0}) is None and yes_share({}) is None
+
+
+async def test_the_default_tier_declines_a_near_miss_its_own_check_doubts(
+    sample_settings: Settings,
+) -> None:
+    """Past the gate, the default tier is asked whether its passages state the answer: a near
+    miss is declined with the closest matches, an answerable question is still answered."""
+    default = Settings.model_fields["engine_model"].default
+    settings = make_settings(
+        sample_settings.data_dir.parent, docs_dir=sample_settings.docs_dir, engine_model=default
+    )
+    near_miss = "Does Local RAG Chat have an iPhone app?"
+    assert judge(near_miss, retrieve(near_miss, settings=settings), settings).covered
+    try:
+        start, *_, done = [e async for e in answer(near_miss, settings)]
+        *_, answered = [e async for e in answer("Which port does Ollama listen on?", settings)]
+    finally:
+        shared_engine(settings).stop()
+    assert done.route is None and done.refused and done.text == NOT_COVERED
+    assert start.hits and done.sources == []
+    assert answered.route is not None and answered.route.model == TIERS[default].folder
+    assert "11434" in answered.text and not answered.refused, answered.text
+
+
+async def test_the_default_tier_checks_a_follow_up_joined_to_the_question_before_it(
+    corpus_store: Path,
+) -> None:
+    """Bare, "And in a city like Berlin?" gets "yes" 0.13 from the 1.5B, below the threshold,
+    though the passages state the answer; joined to the question before it, 0.57."""
+    default = Settings.model_fields["engine_model"].default
+    settings = make_settings(corpus_store, engine_model=default)
+    history = [
+        {"role": "user", "content": "What is the hotel limit in London?"},
+        {"role": "assistant", "content": "In London the nightly limit is 190 EUR [1]."},
+    ]
+    try:
+        events = answer("And in a city like Berlin?", settings, history=history)
+        *_, done = [e async for e in events]
+    finally:
+        shared_engine(settings).stop()
+    # Answered by the model (right or wrong is the answer eval's to score), not declined.
+    assert done.route is not None and not done.refused, done.text
+
+
+async def test_a_model_server_of_unknown_size_is_not_asked_to_check_first(
+    corpus_store: Path, fake: FakeOpenAI
+) -> None:
+    settings = offline_settings(corpus_store, llm_base_url=fake.base_url)
+    *_, done = [e async for e in answer(HOLIDAYS, settings, model="m")]
+    assert done.route is not None and "28 days" in done.text
+    assert len(fake.requests) == 1 and "logprobs" not in fake.requests[0]
 
 
 # --- through the answer pipeline, the chat and the API -----------------------------------

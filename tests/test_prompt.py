@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer
 
 from rag.errors import RagError
+from rag.grounding import ANSWERABLE_CHECK
 from rag.llm import Endpoint
 from rag.prompt import (
     FULL_PASSAGES,
     ON_CPU,
+    ON_CPU_UNCHECKED,
     CONTEXT_END,
     CONTEXT_HEAD,
     COMPACT,
@@ -20,6 +23,7 @@ from rag.prompt import (
     SMALL_MODEL_PARAMETERS,
     SYSTEM_PROMPT,
     build_prompt,
+    check_messages,
     estimate_tokens,
     style_for,
     token_counter,
@@ -233,8 +237,10 @@ def test_a_model_below_300m_parameters_gets_the_compact_prompt() -> None:
 
 
 def test_a_larger_embedded_model_gets_three_passages_and_a_server_of_unknown_size_all() -> None:
-    assert style_for(_provider(Kind.EMBEDDED, SMALL_MODEL_PARAMETERS)) is ON_CPU
+    assert style_for(_provider(Kind.EMBEDDED, SMALL_MODEL_PARAMETERS)) is ON_CPU_UNCHECKED
+    assert style_for(_provider(Kind.EMBEDDED, 500_000_000)) is ON_CPU_UNCHECKED
     assert style_for(_provider(Kind.EMBEDDED, 1_500_000_000)) is ON_CPU
+    assert ON_CPU_UNCHECKED == replace(ON_CPU, check=False)
     assert ON_CPU.max_passages == FULL_PASSAGES and ON_CPU.temperature == 0.0
     for kind in (Kind.CONFIGURED, Kind.FOUNDRY, Kind.DECLARED):
         assert style_for(_provider(kind, None)) is FULL
@@ -285,3 +291,21 @@ def test_a_passage_within_the_focus_budget_is_left_whole(tmp_path: Path) -> None
     short = hit(1, words=20)
     prompt = build_prompt("What is word1x3?", [short], settings=settings, style=ON_CPU)
     assert prompt.hits == [short]
+
+
+def test_the_check_follows_the_question_and_leaves_the_answers_prompt_before_it(
+    settings: Settings,
+) -> None:
+    hit = Hit("g#0", "guide.md", None, None, "Ollama listens on 11434.", 1.0)
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    prompt = build_prompt("Which port?", [hit], settings=settings, history=history, style=ON_CPU)
+    asked = prompt.messages[-1]["content"]
+    assert asked.endswith("Question: Which port?") and ON_CPU.check and not FULL.check
+    joined = check_messages(prompt, " Which port? ", "About Ollama\nWhich port?")
+    for checked, question in [
+        (check_messages(prompt, "Which port?"), "Which port?"),
+        (joined, "About Ollama Which port?"),
+    ]:
+        assert checked[:-1] == prompt.messages[:-1] and checked[-1]["role"] == "user"
+        head = asked.removesuffix("Which port?")
+        assert checked[-1]["content"] == f"{head}{question}\n\n{ANSWERABLE_CHECK}"
