@@ -36,7 +36,7 @@ async def _share(engine: Engine, retriever: Retriever, qa: AnswerQA) -> float | 
     settings = retriever.settings
     query = search_query(qa.q, qa.history)
     hits = retriever.search(query, settings.top_k)
-    if not judge(query, hits, settings).covered:
+    if not judge(query, hits, settings, latest=qa.q).covered:
         return None
     prompt = build_prompt(
         qa.q, keep_close(hits, settings), settings=settings, history=qa.history,

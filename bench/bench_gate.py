@@ -52,7 +52,7 @@ def _gate_row(retriever: Retriever, name: str, questions: list[AnswerQA]) -> str
     for qa in questions:
         query = search_query(qa.q, qa.history)
         hits = retriever.search(query, retriever.settings.top_k)
-        stopped[qa.refuse] += not judge(query, hits, retriever.settings).covered
+        stopped[qa.refuse] += not judge(query, hits, retriever.settings, latest=qa.q).covered
     uncovered = sum(qa.refuse for qa in questions)
     answerable = len(questions) - uncovered
     gated = f"{stopped[True]}/{uncovered}" if uncovered else "-"

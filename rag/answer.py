@@ -163,7 +163,7 @@ async def _grounded(
     if hits is None:
         # Embedding and Chroma block for a few ms; keep the event loop free for other chats.
         hits = await asyncio.to_thread(retrieve, query, settings=settings, sources=sources)
-    if not judge(query, hits, settings).covered:
+    if not judge(query, hits, settings, latest=question).covered:
         async for event in _not_covered(hits, started):
             yield event
         return

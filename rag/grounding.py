@@ -11,7 +11,9 @@ Five small rules, each measured on the QA sets in ``tests/qa/``:
   similarity of 0.06-0.17 with no content word in the passages, while only one
   answerable question fell that low. Near misses ("Who is the CEO of
   Brightwater Kayaks?") pass the gate and are left to the model's own refusal,
-  which the prompt asks for in exact words.
+  which the prompt asks for in exact words. A question that names a setting
+  (``RAG_MAX_PASSAGES``) that no retrieved passage contains is not covered either
+  (:func:`unknown_names`): no passage can describe it.
 - :func:`yes_share` reads the model's own check past the gate: asked
   :data:`ANSWERABLE_CHECK` after the question, in the prompt it is about to answer,
   the embedded 1.5B gives "yes" a probability of 0.26 or more on every answerable
@@ -50,6 +52,8 @@ NOT_COVERED = "Your documents do not seem to cover this."
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _CITE = re.compile(r"\[(\d{1,3})\]")
+# A setting or constant spelled out: capitals and digits joined by underscores (LLM_BASE_URL).
+_NAME = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
 # Words that say nothing about a topic; a question's other words are its content.
 _STOPWORDS = frozenset(
     "a an the and or of to in on for with is are be do does did i my me we you your it its this "
@@ -108,6 +112,7 @@ class Relevance:
     covered: bool
     similarity: float  # best cosine similarity of a passage to the question (0 when unknown)
     coverage: float  # share of the question's content words found in the best passages
+    unknown: tuple[str, ...] = ()  # setting names asked about that no passage contains
 
 
 @dataclass(frozen=True)
@@ -124,22 +129,37 @@ def content_words(text: str) -> list[str]:
     return [w[:_STEM] for w in words if w not in _STOPWORDS and len(w) > 2]
 
 
-def judge(question: str, hits: Sequence[Hit], settings: Settings) -> Relevance:
+def judge(
+    question: str, hits: Sequence[Hit], settings: Settings, *, latest: str | None = None
+) -> Relevance:
     """Whether ``hits`` can answer ``question`` (see the module docstring).
 
-    Off (``RAG_GATE=off``), every question is covered. A store searched without
-    its dense half (no similarity known) is judged by the content words alone.
+    ``question`` is what was searched (a follow-up joined to the question before it);
+    setting names are read from ``latest``, the newest question alone (default: all of
+    ``question``), so a name the documents lack gates only the question that asks it.
+    Off (``RAG_GATE=off``), every question is covered. A store searched without its
+    dense half (no similarity known) is judged by the content words alone.
     """
     similarity = max((h.similarity for h in hits if h.similarity is not None), default=0.0)
     asked = content_words(question)
     found = {w for h in hits[:3] for w in content_words(f"{h.source} {h.heading or ''} {h.text}")}
     coverage = sum(w in found for w in asked) / len(asked) if asked else 1.0
-    covered = (
-        not settings.gate
-        or similarity >= settings.gate_min_similarity
-        or coverage >= settings.gate_min_coverage
-    )
-    return Relevance(covered=covered and bool(hits), similarity=similarity, coverage=coverage)
+    unknown = unknown_names(latest or question, hits)
+    close = similarity >= settings.gate_min_similarity or coverage >= settings.gate_min_coverage
+    covered = not settings.gate or (close and not unknown)
+    return Relevance(covered and bool(hits), similarity, coverage, tuple(unknown))
+
+
+def unknown_names(question: str, hits: Sequence[Hit]) -> list[str]:
+    """The setting-like names ``question`` spells (``RAG_MAX_PASSAGES``) that no passage of
+    ``hits`` contains: passages that lack the very name asked about cannot describe it.
+
+    >>> unknown_names("Is RAG_TOP_K or RAG_MAX_PASSAGES larger?", [Hit("a#0", "a.md", None,
+    ...     None, "RAG_TOP_K is 5.", 1.0)])
+    ['RAG_MAX_PASSAGES']
+    """
+    text = " ".join(f"{h.heading or ''} {h.text}" for h in hits)
+    return [name for name in dict.fromkeys(_NAME.findall(question)) if name not in text]
 
 
 def keep_close(hits: Sequence[Hit], settings: Settings) -> list[Hit]:

@@ -156,6 +156,28 @@ async def test_the_embedded_model_does_not_obey_an_instruction_inside_a_document
     assert "BANANAS" not in done.text.upper()
 
 
+def test_a_setting_name_no_passage_contains_is_not_covered(settings: Settings) -> None:
+    close = [_hit("RAG_TOP_K sets how many passages the model gets.", similarity=0.9)]
+    unknown = judge("What does RAG_MAX_PASSAGES do?", close, settings)
+    assert not unknown.covered and unknown.unknown == ("RAG_MAX_PASSAGES",)
+    assert judge("What does RAG_TOP_K do?", close, settings).covered
+    # Searched with the question before it, the follow-up is gated by its own names only.
+    joined = "What does RAG_MAX_PASSAGES do?\nAnd RAG_TOP_K?"
+    assert judge(joined, close, settings, latest="And RAG_TOP_K?").covered
+
+
+def test_the_shipped_docs_lack_one_setting_name_and_hold_another(
+    sample_settings: Settings,
+) -> None:
+    for question, covered in [
+        ("What does the RAG_MAX_PASSAGES setting do?", False),
+        ("Do I need to put Foundry Local's port into LLM_BASE_URL?", True),
+        ("What does RAG_CANDIDATES control?", True),
+    ]:
+        hits = retrieve(question, settings=sample_settings)
+        assert judge(question, hits, sample_settings).covered is covered, question
+
+
 def test_yes_share_weighs_every_spelling_of_yes_against_no() -> None:
     assert yes_share({"Yes": -0.5, " yes": -2.0, "No": -1.5, "Maybe": -0.1}) == pytest.approx(
         (0.6065 + 0.1353) / (0.6065 + 0.1353 + 0.2231), abs=1e-3
