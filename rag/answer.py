@@ -41,6 +41,7 @@ and ``StreamInterrupted`` (the stream broke midway; ``.partial`` keeps the text)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import weakref
@@ -172,6 +173,8 @@ async def _grounded(
     size = estimate_tokens(question, hits, settings=settings, history=history, counter=counter)
     routes = await catalog.routes(question, model, size)
 
+    # Built once per route: the check and the answer it precedes send the same prompt.
+    @functools.cache
     def prompt_for(route: Route) -> Prompt:
         return build_prompt(
             question,
