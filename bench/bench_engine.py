@@ -125,8 +125,8 @@ def bench_server(settings: Settings, tokens: int, reps: int) -> Run:
     started = time.perf_counter()
     with EngineProcess(settings, start_timeout_s=300) as process:
         load = time.perf_counter() - started
-        assert process.endpoint is not None and process.pid is not None
-        model = process.endpoint.model
+        assert process.endpoint is not None and process.info is not None and process.pid
+        model = process.info.id
         client = openai.OpenAI(base_url=process.endpoint.base_url, api_key="x", max_retries=0,
                                timeout=600)  # fmt: skip
         runs = [_stream_once(client, model, tokens, n) for n in range(reps + 1)][1:]  # warm-up dropped

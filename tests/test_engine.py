@@ -471,3 +471,13 @@ def test_the_engine_stops_a_looping_answer_before_max_tokens(client: openai.Open
     assert done.choices[0].finish_reason == "stop"
     assert done.usage.completion_tokens < 100
     assert all(lines[i : i + 4].count(lines[i]) < 4 for i in range(len(lines)))
+
+
+def test_engine_bench_times_the_served_tier(tmp_path: Path) -> None:
+    # bench_engine is how RESULTS.md's tier table is made; it had gone stale once unnoticed.
+    from bench.bench_engine import bench_server
+
+    run = bench_server(make_settings(tmp_path, engine_model=SMALL), tokens=8, reps=1)
+    assert run.prompt_tokens > 100 and 0 < run.ttft_s < run.answer_s
+    assert run.decode_tps > 0 and run.peak_gb > 0.1
+    assert "TANGERINE" in run.answer.upper()
