@@ -22,6 +22,7 @@ import httpx
 import openai
 import pytest
 
+from bench.bench_engine import bench_server
 from rag.embedded_llm import EngineProcess, engine_available
 from rag.embedded_llm.generation import Delta, Engine, Sampling, StopMatcher, ends_in_loop
 from rag.errors import ModelMissing
@@ -475,8 +476,6 @@ def test_the_engine_stops_a_looping_answer_before_max_tokens(client: openai.Open
 
 def test_engine_bench_times_the_served_tier(tmp_path: Path) -> None:
     # bench_engine is how RESULTS.md's tier table is made; it had gone stale once unnoticed.
-    from bench.bench_engine import bench_server
-
     run = bench_server(make_settings(tmp_path, engine_model=SMALL), tokens=8, reps=1)
     assert run.prompt_tokens > 100 and 0 < run.ttft_s < run.answer_s
     assert run.decode_tps > 0 and run.peak_gb > 0.1
