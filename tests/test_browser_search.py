@@ -9,6 +9,8 @@ the server's own embedder (:mod:`rag.embed`) and its dense search.
 from __future__ import annotations
 
 import json
+import platform
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from rag.embed import get_embedder, tokenizer_at
+from rag.embed import Embedder, get_embedder, tokenizer_at
 from rag.export_site import export_site
 from rag.retrieve import Retriever
 from rag.settings import Settings
@@ -148,6 +150,21 @@ def test_browser_tokens_are_the_server_tokenizers(
     assert got == expected
 
 
+def _parity_floor() -> float:
+    """The least cosine between the browser's and the server's vector of one question.
+
+    Both compute the same int8 sums, except on an x86 CPU without VNNI (AVX2 alone), where
+    onnxruntime's u8s8 kernels add pairs of products in 16 bits and saturate: there the
+    server's int8 vectors carry an error the browser's do not (measured on an AVX2 EPYC:
+    server 0.987-0.996, browser 0.993-0.996 cosine to the fp32 model; browser to server
+    0.987-0.994)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine().lower() not in ("x86_64", "amd64") or not cpuinfo.is_file():
+        return 0.999
+    saturates = not re.search(r"\b(avx512_vnni|avx_vnni)\b", cpuinfo.read_text())
+    return 0.98 if saturates else 0.999
+
+
 def test_browser_query_vectors_match_the_server_embedder(
     wasm_page: Any, sample_settings: Settings
 ) -> None:
@@ -155,9 +172,14 @@ def test_browser_query_vectors_match_the_server_embedder(
     # on the batch it shares (one activation scale per batch), and the page embeds them alone.
     embedder = get_embedder(sample_settings)
     server = np.stack([embedder.embed_query(question) for question in PARITY_QUESTIONS])
+    exact = Embedder(sample_settings.with_overrides(embed_precision="fp32"))
+    reference = np.stack([exact.embed_query(question) for question in PARITY_QUESTIONS])
     browser = np.array([row["vector"] for row in embed(wasm_page, PARITY_QUESTIONS)])
-    cosines = (browser * server).sum(axis=1) / np.linalg.norm(browser, axis=1)
-    assert cosines.min() >= 0.999, dict(zip(PARITY_QUESTIONS, cosines.round(5), strict=True))
+    browser /= np.linalg.norm(browser, axis=1, keepdims=True)
+    cosines = (browser * server).sum(axis=1)
+    assert cosines.min() >= _parity_floor(), dict(zip(PARITY_QUESTIONS, cosines.round(5), strict=True))
+    faithful = (browser * reference).sum(axis=1)
+    assert faithful.min() >= 0.99, dict(zip(PARITY_QUESTIONS, faithful.round(5), strict=True))
 
 
 def test_browser_top1_is_the_server_dense_top1_for_the_qa_set(
@@ -245,5 +267,5 @@ def test_webgpu_embeds_like_the_server_when_chromium_offers_an_adapter(
         embedder = get_embedder(sample_settings)  # one question at a time, as above
         server = np.stack([embedder.embed_query(question) for question in PARITY_QUESTIONS])
         vectors = np.array([row["vector"] for row in embed(page, PARITY_QUESTIONS)])
-        assert ((vectors * server).sum(axis=1)).min() >= 0.999
+        assert ((vectors * server).sum(axis=1)).min() >= _parity_floor()
         assert gpu_browser.blocked_from(page) == []
