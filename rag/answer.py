@@ -15,6 +15,9 @@ do not cover the question, no model is asked: the events carry ``route=None``,
 the text :data:`~rag.grounding.NOT_COVERED` and the closest passages as ``hits``.
 The same reply comes when the embedded engine, asked first whether its passages
 state the answer (a one-token check, :func:`rag.grounding.yes_share`), doubts it.
+A small model's finished answer that only repeats the question or states a value
+its passages lack is withdrawn the same way (:func:`guesses_withdrawn`): its draft
+has streamed by then, so ``AnswerDone.withdrawn`` keeps it and says why.
 Retrieval for a follow-up sees the previous question too (:func:`search_query`).
 Files mentioned as ``@name`` limit retrieval to them (:mod:`rag.mentions`), and
 the follow-ups after them too (the scope is read from the history, so the chat and
@@ -59,7 +62,7 @@ from rag.answer_events import (
 )
 from rag.catalog import model_catalog
 from rag.errors import RagError
-from rag.grounding import NOT_COVERED, judge, keep_close, yes_share
+from rag.grounding import NOT_COVERED, judge, keep_close, unbacked, yes_share
 from rag.hosts import host_of, is_loopback_host
 from rag.llm import Message, first_token_odds
 from rag.mentions import (
@@ -88,7 +91,8 @@ from rag.summarize import OnProgress, summarize
 # The events are defined beside the routes' runner; callers import them from here too.
 __all__ = [
     "EVERY_FILE_AGAIN", "AnswerDelta", "AnswerDone", "AnswerEvent", "AnswerStart", "Generation",
-    "answer", "direct", "format_sources", "on_this_machine", "question_scope", "search_query",
+    "answer", "direct", "format_sources", "guesses_withdrawn", "on_this_machine", "question_scope",
+    "search_query",
 ]  # fmt: skip
 
 log = logging.getLogger("rag.answer")
@@ -191,8 +195,44 @@ async def _grounded(
             yield event
         return
     generation = generation or Generation()
-    async for event in first_answer(routes, prompt_for, settings, generation, started):
+    events = first_answer(routes, prompt_for, settings, generation, started)
+    async for event in guesses_withdrawn(events, question, history, settings):
         yield event
+
+
+async def guesses_withdrawn(
+    events: AsyncIterator[AnswerEvent],
+    question: str,
+    history: Sequence[Message],
+    settings: Settings,
+) -> AsyncGenerator[AnswerEvent, None]:
+    """``events``, with a finished answer that :func:`rag.grounding.unbacked` finds a guess
+    turned into :data:`~rag.grounding.NOT_COVERED` (its draft kept on ``withdrawn``).
+    Only styles that ask for it are judged: the small models on this machine."""
+    start: AnswerStart | None = None
+    async for event in events:
+        if isinstance(event, AnswerStart):
+            start = event
+        elif isinstance(event, AnswerDone) and start is not None and _judged(event, settings):
+            names = [h.source for h in start.hits]
+            known = [*(h.text for h in start.hits), *names, *(m["content"] for m in history)]
+            if withdrawal := unbacked(event.text, question, known, names):
+                event = replace(
+                    event, text=NOT_COVERED, sources=[], refused=True, unsupported=[],
+                    sources_inferred=False, withdrawn=withdrawal,
+                )  # fmt: skip
+        yield event
+
+
+def _judged(done: AnswerDone, settings: Settings) -> bool:
+    # A refusal is already what the guard would make of it.
+    route = done.route
+    return (
+        settings.gate
+        and not done.refused
+        and route is not None
+        and style_for(route.provider).withdraw_guesses
+    )
 
 
 async def _model_doubts(

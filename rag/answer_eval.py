@@ -1,6 +1,7 @@
 """Measure answers, not only retrieval: ask the real answer pipeline and score what comes back.
 
     python -m rag.answer_eval QA.jsonl [--models A B ...] [--json] [--k N] [--data-dir DIR]
+                                       [--details FILE]
 
 Each line of QA.jsonl is one question::
 
@@ -39,6 +40,10 @@ each run at half speed and the timings would measure the contention.
 Per model the report gives those counts, *facts right* (answers stating every fact
 whatever they cite, which tells a model that does not cite from one that invents),
 and the p50/p95 of the time to first token and to the full answer (:func:`percentile`).
+How many refusals were answers the pipeline withdrew as guesses
+(:func:`rag.grounding.unbacked`) is counted apart, for uncovered and for answerable
+questions. ``--details FILE`` writes one JSON line per question and model: the
+outcome, the whole answer, the passages' files and what was cited and withdrawn.
 Quality is reported, not asserted: the exit status is 0 when every model answered at
 least one question, 1 on a readable error (bad answer set, nothing ingested, a model
 that answered nothing).
@@ -280,6 +285,8 @@ class Attempt:
     answered_by: str = ""
     error: str = ""
     flagged: int = 0  # answer sentences the support check marked as not backed by their sources
+    withdrawn: str = ""  # why the pipeline withdrew the model's answer (Unbacked's name), if it did
+    draft: str = ""  # the withdrawn answer's text
 
 
 @dataclass(frozen=True)
@@ -333,6 +340,10 @@ class ModelReport:
     def count(self, outcome: Outcome) -> int:
         """How many questions ended in ``outcome``."""
         return sum(s.outcome is outcome for s in self.scored)
+
+    def withdrawn(self, outcome: Outcome) -> int:
+        """How many answers ending in ``outcome`` the pipeline withdrew as guesses."""
+        return sum(s.outcome is outcome and bool(s.attempt.withdrawn) for s in self.scored)
 
     def flagged(self, outcome: Outcome) -> int:
         """How many answers ending in ``outcome`` had a sentence marked as unsupported."""
@@ -396,6 +407,9 @@ class ModelReport:
             # How often the support check marks a sentence, in right and in wrong answers.
             "flagged_right": self.flagged(Outcome.RIGHT),
             "flagged_wrong": self.flagged(Outcome.WRONG),
+            # Refusals that were a model's answer withdrawn as a guess, right and false ones.
+            "withdrawn_right": self.withdrawn(Outcome.REFUSED_RIGHT),
+            "withdrawn_false": self.withdrawn(Outcome.FALSE_REFUSAL),
             **self.latency(),
             "misses": [miss_dict(s) for s in self.scored if s.outcome not in _GOOD],
         }
@@ -403,6 +417,25 @@ class ModelReport:
 
 _GOOD = (Outcome.RIGHT, Outcome.REFUSED_RIGHT)
 ANSWER_EXCERPT_CHARS = 200
+
+
+def detail_dict(report: ModelReport, scored: Scored) -> dict[str, object]:
+    """One ``--details`` line: a question, how it fared, and the whole answer."""
+    attempt = scored.attempt
+    return {
+        "model": report.model,
+        "q": scored.qa.q,
+        "outcome": scored.outcome.value,
+        "missing": list(scored.missing),
+        "first_source": scored.first_source,
+        "expected": list(scored.qa.sources),
+        "answer": attempt.error or attempt.text,
+        "passages": list(attempt.passages),
+        "withdrawn": attempt.withdrawn,
+        "draft": attempt.draft,
+        "ttft_s": round(attempt.ttft_s, 3),
+        "total_s": round(attempt.total_s, 3),
+    }
 
 
 def miss_dict(scored: Scored) -> dict[str, object]:
@@ -447,6 +480,8 @@ async def ask(qa: AnswerQA, model: str | None, settings: Settings) -> Attempt:
         total_s=done.total_s,
         answered_by=_answered_by(done.route),
         flagged=len(done.unsupported),
+        withdrawn=done.withdrawn.reason.name if done.withdrawn else "",
+        draft=done.withdrawn.draft if done.withdrawn else "",
     )
 
 
@@ -553,6 +588,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="one JSON line per model")
     parser.add_argument("--k", type=int, default=None, help="passages per question (RAG_TOP_K)")
     parser.add_argument("--data-dir", type=Path, default=None, help="store location (RAG_DATA_DIR)")
+    parser.add_argument(
+        "--details", type=Path, metavar="FILE", help="write one JSON line per question here"
+    )
     return parser
 
 
@@ -562,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.k is not None and args.k < 1:
         parser.error("--k must be at least 1")
+    if args.details is not None and not args.details.parent.is_dir():
+        parser.error(f"--details: the folder {args.details.parent} does not exist")
     try:
         settings = get_settings().with_overrides(data_dir=args.data_dir, top_k=args.k)
         qas = load_answer_set(args.qa)
@@ -570,6 +610,11 @@ def main(argv: list[str] | None = None) -> int:
     except RagError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    if args.details is not None:
+        lines = [detail_dict(r, s) for r in reports for s in r.scored]
+        args.details.write_text(
+            "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8"
+        )
     if args.json:
         for report in reports:
             print(json.dumps(report.as_dict(), ensure_ascii=False))

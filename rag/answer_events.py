@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 
 from rag.catalog import model_catalog
 from rag.errors import EndpointSilent, EndpointUnavailable, RagError, StreamInterrupted
-from rag.grounding import Citation, citations, is_refusal, matched, named, sentences, support
+from rag.grounding import (
+    Citation,
+    Withdrawal,
+    citations,
+    is_refusal,
+    matched,
+    named,
+    sentences,
+    support,
+)
 from rag.llm import stream_chat
 from rag.prompt import Prompt, PromptTooLong, style_for
 from rag.retrieve import Hit
@@ -75,6 +84,9 @@ class AnswerDone:
     unsupported: list[str] = field(default_factory=list)  # sentences its sources do not back
     # The answer cited no [n]: ``sources`` is the passage that holds most of its words.
     sources_inferred: bool = False
+    # The model's answer was a guess (rag.grounding.unbacked): ``text`` is then NOT_COVERED,
+    # though the draft was streamed as AnswerDelta s before it was judged.
+    withdrawn: Withdrawal | None = None
 
 
 AnswerEvent = AnswerStart | AnswerDelta | AnswerDone

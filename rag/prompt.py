@@ -93,6 +93,9 @@ class PromptStyle:
     # Ask the model first whether the passages answer the question (check_messages), and
     # answer "not covered" when it doubts it (RAG_CHECK_MIN_YES, measured in bench_check).
     check: bool = False
+    # Withdraw a finished answer that says nothing or makes up a value (rag.grounding.unbacked):
+    # the small models on this CPU guess where a capable server declines.
+    withdraw_guesses: bool = False
 
 
 FULL = PromptStyle()
@@ -107,6 +110,7 @@ COMPACT = PromptStyle(
     context_in_system=True,
     answer_tokens=160,
     temperature=0.0,
+    withdraw_guesses=True,
 )
 # The embedded engine runs on this machine's CPU, where reading the prompt is most of the
 # time to first token: the best three passages (recall@3 is 1.000 on both QA sets) cut
@@ -114,7 +118,7 @@ COMPACT = PromptStyle(
 # Each is cut to the sentences around the question's words (see bench/RESULTS.md).
 ON_CPU = PromptStyle(
     max_passages=3, passage_tokens=130, focus=True, answer_tokens=200, temperature=0.0,
-    check=True,
+    check=True, withdraw_guesses=True,
 )  # fmt: skip
 # Measured in bench_check, the 1.5B's answer to the check sets near misses apart; the
 # 0.5B's is close to 0.5 whatever the question (0.45-0.67), so that one is not asked.
@@ -145,6 +149,7 @@ FULL_PASSAGES = 3
 # A passage cut below this many tokens says too little to be worth its citation.
 MIN_PASSAGE_TOKENS = 24
 _SINGLE_TOKEN_CHARS = re.compile(r"[^\w\s]|\d")
+_TABLE_RULE = re.compile(r"[|:\-\s]+")
 _MAX_REMEMBERED = 4096
 
 
@@ -424,13 +429,17 @@ def _focused(hit: Hit, question: str, room: int, counter: TokenCounter) -> Hit:
     """
     if _passage_cost(1, hit, counter) <= room:
         return hit
-    parts = sentences(hit.text)
+    parts = focus_units(hit.text)
     asked = set(content_words(question))
     costs = [counter.count(part) + 1 for part in parts]
     found = [asked.intersection(content_words(part)) for part in parts]
     budget = room - _passage_cost(1, replace(hit, text="… …"), counter)
     best, span = -1, (0, 0)
-    for start in range(len(parts)):
+    # A window opens on a piece that holds a question word: what follows it (a FAQ's
+    # answer below its question, the rows below a table's heading) is what the model
+    # needs, while a window that merely ends on the match cuts the answer off.
+    starts = [n for n, words in enumerate(found) if words] or [0]
+    for start in starts:
         end, cost, words = start, 0, set()
         while end < len(parts) and cost + costs[end] <= budget:
             cost, words, end = cost + costs[end], words | found[end], end + 1
@@ -439,8 +448,32 @@ def _focused(hit: Hit, question: str, room: int, counter: TokenCounter) -> Hit:
     start, end = span
     if end == 0:  # not even one whole sentence fits: cut words
         return _cut_to_fit(hit, room, counter) or hit
-    text = " ".join(parts[start:end])
+    text = _joined(parts[start:end])
     return replace(hit, text=("… " if start else "") + text + (" …" if end < len(parts) else ""))
+
+
+def focus_units(text: str) -> list[str]:
+    """``text`` in the pieces a focused passage is cut between: a table row whole (a full
+    stop inside a cell does not end it), any other line split into sentences. A table's
+    ``|---|`` rule is dropped: it costs tokens and tells the model nothing the pipes do not.
+
+    >>> focus_units("Formats\\n| Format | Notes |\\n|---|---|\\n| PDF | Page by page. Cited. |")
+    ['Formats', '| Format | Notes |', '| PDF | Page by page. Cited. |']
+    """
+    units: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        units += [line] if line.startswith("|") else sentences(line)
+    # A chunk that starts inside a row leaves a bare "|" behind, which says nothing either.
+    return [unit for unit in units if not _TABLE_RULE.fullmatch(unit)]
+
+
+def _joined(units: Sequence[str]) -> str:
+    """Focused units as text: table rows keep their line breaks, so a table stays a table."""
+    text = units[0] if units else ""
+    for before, unit in zip(units, units[1:]):
+        text += ("\n" if before.startswith("|") or unit.startswith("|") else " ") + unit
+    return text
 
 
 def _passage(number: int, hit: Hit, text: str) -> str:

@@ -37,6 +37,7 @@ from rag.answer_eval import (
 from rag.llm import Endpoint
 from rag.retrieve import Hit
 from rag.grounding import NOT_COVERED, Citation
+from rag.prompt import FULL
 from rag.routing import Kind, Provider, Route
 from rag.settings import Settings
 from tests.support import MODELS_DIR, REPO, free_port, offline_settings, with_fallback
@@ -500,3 +501,42 @@ def test_follow_up_histories_are_finished_turns() -> None:
     for qa in (qa for qa in shipped() if qa.history):
         roles = [turn["role"] for turn in qa.history]
         assert roles == ["user", "assistant"] * (len(roles) // 2) and roles, qa.q
+
+
+def test_details_hold_every_whole_answer_and_withdrawn_guesses_are_counted(
+    corpus_store: Path,
+    answer_set: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run_main: Callable[..., tuple[int, str, str]],
+) -> None:
+    # A model whose answers the pipeline judges, making up an option for every question.
+    monkeypatch.setattr("rag.answer.style_for", lambda _: replace(FULL, withdraw_guesses=True))
+    details = tmp_path / "details.jsonl"
+    guess = "Use the --airport-pass option [1]."
+    with FakeOpenAI(models=["m"], reply=guess) as fake:
+        settings = offline_settings(corpus_store, llm_base_url=fake.base_url)
+        status, out, err = run_main(settings, str(answer_set), "--json", "--details", str(details))
+    assert status == 0, err
+    report = json.loads(out)
+    lines = [json.loads(line) for line in details.read_text().splitlines()]
+    assert [line["q"] for line in lines] == list(SCRIPT)
+    asked = [line for line in lines if line["draft"]]  # the gate stopped none of these
+    assert len(asked) == len(fake.requests) == len(SCRIPT)
+    assert {(line["withdrawn"], line["answer"], line["draft"]) for line in asked} == {
+        ("UNKNOWN_VALUES", NOT_COVERED, guess)
+    }
+    assert report["withdrawn_right"] == report["refused_right"] == 2
+    assert report["withdrawn_false"] == report["false_refusals"] == 5
+    assert all(line["passages"] and line["ttft_s"] > 0 for line in lines)
+
+
+def test_a_details_file_in_a_missing_folder_is_refused_before_the_run(
+    corpus_store: Path, answer_set: Path, tmp_path: Path
+) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "rag.answer_eval", str(answer_set), "--details",
+         str(tmp_path / "nowhere" / "details.jsonl")],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2 and "the folder" in run.stderr and "does not exist" in run.stderr

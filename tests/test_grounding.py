@@ -4,25 +4,38 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from dataclasses import replace
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import app
-from rag.answer import AnswerDone, AnswerStart, answer, search_query
+from rag.answer import (
+    AnswerDelta,
+    AnswerDone,
+    AnswerEvent,
+    AnswerStart,
+    answer,
+    guesses_withdrawn,
+    search_query,
+)
 from rag.embedded_llm.process import shared_engine
 from rag.grounding import (
     NOT_COVERED,
+    Unbacked,
     citations,
     is_refusal,
     judge,
     keep_close,
     support,
+    unbacked,
     yes_share,
 )
-from rag.prompt import CONTEXT_END, CONTEXT_HEAD, SYSTEM_PROMPT, build_prompt
+from rag.llm import Endpoint
+from rag.prompt import CONTEXT_END, CONTEXT_HEAD, FULL, SYSTEM_PROMPT, build_prompt
 from rag.retrieve import Hit, retrieve
+from rag.routing import Kind, Provider, Route
 from rag.model_tiers import TIERS
 from rag.settings import Settings, get_settings
 from tests.chat_session import ChatSession
@@ -361,3 +374,123 @@ async def test_an_answer_that_names_a_passage_file_instead_of_citing_it_lists_th
     assert [c.hit.source for c in done.sources] == [named_file[0]]
     assert start.hits[0].source != named_file[0]  # not simply the best passage
     assert fake.requests  # the model was asked
+
+
+# --- answers withdrawn as guesses --------------------------------------------------------
+
+
+def test_an_answer_that_only_repeats_the_question_is_a_guess() -> None:
+    """The 1.5B, asked about a setting the documents lack, filled the slot with citations."""
+    for draft in (
+        "The setting that turns on dark mode in the chat is [3][3].",
+        "The setting that turns on dark mode in the chat is [3] (configuration.md) [2][3].",
+        "As stated in the passage of docs/configuration.md, the setting turns on dark mode.",
+        "[2]",
+        "",
+    ):
+        question = "Which setting turns on dark mode in the chat?"
+        withdrawal = unbacked(draft, question, [], names=["docs/configuration.md"])
+        assert withdrawal is not None and withdrawal.reason is Unbacked.SAYS_NOTHING
+        assert withdrawal.draft == draft and "repeated the question" in withdrawal.sentence()
+
+
+def test_a_cited_yes_or_no_or_a_reply_that_adds_a_word_is_not_taken_for_saying_nothing() -> None:
+    question = "Can more than one person use the chat at the same time?"
+    assert unbacked("Yes, more than one person can use the chat [1].", question, []) is None
+    assert unbacked("No [2].", question, []) is None
+    assert unbacked("Every browser tab is served separately [1].", question, []) is None
+    assert unbacked("The Tidewater 12 is 22 kg heavy. [1]", "How heavy is the Tidewater 12?", [
+        "The Tidewater 12 weighs 22 kg."
+    ]) is None  # a short number is news too
+
+
+def test_an_uncited_yes_or_no_that_only_repeats_the_question_is_a_guess() -> None:
+    """The 1.5B's replies to a near miss and to a question its passage answers the other way."""
+    for question, draft in [
+        ("Does the company pay into a pension plan for me?",
+         "No, the company does not pay into a pension plan for me."),
+        ("My ingest was killed halfway through. Is the index broken now?",
+         "Yes, the index is broken now."),
+    ]:  # fmt: skip
+        withdrawal = unbacked(draft, question, [])
+        assert withdrawal is not None and withdrawal.reason is Unbacked.SAYS_NOTHING, draft
+
+
+def test_an_answer_stating_a_value_that_no_passage_holds_is_a_guess() -> None:
+    passages = ["Run python -m ingest again; RAG_LOCK_TIMEOUT makes it wait. --rebuild starts over."]
+    for draft, value in [
+        ("Use `python -m ingest --schedule nightly` [1].", "--schedule"),
+        ("You need Ollama version 0.1.0 or later.", "0.1.0"),
+        ("Set RAG_NIGHTLY_RUN=1 [1].", "RAG_NIGHTLY_RUN"),
+        ("It waits 60 seconds [1].", "60"),
+    ]:
+        withdrawal = unbacked(draft, "How do I run ingest every night?", passages)
+        assert withdrawal is not None and withdrawal.reason is Unbacked.UNKNOWN_VALUES, draft
+        assert withdrawal.values == (value,) and f"`{value}`" in withdrawal.sentence()
+
+
+def test_values_the_passages_or_the_question_hold_are_not_made_up() -> None:
+    passages = ["Ollama listens on port 11434.", "10000 passages need 130 MB; use `--rebuild`."]
+    question = "Is the limit still 50 MB in version 2.1?"
+    for draft in [
+        "Ollama uses port 11,434 [1].",  # a thousands separator the passage does not write
+        "About 130 MB for 10,000 passages; run `python -m ingest --rebuild` [2].",
+        "Yes, 50 MB in version 2.1 as well [1].",  # the question's own values
+        "Five passages by default [1].",  # one digit, or none, is not compared
+    ]:
+        assert unbacked(draft, question, passages) is None, draft
+
+
+def _route(kind: Kind, parameters: int | None) -> Route:
+    provider = Provider(Endpoint("p", "http://127.0.0.1:5272/v1"), kind, parameters=parameters)
+    return Route(provider, "m")
+
+
+async def _finished(route: Route, text: str, settings: Settings) -> AnswerDone:
+    hits = [_hit("Ollama listens on port 11434.", "configuration.md")]
+    cited = citations(text, hits)
+
+    async def events() -> AsyncIterator[AnswerEvent]:
+        yield AnswerStart(route, hits, 100, 0, 0)
+        yield AnswerDelta(text)
+        yield AnswerDone(route, text, 1.0, 2.0, 5, sources=cited, refused=is_refusal(text))
+
+    question = "Which version of Ollama do I need?"
+    *_, done = [e async for e in guesses_withdrawn(events(), question, [], settings)]
+    assert isinstance(done, AnswerDone)
+    return done
+
+
+async def test_a_small_models_guess_is_withdrawn_for_not_covered(settings: Settings) -> None:
+    embedded = _route(Kind.EMBEDDED, 1_540_000_000)
+    done = await _finished(embedded, "You need Ollama version 0.1.0 or later [1].", settings)
+    assert done.refused and done.text == NOT_COVERED and done.sources == []
+    assert done.withdrawn is not None and done.withdrawn.values == ("0.1.0",)
+    assert done.withdrawn.draft.startswith("You need Ollama version 0.1.0")
+
+
+async def test_a_backed_answer_a_capable_servers_answer_and_a_gate_switched_off_stand(
+    settings: Settings, tmp_path: Path
+) -> None:
+    embedded, server = _route(Kind.EMBEDDED, 1_540_000_000), _route(Kind.CONFIGURED, None)
+    backed = await _finished(embedded, "Any version that listens on port 11434 [1].", settings)
+    assert not backed.refused and backed.withdrawn is None and len(backed.sources) == 1
+    guess = "You need Ollama version 0.1.0 or later [1]."
+    assert (await _finished(server, guess, settings)).withdrawn is None
+    ungated = make_settings(tmp_path, gate=False)
+    assert (await _finished(embedded, guess, ungated)).withdrawn is None
+
+
+async def test_the_chat_replaces_a_withdrawn_guess_with_not_covered_and_says_why(
+    corpus_store: Path, app_env: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fake server stands in for a small model, whose answers the pipeline judges.
+    monkeypatch.setattr("rag.answer.style_for", lambda _: replace(FULL, withdraw_guesses=True))
+    with FakeOpenAI(models=["m"], reply="Export them with --holiday-export [1].") as server:
+        app_env(corpus_store, server.base_url)
+        async with ChatSession() as chat:
+            await app.on_chat_start()
+            await chat.send(app.on_message, HOLIDAYS)
+            text = chat.last_answer().output
+    assert text.startswith(NOT_COVERED) and "named `--holiday-export`" in text
+    assert "**Closest matches (not sources):** [1]" in text and "**Sources:**" not in text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import openai
 import pytest
 from fastapi import FastAPI
 
+from rag.grounding import NOT_COVERED
+from rag.prompt import FULL
 from rag.settings import Settings
 from rag.web.http_api import mount_openai_api
 from tests.api_server import ApiServer
@@ -440,3 +443,24 @@ def test_a_question_of_only_nul_bytes_or_control_characters_is_a_400_the_questio
         )
     assert len(local.requests) == 1
     assert local.requests[0]["messages"][-1]["content"].endswith(QUESTION)
+
+
+def test_a_withdrawn_guess_ends_with_why_and_not_covered_streamed_or_whole(
+    corpus_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The draft of a model whose answers are judged has streamed when it is withdrawn: the
+    stream ends with the reason; a whole response carries the reply that stands instead."""
+    monkeypatch.setattr("rag.answer.style_for", lambda _: replace(FULL, withdraw_guesses=True))
+    with FakeOpenAI(models=["m"], reply="Export them with --holiday-export [1].") as fake:
+        with ApiServer(offline_settings(corpus_store, llm_base_url=fake.base_url)) as api:
+            asked = [{"role": "user", "content": QUESTION}]
+            chunks = list(api.client().chat.completions.create(model="m", messages=asked, stream=True))
+            whole = api.client().chat.completions.create(model="m", messages=asked)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    draft, note = streamed.split("\n\n[", 1)
+    assert draft == "Export them with --holiday-export [1]."
+    assert note.startswith("The model's answer named `--holiday-export`")
+    assert f"{NOT_COVERED}]" in note and "Closest matches" in note
+    text = whole.choices[0].message.content
+    assert text.startswith(f"{NOT_COVERED}\n\nThe model's answer named `--holiday-export`")
+    assert "--holiday-export [1]" not in text

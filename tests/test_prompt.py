@@ -309,3 +309,37 @@ def test_the_check_follows_the_question_and_leaves_the_answers_prompt_before_it(
         assert checked[:-1] == prompt.messages[:-1] and checked[-1]["role"] == "user"
         head = asked.removesuffix("Which port?")
         assert checked[-1]["content"] == f"{head}{question}\n\n{ANSWERABLE_CHECK}"
+
+
+def test_a_focused_passage_opens_on_the_question_words_so_the_answer_below_them_stays(
+    tmp_path: Path,
+) -> None:
+    """A FAQ's question holds the asked words and its answer follows: a window that merely
+    ended on the question (as the earliest best one did) cut the answer off."""
+    settings = make_settings(tmp_path)
+    faq = (
+        "How do I remove a document? Delete it from the docs folder and run ingest again. "
+        "Its passages are removed from the index."
+    )
+    prompt = build_prompt(
+        "How do I remove a document?", [_long_passage(faq)], settings=settings, style=ON_CPU
+    )
+    kept = prompt.hits[0].text
+    assert kept.startswith("… How do I remove a document? Delete it from the docs folder")
+
+
+def test_a_focused_table_keeps_each_row_whole_on_its_own_line_without_its_rule(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    rows = [f"| Format {i} | `.f{i}` | Read line by line. Cited by line. |" for i in range(12)]
+    table = "\n".join(["Supported file formats", "| Format | Extension | Notes |", "|---|---|---|"])
+    text = "\n".join([table, *rows, "Files larger than 50 MB are skipped."])
+    long = Hit("guide.md#0", "guide.md", None, None, text, 1.0)
+    prompt = build_prompt("Which file formats?", [long], settings=settings, style=ON_CPU)
+
+    kept = prompt.hits[0].text
+    assert kept.startswith("Supported file formats\n| Format | Extension | Notes |\n| Format 0 |")
+    assert "|---|" not in kept and kept.endswith(" …")
+    lines = kept.removesuffix(" …").splitlines()
+    assert lines[2:] == rows[: len(lines) - 2]  # whole rows, though each holds full stops

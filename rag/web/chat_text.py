@@ -121,6 +121,8 @@ UNSUPPORTED_MARK = " ⚠"
 def answer_text(start: AnswerStart, done: AnswerDone) -> str:
     """The finished answer as the chat shows it: unsupported sentences marked, then the footer."""
     text = done.text or "_The model returned an empty answer._"
+    if done.withdrawn is not None:  # the draft streamed above this is replaced
+        text += f"\n\n*{done.withdrawn.sentence()}*"
     for sentence in done.unsupported:
         text = text.replace(sentence, sentence + UNSUPPORTED_MARK, 1)
     return text + footer(start, done)

@@ -426,6 +426,10 @@ async def _sse_answer(
     if broke is not None:
         note = f"\n\n[The answer stopped early: {broke.message}]"
         yield _chunk(cid, created, model, {"content": note})
+    elif done is not None and done.withdrawn is not None:
+        # The draft has streamed; a client can only be told at its end that it does not stand.
+        note = f"\n\n[{done.withdrawn.sentence()} {done.text}]"
+        yield _chunk(cid, created, model, {"content": note})
     if trailer:
         yield _chunk(cid, created, model, {"content": sources_trailer(start, done)})
     if broke is not None:
@@ -545,7 +549,10 @@ async def _whole(
     except RagError as exc:
         raise api_error(exc) from exc
     route = done.route if done else start.route
-    text = "".join(parts) + (sources_trailer(start, done) if trailer else "")
+    said = "".join(parts)
+    if done is not None and done.withdrawn is not None:
+        said = f"{done.text}\n\n{done.withdrawn.sentence()}"
+    text = said + (sources_trailer(start, done) if trailer else "")
     completion_tokens = done.completion_tokens if done else len(parts)
     counts = usage(start.prompt_tokens, completion_tokens)
     body = completion(
