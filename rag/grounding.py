@@ -305,9 +305,11 @@ def unbacked(
     [3] (configuration.md)") and words about its sources ("as stated in the passage") say
     nothing about the question. A yes or no reply may repeat the question's words and add
     nothing else ("Yes, it is [1]."): it says something when it cites a passage; uncited
-    ("No, the company does not pay into a pension plan."), it is a guess too. Values are command-line options (``--rebuild``),
-    setting names (``RAG_TOP_K``), versions and numbers of two digits or more; a single
-    digit is too often written out ("five") on one side to be compared.
+    ("No, the company does not pay into a pension plan."), it is a guess too.
+
+    Values are command-line options (``--rebuild``), setting names (``RAG_TOP_K``),
+    versions and numbers of two digits or more; a single digit is too often written out
+    ("five") on one side to be compared.
 
     >>> unbacked("The setting for dark mode is [3].", "Which setting turns on dark mode?", [])
     Withdrawal(reason=<Unbacked.SAYS_NOTHING: ...>, values=(), draft='The setting ...')

@@ -177,7 +177,8 @@ def test_browser_query_vectors_match_the_server_embedder(
     browser = np.array([row["vector"] for row in embed(wasm_page, PARITY_QUESTIONS)])
     browser /= np.linalg.norm(browser, axis=1, keepdims=True)
     cosines = (browser * server).sum(axis=1)
-    assert cosines.min() >= _parity_floor(), dict(zip(PARITY_QUESTIONS, cosines.round(5), strict=True))
+    by_question = dict(zip(PARITY_QUESTIONS, cosines.round(5), strict=True))
+    assert cosines.min() >= _parity_floor(), by_question
     faithful = (browser * reference).sum(axis=1)
     assert faithful.min() >= 0.99, dict(zip(PARITY_QUESTIONS, faithful.round(5), strict=True))
 

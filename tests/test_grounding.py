@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -417,7 +417,7 @@ def test_an_uncited_yes_or_no_that_only_repeats_the_question_is_a_guess() -> Non
 
 
 def test_an_answer_stating_a_value_that_no_passage_holds_is_a_guess() -> None:
-    passages = ["Run python -m ingest again; RAG_LOCK_TIMEOUT makes it wait. --rebuild starts over."]
+    passages = ["Run python -m ingest again; RAG_LOCK_TIMEOUT makes it wait; --rebuild resets."]
     for draft, value in [
         ("Use `python -m ingest --schedule nightly` [1].", "--schedule"),
         ("You need Ollama version 0.1.0 or later.", "0.1.0"),

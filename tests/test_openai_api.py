@@ -454,7 +454,8 @@ def test_a_withdrawn_guess_ends_with_why_and_not_covered_streamed_or_whole(
     with FakeOpenAI(models=["m"], reply="Export them with --holiday-export [1].") as fake:
         with ApiServer(offline_settings(corpus_store, llm_base_url=fake.base_url)) as api:
             asked = [{"role": "user", "content": QUESTION}]
-            chunks = list(api.client().chat.completions.create(model="m", messages=asked, stream=True))
+            stream = api.client().chat.completions.create(model="m", messages=asked, stream=True)
+            chunks = list(stream)
             whole = api.client().chat.completions.create(model="m", messages=asked)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     draft, note = streamed.split("\n\n[", 1)
