@@ -9,8 +9,6 @@ the server's own embedder (:mod:`rag.embed`) and its dense search.
 from __future__ import annotations
 
 import json
-import platform
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +27,7 @@ from tests.browser import CHROMIUM, OfflineBrowser, offline_chromium
 from tests.browser_search import embed, open_search_page, search, static_server
 from tests.chainlit_server import app_env, running_chainlit
 from tests.fake_openai import FakeOpenAI
-from tests.support import REPO
+from tests.support import REPO, int8_kernels_saturate
 
 pytestmark = pytest.mark.browser
 
@@ -151,18 +149,9 @@ def test_browser_tokens_are_the_server_tokenizers(
 
 
 def _parity_floor() -> float:
-    """The least cosine between the browser's and the server's vector of one question.
-
-    Both compute the same int8 sums, except on an x86 CPU without VNNI (AVX2 alone), where
-    onnxruntime's u8s8 kernels add pairs of products in 16 bits and saturate: there the
-    server's int8 vectors carry an error the browser's do not (measured on an AVX2 EPYC:
-    server 0.987-0.996, browser 0.993-0.996 cosine to the fp32 model; browser to server
-    0.987-0.994)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if platform.machine().lower() not in ("x86_64", "amd64") or not cpuinfo.is_file():
-        return 0.999
-    saturates = not re.search(r"\b(avx512_vnni|avx_vnni)\b", cpuinfo.read_text())
-    return 0.98 if saturates else 0.999
+    """The least cosine between the browser's and the server's vector of one question: both
+    compute the same int8 sums, except where the server's kernels saturate."""
+    return 0.98 if int8_kernels_saturate() else 0.999
 
 
 def test_browser_query_vectors_match_the_server_embedder(

@@ -20,7 +20,7 @@ from rag.errors import ModelMissing
 from rag.export_embedder import main as export_main
 from rag.export_embedder import sha256_file, source_model_dir
 from rag.settings import Settings
-from tests.support import MODELS_DIR, REPO, make_settings
+from tests.support import MODELS_DIR, REPO, int8_kernels_saturate, make_settings
 
 pytestmark = pytest.mark.embedder
 
@@ -212,7 +212,8 @@ def test_int8_stays_close_to_fp32(
     cos = cosines(int8.embed(texts), fp32.embed(texts))
     record_property("int8_vs_fp32_cosine_min", float(cos.min()))
     record_property("int8_vs_fp32_cosine_mean", float(cos.mean()))
-    assert cos.mean() >= 0.99, f"mean {cos.mean():.4f}, min {cos.min():.4f}"
+    mean_floor = 0.985 if int8_kernels_saturate() else 0.99
+    assert cos.mean() >= mean_floor, f"mean {cos.mean():.4f}, min {cos.min():.4f}"
     assert cos.min() >= 0.95, f"mean {cos.mean():.4f}, min {cos.min():.4f}"
 
 
