@@ -418,9 +418,10 @@ def _styled_hits(
 
 
 def _focused(hit: Hit, question: str, room: int, counter: TokenCounter) -> Hit:
-    """``hit`` cut to at most ``room`` tokens: the run of whole sentences that holds the most
-    of ``question``'s content words (the earliest such run, so a question sharing no word
-    with it keeps its opening), marked with "…" where text was left out.
+    """``hit`` cut to at most ``room`` tokens: the run of whole sentences (and table rows,
+    :func:`focus_units`) that opens on one holding a content word of ``question`` and holds
+    the most of them (the earliest such run; a question sharing no word with it keeps its
+    opening), marked with "…" where text was left out.
 
     >>> from rag.retrieve import Hit
     >>> hit = Hit("g#0", "g.md", None, None, "Intro here. Ports: Ollama uses 11434. Bye now.", 1.0)
