@@ -104,15 +104,11 @@ _HEDGE = re.compile(r"\b(?:if|when|whenever|unless|says?|said)\b", re.IGNORECASE
 _MARKUP = re.compile(r"[*`]+")
 # The values an answer can make up: --options, SETTING_NAMES, versions and numbers of 2+ digits.
 _VALUE = re.compile(
-    r"(?<![\w-])--[a-z][\w-]*|\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b"
+    rf"(?<![\w-])--[a-z][\w-]*|{_NAME.pattern}"
     r"|(?<![\w.,])\d+(?:[.,:]\d+)+(?![\w])|(?<![\w.,])\d{2,}(?![\w])"
 )
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
-# Words an answer uses about where it looked, not about the question (stemmed).
-_ABOUT_SOURCES = frozenset(
-    ["passa", "conte", "sourc", "state", "accor", "menti", "secti", "speci", "file", "docum"]
-)
 _YES_NO = re.compile(r"\W*(?:yes|no)\b", re.IGNORECASE)
 _CITES = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 OPENING_SENTENCES = 2
@@ -183,6 +179,14 @@ def _stem(word: str) -> str:
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
         word = word[:-1]
     return word[:_STEM]
+
+
+# Words an answer uses about where it looked, not about the question.
+_ABOUT_SOURCES = frozenset(
+    content_words(
+        "passage context source stated according mentioned section specified file document"
+    )
+)
 
 
 def judge(
