@@ -20,10 +20,12 @@ from rag.errors import EndpointSilent, EndpointUnavailable, RagError, StreamInte
 from rag.grounding import (
     Citation,
     Withdrawal,
+    better_backed,
     citations,
     is_refusal,
     matched,
     named,
+    recited,
     sentences,
     support,
 )
@@ -87,6 +89,9 @@ class AnswerDone:
     # The model's answer was a guess (rag.grounding.unbacked): ``text`` is then NOT_COVERED,
     # though the draft was streamed as AnswerDelta s before it was judged.
     withdrawn: Withdrawal | None = None
+    # ``text`` cites another passage than the streamed text did for some sentence: its [n]
+    # was moved to the passage that holds its words (rag.grounding.recited).
+    citations_moved: bool = False
 
 
 AnswerEvent = AnswerStart | AnswerDelta | AnswerDone
@@ -187,12 +192,13 @@ async def _relay(
         # A caller that stops listening (user pressed stop, API client left) must
         # close the HTTP stream now, so the server stops generating.
         await stream.aclose()  # type: ignore[attr-defined]
-    text = "".join(parts)
+    streamed = "".join(parts)
+    text = recited(streamed, prompt.hits, settings.support_min, settings.citation_margin)
     cited = citations(text, prompt.hits)
     refused = not cited and is_refusal(text)
     inferred = not cited and not refused
     if inferred:
-        cited = named(text, prompt.hits) or matched(text, prompt.hits, settings.support_min)
+        cited = inferred_sources(text, prompt.hits, settings)
     yield AnswerDone(
         route=route,
         text=text,
@@ -203,7 +209,20 @@ async def _relay(
         refused=refused,
         unsupported=[] if refused else unsupported(text, cited, settings),
         sources_inferred=inferred and bool(cited),
+        citations_moved=text != streamed,
     )
+
+
+def inferred_sources(text: str, hits: Sequence[Hit], settings: Settings) -> list[Citation[Hit]]:
+    """The sources of an answer that cites no ``[n]``: the passages whose files it names,
+    unless another passage backs it far better (:func:`better_backed`); else the passage
+    that holds most of its words."""
+    files = named(text, hits)
+    if not files:
+        return matched(text, hits, settings.support_min)
+    numbers = [c.number for c in files]
+    better = better_backed(text, numbers, hits, settings.support_min, settings.citation_margin)
+    return files if better is None else [Citation(better, hits[better - 1])]
 
 
 def unsupported(text: str, cited: Sequence[Citation[Hit]], settings: Settings) -> list[str]:

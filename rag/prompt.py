@@ -150,6 +150,8 @@ FULL_PASSAGES = 3
 MIN_PASSAGE_TOKENS = 24
 _SINGLE_TOKEN_CHARS = re.compile(r"[^\w\s]|\d")
 _TABLE_RULE = re.compile(r"[|:\-\s]+")
+# A line that names a section rather than says something: a few words, no closing stop.
+_HEADING = re.compile(r"[^\W\d_][\w '’&()/-]{0,59}")
 _MAX_REMEMBERED = 4096
 
 
@@ -421,7 +423,8 @@ def _focused(hit: Hit, question: str, room: int, counter: TokenCounter) -> Hit:
     """``hit`` cut to at most ``room`` tokens: the run of whole sentences (and table rows,
     :func:`focus_units`) that opens on one holding a content word of ``question`` and holds
     the most of them (the earliest such run; a question sharing no word with it keeps its
-    opening), marked with "…" where text was left out.
+    opening), marked with "…" where text was left out. A run does not end on a heading
+    whose section it leaves out.
 
     >>> from rag.retrieve import Hit
     >>> hit = Hit("g#0", "g.md", None, None, "Intro here. Ports: Ollama uses 11434. Bye now.", 1.0)
@@ -449,6 +452,10 @@ def _focused(hit: Hit, question: str, room: int, counter: TokenCounter) -> Hit:
     start, end = span
     if end == 0:  # not even one whole sentence fits: cut words
         return _cut_to_fit(hit, room, counter) or hit
+    # A heading whose section is cut off introduces nothing, and the model reads what came
+    # before it as that section ("Ollama" after Foundry Local's port story).
+    while end < len(parts) and end - start > 1 and _HEADING.fullmatch(parts[end - 1]):
+        end -= 1
     text = _joined(parts[start:end])
     return replace(hit, text=("… " if start else "") + text + (" …" if end < len(parts) else ""))
 

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     passage_margin: float = Field(0.25, ge=0, le=2, validation_alias=_env("RAG_PASSAGE_MARGIN"))
     # An answer sentence whose cited passages hold less than this share of its words is marked.
     support_min: float = Field(0.5, ge=0, le=1, validation_alias=_env("RAG_SUPPORT_MIN"))
+    # A sentence's [n] moves to a passage that holds more than this share more of its words
+    # (and at least support_min of them) than the passages it cites; 1 turns it off.
+    citation_margin: float = Field(0.2, ge=0, le=1, validation_alias=_env("RAG_CITATION_MARGIN"))
 
     # --- local LLM endpoint --------------------------------------------------
     llm_base_url: str | None = Field(None, validation_alias=_env("LLM_BASE_URL"))

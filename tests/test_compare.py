@@ -33,7 +33,7 @@ from tests.fake_openai import FakeOpenAI
 from tests.foundry_fake import no_foundry
 
 QUESTION = "How many days of paid holiday does everyone get?"
-REPLY = "Everyone gets 28 days of paid holiday a year [1] plus public holidays."
+REPLY = "Everyone gets 28 days of paid holiday a year [2] plus public holidays."  # [2] holds it
 FAST_DELAY_S = 0.05
 SLOW_DELAY_S = 0.6
 TOKEN_DELAY_S = 0.02

@@ -20,14 +20,17 @@ from rag.answer import (
     guesses_withdrawn,
     search_query,
 )
+from rag.answer_events import inferred_sources
 from rag.embedded_llm.process import shared_engine
 from rag.grounding import (
     NOT_COVERED,
     Unbacked,
+    better_backed,
     citations,
     is_refusal,
     judge,
     keep_close,
+    recited,
     support,
     unbacked,
     yes_share,
@@ -441,6 +444,34 @@ def test_values_the_passages_or_the_question_hold_are_not_made_up() -> None:
         assert unbacked(draft, question, passages) is None, draft
 
 
+# The 1.5B's replies to two near misses: the manual gives neither a price nor colours.
+@pytest.mark.parametrize(
+    ("question", "draft", "kind"),
+    [
+        ("How much does a Tidewater 12 cost?", "The Tidewater 12 costs 22 kg [1].", "a price"),
+        ("Which colours does the Tidewater 12 come in?",
+         "The Tidewater 12 comes in rotomoulded polyethylene. [1][2]", "a colour"),
+    ],
+)  # fmt: skip
+def test_an_answer_without_the_price_or_colour_its_question_asks_for_is_a_guess(
+    question: str, draft: str, kind: str
+) -> None:
+    passages = ["The Tidewater 12 weighs 22 kg; its hull is rotomoulded polyethylene."]
+    withdrawal = unbacked(draft, question, passages)
+    assert withdrawal is not None and withdrawal.reason is Unbacked.WRONG_KIND
+    assert withdrawal.values == (kind,) and f"asks for {kind}" in withdrawal.sentence()
+
+
+def test_an_answer_that_gives_the_price_or_colour_asked_for_stands() -> None:
+    passages = ["Zurich: 190 EUR a night. The app is free. Hulls are yellow or sea green; 22 kg."]
+    for question, draft in [
+        ("How much can a hotel night cost in Zurich?", "Up to 190 EUR a night [1]."),
+        ("What does the app cost?", "Nothing: it is free [1]."),
+        ("Which colours does the hull come in?", "Yellow and sea green [1]."),
+        ("How heavy is the Tidewater 12?", "It weighs 22 kg [1]."),  # asks for no price
+    ]:
+        assert unbacked(draft, question, passages) is None, draft
+
 def _route(kind: Kind, parameters: int | None) -> Route:
     provider = Provider(Endpoint("p", "http://127.0.0.1:5272/v1"), kind, parameters=parameters)
     return Route(provider, "m")
@@ -494,3 +525,96 @@ async def test_the_chat_replaces_a_withdrawn_guess_with_not_covered_and_says_why
             text = chat.last_answer().output
     assert text.startswith(NOT_COVERED) and "named `--holiday-export`" in text
     assert "**Closest matches (not sources):** [1]" in text and "**Sources:**" not in text
+
+
+# --- citations moved to the passage that holds the sentence ------------------------------
+
+MANUAL = _hit(
+    "The hull carries a five-year warranty; fittings and the skeg are covered for two years.",
+    "tidewater-12-manual.pdf",
+)
+HOURS = _hit("Core hours are 10:00 to 15:00; workshop staff work in two shifts.", "handbook.md")
+
+
+def test_a_citation_moves_to_the_passage_that_holds_its_sentence() -> None:
+    """The 1.5B's replies: the fact is in [1] (or [2]), the marker names its neighbour."""
+    hits = [MANUAL, HOURS]
+    for draft, moved in [
+        ("The skeg and fittings are covered for two years [2].",
+         "The skeg and fittings are covered for two years [1]."),
+        ("The skeg and fittings are covered for two years. [2][2]",  # markers after the stop
+         "The skeg and fittings are covered for two years. [1]"),
+        ("The skeg and fittings are covered for two years. It is found in passage [2].",
+         "The skeg and fittings are covered for two years. It is found in passage [1]."),
+        ("According to [2] (tidewater-12-manual.pdf), the skeg is covered for two years.",
+         "According to [1] (tidewater-12-manual.pdf), the skeg is covered for two years."),
+        ("The hull carries a five-year warranty [1]. Workshop staff work in two shifts [1].",
+         "The hull carries a five-year warranty [1]. Workshop staff work in two shifts [2]."),
+    ]:  # fmt: skip
+        assert recited(draft, hits, floor=0.5, margin=0.2) == moved, draft
+    assert better_backed("The skeg is covered for two years.", [2], hits, 0.5, 0.2) == 1
+
+
+def test_a_citation_stays_where_its_passages_hold_the_sentence_or_no_passage_clearly_does() -> None:
+    hits = [MANUAL, HOURS]
+    for draft in [
+        "The skeg and fittings are covered for two years [1].",  # right already
+        "The skeg is covered, and so are core hours [1][2].",  # together they hold it
+        "Yes [2].",  # too few words to tell passages apart
+        "Paddles come in seven bright colours [2].",  # no passage holds it: marked, not moved
+        "Two years [7].",  # a number out of range is left to citations() to ignore
+    ]:
+        assert recited(draft, hits, floor=0.5, margin=0.2) == draft, draft
+    wrong = "The skeg and fittings are covered for two years [2]."
+    assert recited(wrong, hits, floor=0.5, margin=1.0) == wrong  # a margin of 1 turns it off
+
+
+def _cite_another_file(holding: list[int]) -> Callable[[dict], str]:
+    """A fake model's reply that cites a passage without the holiday words; ``holding``
+    gets the number of the passage that has them."""
+
+    def reply(request: dict) -> str:
+        passages = re.split(r"^\[(\d+)\] ", request["messages"][-1]["content"], flags=re.M)
+        numbered = list(zip(map(int, passages[1::2]), passages[2::2]))
+        holding[:] = [next(n for n, text in numbered if "28 days" in text)]
+        other = next(n for n, text in numbered if "holiday" not in text.lower())
+        return f"Employees get 28 days of paid holiday a year [{other}]."
+
+    return reply
+
+
+async def test_the_answer_cites_the_passage_that_holds_its_words_and_says_it_moved(
+    corpus_store: Path,
+) -> None:
+    holding: list[int] = []
+    with FakeOpenAI(models=["m"], reply=_cite_another_file(holding)) as fake:
+        settings = offline_settings(corpus_store, llm_base_url=fake.base_url)
+        *_, done = [e async for e in answer(HOLIDAYS, settings, model="m")]
+    assert isinstance(done, AnswerDone) and done.citations_moved
+    assert done.text == f"Employees get 28 days of paid holiday a year [{holding[0]}]."
+    assert [c.number for c in done.sources] == holding and done.unsupported == []
+
+
+async def test_the_chat_shows_the_moved_citation_and_says_so(
+    corpus_store: Path, app_env: Callable[..., Settings]
+) -> None:
+    holding: list[int] = []
+    with FakeOpenAI(models=["m"], reply=_cite_another_file(holding)) as server:
+        app_env(corpus_store, server.base_url)
+        async with ChatSession() as chat:
+            await app.on_chat_start()
+            await chat.send(app.on_message, HOLIDAYS)
+            text = chat.last_answer().output
+    assert text.startswith(f"Employees get 28 days of paid holiday a year [{holding[0]}].")
+    assert f"**Sources:** [{holding[0]}] handbook.md" in text
+    assert "*A citation was moved to the passage that holds its sentence's words" in text
+
+
+def test_an_answer_naming_a_file_that_lacks_its_words_lists_the_passage_that_holds_them(
+    settings: Settings,
+) -> None:
+    hits = [MANUAL, HOURS]
+    named_wrong = "As handbook.md says, the skeg and fittings are covered for two years."
+    assert [c.number for c in inferred_sources(named_wrong, hits, settings)] == [1]
+    named_right = "As handbook.md says, core hours are 10:00 to 15:00."
+    assert [c.number for c in inferred_sources(named_right, hits, settings)] == [2]

@@ -28,7 +28,7 @@ from tests.support import REPO, free_port
 
 OPEN_WEBUI = REPO / ".venv-openwebui" / "bin" / "open-webui"
 START_TIMEOUT_S = 300
-REPLY = "Everyone gets 28 days of paid holiday [1]."
+REPLY = "Everyone gets 28 days of paid holiday [2]."  # [2] holds it, so the citation stands
 QUESTION = "How many days of paid holiday does everyone get?"
 KEY = "owui-test-key"
 
@@ -117,7 +117,7 @@ def test_open_webui_lists_our_models_and_shows_answers_with_sources(
             f"{webui}/api/chat/completions", json=body, headers=auth, timeout=120
         ).json()
         text = whole["choices"][0]["message"]["content"]
-        assert text.startswith(REPLY) and "\n\nSources:\n[1] " in text
+        assert text.startswith(REPLY) and "\n\nSources:\n[2] " in text
         with httpx.stream(
             "POST",
             f"{webui}/api/chat/completions",
@@ -126,7 +126,7 @@ def test_open_webui_lists_our_models_and_shows_answers_with_sources(
             timeout=120,
         ) as response:
             streamed = _streamed_text(response)
-        assert streamed.startswith(REPLY) and "\n\nSources:\n[1] " in streamed
+        assert streamed.startswith(REPLY) and "\n\nSources:\n[2] " in streamed
     # Our retrieval put the passages into the prompt the model server received.
     assert len(model_server.requests) == 2
     assert "holiday" in model_server.requests[0]["messages"][-1]["content"].lower()

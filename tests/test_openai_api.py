@@ -23,12 +23,12 @@ from fastapi import FastAPI
 from rag.grounding import NOT_COVERED
 from rag.prompt import FULL
 from rag.settings import Settings
-from rag.web.http_api import mount_openai_api
+from rag.web.http_api import CITATIONS_MOVED_NOTE, mount_openai_api
 from tests.api_server import ApiServer
 from tests.fake_openai import FakeOpenAI
 from tests.support import offline_settings, with_fallback
 
-REPLY = "Everyone gets 28 days of paid holiday [1]."
+REPLY = "Everyone gets 28 days of paid holiday [2]."  # [2] holds it, so the citation stands
 QUESTION = "How many days of paid holiday does everyone get?"
 STREAMED = {"model": "phi-local", "stream": True, "messages": [{"role": "user", "content": QUESTION}]}
 
@@ -70,7 +70,7 @@ def test_non_streamed_answer_ends_with_sources_and_names_the_endpoint(
     text = completion.choices[0].message.content
     assert text.startswith(REPLY)
     sources = text.split("\n\nSources:\n")[1].splitlines()
-    assert sources[0].startswith("[1] ") and "handbook.md" in text
+    assert sources[0].startswith("[2] ") and "handbook.md" in text
     assert raw.headers["x-rag-endpoint"] == "configured"
     assert raw.headers["x-rag-model"] == "qwen-local"
     assert completion.choices[0].finish_reason == "stop"
@@ -100,14 +100,14 @@ def test_streamed_answer_arrives_in_chunks_and_ends_with_sources(
             assert response.headers["content-type"].startswith("text/event-stream")
             body = response.read().decode()
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text.startswith(REPLY) and "\n\nSources:\n[1] " in text
+    assert text.startswith(REPLY) and "\n\nSources:\n[2] " in text
     assert len(chunks) > 5
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert body.rstrip().endswith("data: [DONE]")
     # Headers leave before the route is known: who answers rides on the first text chunk.
     tagged = [e["rag"] for e in _events(body) if "rag" in e]
     assert tagged[0]["endpoint"] == "configured" and tagged[0]["model"] == "phi-local"
-    assert tagged[-1]["sources"][0]["n"] == 1
+    assert tagged[-1]["sources"][0]["n"] == 2
 
 
 def _events(body: str) -> list[dict[str, Any]]:
@@ -299,12 +299,32 @@ def test_a_stream_breaking_midway_keeps_its_text_and_ends_with_an_error_not_stop
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.startswith("Everyone gets 28 ")
     assert "[The answer stopped early: The answer from" in text
-    assert "\n\nSources:\n[1] " in text
+    assert "\n\nSources:\n[1] " in text  # cut off: every passage of the prompt
     assert all(c.choices[0].finish_reason != "stop" for c in chunks if c.choices)
     assert err.value.body["code"] == "stream_interrupted"
     last = _events(raw)[-1]
     assert last["error"]["code"] == "stream_interrupted" and last["rag"]["endpoint"] == "configured"
     assert raw.rstrip().endswith("data: [DONE]")
+
+
+def test_a_citation_of_a_passage_without_its_words_is_moved_whole_and_noted_streamed(
+    corpus_store: Path,
+) -> None:
+    # [1] is the handbook's sick-days passage; [2] says how much holiday everyone gets.
+    miscited = "Everyone gets 28 days of paid holiday [1]."
+    with FakeOpenAI(models=["phi-local"], reply=miscited) as fake:
+        with ApiServer(offline_settings(corpus_store, llm_base_url=fake.base_url)) as api:
+            whole = api.client().chat.completions.create(
+                model="phi-local", messages=[{"role": "user", "content": QUESTION}]
+            )
+            raw = httpx.post(f"{api.url}/v1/chat/completions", json=STREAMED, timeout=60).text
+    text = whole.choices[0].message.content or ""
+    assert text.startswith("Everyone gets 28 days of paid holiday [2].\n\nSources:\n[2] ")
+    deltas = [e["choices"][0]["delta"] for e in _events(raw) if e.get("choices")]
+    streamed = "".join(d.get("content") or "" for d in deltas)
+    assert streamed.startswith(miscited)  # as it streamed
+    assert CITATIONS_MOVED_NOTE + "\n\nSources:\n[2] " in streamed
+    assert CITATIONS_MOVED_NOTE not in text
 
 
 def test_a_stream_cut_off_by_llm_timeout_ends_with_an_error_naming_it(corpus_store: Path) -> None:

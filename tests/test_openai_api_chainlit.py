@@ -14,7 +14,7 @@ from tests.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.slow
 
-REPLY = "Everyone gets 28 days of paid holiday [1]."
+REPLY = "Everyone gets 28 days of paid holiday [2]."  # [2] holds it, so the citation stands
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def _check_api(url: str, key: str, fake: FakeOpenAI) -> None:
         messages=[{"role": "user", "content": "How many days of paid holiday do I get?"}],
     )
     assert answer.choices[0].message.content.startswith(REPLY)
-    assert "\n\nSources:\n[1] " in answer.choices[0].message.content
+    assert "\n\nSources:\n[2] " in answer.choices[0].message.content
     streamed = client.chat.completions.create(
         model="phi-local",
         stream=True,

@@ -22,6 +22,8 @@ from rag.prompt import (
     FULL,
     SMALL_MODEL_PARAMETERS,
     SYSTEM_PROMPT,
+    TokenCounter,
+    _focused,
     build_prompt,
     check_messages,
     estimate_tokens,
@@ -343,3 +345,19 @@ def test_a_focused_table_keeps_each_row_whole_on_its_own_line_without_its_rule(
     assert "|---|" not in kept and kept.endswith(" …")
     lines = kept.removesuffix(" …").splitlines()
     assert lines[2:] == rows[: len(lines) - 2]  # whole rows, though each holds full stops
+
+
+def test_a_focused_passage_does_not_end_on_a_heading_whose_section_it_cuts_off() -> None:
+    """The 1.5B read Foundry Local's port story as Ollama's when the window ended on the
+    "Ollama" heading: every budget that reaches the heading but not its section drops it."""
+    text = (
+        "Foundry Local listens on a port it picks itself, so you do not configure it. "
+        "The app finds the address with foundry service status.\n\nOllama\n\n"
+        "Run ollama serve, then set LLM_BASE_URL to the port 11434. Pull a model first. "
+        + " ".join(f"Sentence {i} says nothing more." for i in range(20))
+    )
+    long = Hit("configuration.md#0", "configuration.md", None, None, text, 1.0)
+    question = "Which port does Ollama listen on?"
+    kept = [_focused(long, question, room, TokenCounter()).text for room in range(40, 90)]
+    assert not [k for k in kept if k.endswith("Ollama …")]
+    assert [k for k in kept if "Foundry Local listens" in k and "11434" not in k]

@@ -133,6 +133,11 @@ def footer(start: AnswerStart, done: AnswerDone) -> str:
     not cover it), who answered when it was not the picked local model, and what was left out
     to fit the context window."""
     lines = [_sources_line(start, done)]
+    if done.citations_moved:
+        lines.append(
+            "*A citation was moved to the passage that holds its sentence's words "
+            "(the model cited another one).*"
+        )
     if done.unsupported:
         lines.append(
             f"*{UNSUPPORTED_MARK.strip()} marks {len(done.unsupported)} sentence(s) that the cited "

@@ -109,6 +109,11 @@ log = logging.getLogger(__name__)
 
 SOURCES_MARKER = "\n\nSources:\n"
 CLOSEST_MARKER = "\n\nClosest matches (not sources):\n"
+# A stream cannot take back the [n] it sent; the whole answer carries the moved ones instead.
+CITATIONS_MOVED_NOTE = (
+    "\n\n[Some [n] above point at a passage that does not hold the sentence's words; "
+    "the sources below are the passages that do.]"
+)
 OWNER = "local-rag-chat"
 # Every housekeeping prompt of Open WebUI (title, tags, follow-ups, queries, autocomplete)
 # opens with this line and asks for a JSON reply.
@@ -430,6 +435,8 @@ async def _sse_answer(
         # The draft has streamed; a client can only be told at its end that it does not stand.
         note = f"\n\n[{done.withdrawn.sentence()} {done.text}]"
         yield _chunk(cid, created, model, {"content": note})
+    elif done is not None and done.citations_moved and trailer:
+        yield _chunk(cid, created, model, {"content": CITATIONS_MOVED_NOTE})
     if trailer:
         yield _chunk(cid, created, model, {"content": sources_trailer(start, done)})
     if broke is not None:
@@ -549,7 +556,8 @@ async def _whole(
     except RagError as exc:
         raise api_error(exc) from exc
     route = done.route if done else start.route
-    said = "".join(parts)
+    # The finished text, not the streamed one: a withdrawal or a moved citation changes it.
+    said = done.text if done is not None else "".join(parts)
     if done is not None and done.withdrawn is not None:
         said = f"{done.text}\n\n{done.withdrawn.sentence()}"
     text = said + (sources_trailer(start, done) if trailer else "")
