@@ -574,7 +574,8 @@ def _cite_another_file(holding: list[int]) -> Callable[[dict], str]:
     gets the number of the passage that has them."""
 
     def reply(request: dict) -> str:
-        passages = re.split(r"^\[(\d+)\] ", request["messages"][-1]["content"], flags=re.M)
+        context = request["messages"][-1]["content"]
+        passages = re.split(r"^\[(\d+)\] ", context, flags=re.MULTILINE)
         numbered = list(zip(map(int, passages[1::2]), passages[2::2]))
         holding[:] = [next(n for n, text in numbered if "28 days" in text)]
         other = next(n for n, text in numbered if "holiday" not in text.lower())

@@ -312,12 +312,14 @@ def test_a_citation_of_a_passage_without_its_words_is_moved_whole_and_noted_stre
 ) -> None:
     # [1] is the handbook's sick-days passage; [2] says how much holiday everyone gets.
     miscited = "Everyone gets 28 days of paid holiday [1]."
-    with FakeOpenAI(models=["phi-local"], reply=miscited) as fake:
-        with ApiServer(offline_settings(corpus_store, llm_base_url=fake.base_url)) as api:
-            whole = api.client().chat.completions.create(
-                model="phi-local", messages=[{"role": "user", "content": QUESTION}]
-            )
-            raw = httpx.post(f"{api.url}/v1/chat/completions", json=STREAMED, timeout=60).text
+    with (
+        FakeOpenAI(models=["phi-local"], reply=miscited) as fake,
+        ApiServer(offline_settings(corpus_store, llm_base_url=fake.base_url)) as api,
+    ):
+        whole = api.client().chat.completions.create(
+            model="phi-local", messages=[{"role": "user", "content": QUESTION}]
+        )
+        raw = httpx.post(f"{api.url}/v1/chat/completions", json=STREAMED, timeout=60).text
     text = whole.choices[0].message.content or ""
     assert text.startswith("Everyone gets 28 days of paid holiday [2].\n\nSources:\n[2] ")
     deltas = [e["choices"][0]["delta"] for e in _events(raw) if e.get("choices")]
