@@ -20,7 +20,7 @@ from tests.chainlit_server import RunningChainlit, app_env, running_chainlit
 from tests.chat_socket import ChatSocket, Transport
 from tests.fake_openai import FakeOpenAI
 
-REPLY = "Everyone gets 28 days of paid holiday [1]."
+REPLY = "Everyone gets 28 days of paid holiday [2]."  # [2] holds it, so the citation stands
 QUESTION = "How many days of paid holiday do I get?"
 EVIL = "http://evil.example"
 TRANSPORTS: list[Transport] = ["websocket", "polling"]
