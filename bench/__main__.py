@@ -21,7 +21,7 @@ from pathlib import Path
 RESULTS = Path(__file__).with_name("RESULTS.md")
 ALL = [
     "embed", "ingest", "ocr", "scale", "search", "recall", "gate", "engine", "ttft", "soak",
-    "browser", "summarize", "scope", "prefix", "check",
+    "browser", "summarize", "scope", "prefix", "check", "logits",
 ]
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from rag.embedded_llm.build import (
     MANIFEST,
+    RECIPE,
     BuildDoesNotFit,
     Resources,
     build,
@@ -26,6 +27,7 @@ from rag.embedded_llm.build import (
     packaged_gguf,
     sha256_file,
 )
+from rag.embedded_llm.last_logits import every_position, keep_last_position, keeps_last_position
 from rag.embedded_llm.model import ModelInfo, model_id
 from rag.model_tiers import TIERS, SourceDamaged, join_parts, part_files
 from rag.settings import Settings, SettingsInvalid, _validated, get_settings
@@ -226,3 +228,112 @@ def test_context_cap_lowers_both_limits_and_never_raises_them(tmp_path: Path) ->
     assert capped["search"]["top_k"] == 1
     cap_context(tmp_path, 8192)
     assert ModelInfo.read(tmp_path).context_tokens == 4096
+
+
+# --- the output layer on the last position only -------------------------------------------
+
+
+def _tiny_head(folder: Path, *, head: str = "MatMul") -> Path:
+    """A graph shaped like a language model's end: hidden [batch, sequence, 4] -> logits
+    [batch, sequence, 6], its weight stored outside the graph file like a built model's."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(
+        np.random.default_rng(7).standard_normal((4, 6)).astype(np.float32), "w"
+    )
+    nodes = [helper.make_node("MatMul", ["hidden", "w"], ["logits"])]
+    if head != "MatMul":  # logits that do not come straight from a matrix product
+        nodes = [helper.make_node("MatMul", ["hidden", "w"], ["raw"]),
+                 helper.make_node(head, ["raw"], ["logits"])]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "head",
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["b", "s", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "s", 6])],
+        [weight],
+    )  # fmt: skip
+    path = folder / "model.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.save(model, path, save_as_external_data=True, location="model.onnx.data",
+              size_threshold=0)  # fmt: skip
+    return path
+
+
+def test_the_edited_head_gives_the_last_positions_logits_in_the_shape_bound(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    path = _tiny_head(tmp_path)
+    hidden = np.random.default_rng(1).standard_normal((2, 5, 4)).astype(np.float32)
+    before = ort.InferenceSession(str(path)).run(None, {"hidden": hidden})[0]
+    assert keep_last_position(path) and keeps_last_position(path)
+    after = ort.InferenceSession(str(path)).run(None, {"hidden": hidden})[0]
+    assert after.shape == before.shape == (2, 5, 6)
+    assert np.allclose(after[:, -1], before[:, -1], atol=1e-6)
+    assert np.allclose(after, after[:, -1:])  # every row is the last one: nothing else runs
+    assert not keep_last_position(path)  # once is enough
+    assert every_position(path) and not keeps_last_position(path)  # the builder's graph again
+    again = ort.InferenceSession(str(path)).run(None, {"hidden": hidden})[0]
+    assert np.array_equal(again, before)
+
+
+def test_a_head_the_edit_does_not_know_is_left_as_it_is(tmp_path: Path) -> None:
+    path = _tiny_head(tmp_path, head="Softmax")
+    graph = path.read_bytes()
+    assert not keep_last_position(path)
+    assert path.read_bytes() == graph and not keeps_last_position(path)
+
+
+def test_the_built_model_answers_as_the_builders_graph_did(tmp_path: Path, built: Path) -> None:
+    import numpy as np
+    import onnxruntime_genai as og
+
+    assert keeps_last_position(built / "model.onnx")
+    unedited = tmp_path / "unedited"
+    unedited.mkdir()
+    for path in built.iterdir():
+        (unedited / path.name).hardlink_to(path)
+    (unedited / "model.onnx").unlink()
+    shutil.copyfile(built / "model.onnx", unedited / "model.onnx")
+    every_position(unedited / "model.onnx")
+    assert not keeps_last_position(unedited / "model.onnx")
+
+    def greedy(folder: Path) -> tuple[list[int], np.ndarray]:
+        model = og.Model(str(folder))
+        ids = og.Tokenizer(model).encode("Passages: Ollama listens on port 11434. Which port?")
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(ids) + 12)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids)
+        first = np.array(generator.get_logits()).reshape(-1)
+        tokens = []
+        while not generator.is_done():
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+        return tokens, first
+
+    (edited_tokens, edited_first), (tokens, first) = greedy(built), greedy(unedited)
+    assert edited_tokens == tokens and len(tokens) == 12
+    assert np.allclose(edited_first, first, atol=1e-3)
+
+
+def test_a_model_built_before_the_edit_gets_it_in_place(tmp_path: Path, built: Path) -> None:
+    settings = make_settings(tmp_path)
+    out = tmp_path / "models" / "old-int4"
+    assert build(settings, source=str(built), out=out, log=lambda _: None).status == "built"
+    every_position(out / "model.onnx")  # what a build of recipe 1 left behind
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["recipe"]
+    manifest["files"]["model.onnx"] = sha256_file(out / "model.onnx")
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    weights = (out / "model.onnx.data").stat().st_ino
+    assert not is_up_to_date(out, built)
+
+    assert build(settings, source=str(built), out=out, log=lambda _: None).status == "updated"
+    assert keeps_last_position(out / "model.onnx")
+    assert (out / "model.onnx.data").stat().st_ino == weights  # not copied or built again
+    assert json.loads((out / MANIFEST).read_text())["recipe"] == RECIPE
+    assert build(settings, source=str(built), out=out, log=lambda _: None).status == "up to date"

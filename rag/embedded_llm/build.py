@@ -10,8 +10,10 @@ builds from another GGUF, Hugging Face folder or GenAI folder instead. Steps, al
 2. GGUF -> Hugging Face folder with transformers, in a child process, saved in
    the tier's dtype (float16 for Qwen: half the memory and disk of float32);
 3. ``python -m onnxruntime_genai.models.builder -p int4 -e cpu`` in a subprocess;
-4. cap the context in ``genai_config.json``, add the licence notice, and write a
-   ``manifest.json`` with the source, the tier and the sha256 of every output file.
+4. make the output layer run on the prompt's last position only
+   (:mod:`rag.embedded_llm.last_logits`), cap the context in ``genai_config.json``,
+   add the licence notice, and write a ``manifest.json`` with the source, the tier,
+   the build's recipe and the sha256 of every output file.
 
 The dequantizing step runs in its own process, which hands all its memory back
 before the builder starts, whatever the allocator would have kept. Measured on
@@ -19,7 +21,8 @@ the 1.5B, as the peak resident memory of the whole process tree: 19.2 GB with
 float32 in the build's own process, 13.9 GB this way. The build happens
 in a temporary folder beside the target and is moved into place at the end,
 so a crash never leaves half a model. When the manifest's checksums all match,
-:func:`build` returns at once without importing torch.
+:func:`build` returns at once without importing torch; a model built before an edit
+of step 4 existed gets that edit in place, without being built again.
 
 >>> result = build(get_settings())          # doctest: +SKIP
 >>> result.status
@@ -44,6 +47,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from rag.embedded_llm.last_logits import keep_last_position
 from rag.embedded_llm.model import GENAI_CONFIG, MANIFEST
 from rag.model_tiers import (
     TIERS,
@@ -57,6 +61,9 @@ from rag.errors import ModelMissing, RagError
 from rag.settings import Settings
 
 GIB = 1 << 30
+# The build's own steps as a number in the manifest, raised when they change what a build
+# writes. Recipe 2 added step 4's graph edit, which a model of recipe 1 gets in place.
+RECIPE = 2
 
 
 class BuildFailed(RagError):
@@ -69,7 +76,7 @@ class BuildDoesNotFit(BuildFailed):
 
 @dataclass(frozen=True)
 class BuildResult:
-    """What :func:`build` did: ``status`` is "up to date", "built" or "external"."""
+    """What :func:`build` did: ``status`` is "up to date", "updated", "built" or "external"."""
 
     status: str
     model_dir: Path
@@ -158,22 +165,30 @@ def checksums(folder: Path) -> dict[str, str]:
 
 
 def is_up_to_date(model_dir: Path, source: Path | str) -> bool:
-    """True when the manifest names ``source`` and every listed file still has its checksum."""
+    """True when the manifest names ``source`` and this :data:`RECIPE`, and every listed
+    file still has its checksum."""
+    return _intact(model_dir, source) == RECIPE
+
+
+def _intact(model_dir: Path, source: Path | str) -> int | None:
+    """The manifest's recipe (1 when it names none), when it names ``source`` and every
+    listed file still has its checksum; None when the folder is not such a build."""
     manifest_file = model_dir / MANIFEST
     if not manifest_file.is_file():
-        return False
+        return None
     try:
         manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
         files: dict[str, str] = manifest["files"]
+        recipe = int(manifest.get("recipe", 1))
     except (ValueError, KeyError, TypeError):
-        return False
+        return None
     if manifest.get("source") != str(source) or GENAI_CONFIG not in files:
-        return False
+        return None
     for name, expected in files.items():
         path = model_dir / name
         if not path.is_file() or sha256_file(path) != expected:
-            return False
-    return True
+            return None
+    return recipe
 
 
 def build(
@@ -211,6 +226,11 @@ def build(
     with FileLock(str(out.parent / f".{out.name}.lock")):
         if not force and is_up_to_date(out, source_id):
             return BuildResult("up to date", out, source_id, name)
+        if not force and _intact(out, source_id) == 1:
+            _edit(out, log)  # built before step 4's edit existed: only the graph file changes
+            _write_manifest(out, source_id, t)
+            log(f"engine model updated in {out}")
+            return BuildResult("updated", out, source_id, name)
         with tempfile.TemporaryDirectory(prefix=f".{out.name}.build-", dir=out.parent) as tmp:
             staging, work = Path(tmp) / "model", Path(tmp)
             if t:
@@ -238,6 +258,7 @@ def _build_tier(t: Tier, staging: Path, work: Path, log: Callable[[str], object]
     log(f"converting {t.title} to ONNX Runtime GenAI int4 for CPU")
     run_genai_builder(hf_dir, staging, work / "cache", t.builder_options)
     shutil.rmtree(hf_dir)
+    _edit(staging, log)
     if t.context_tokens:
         cap_context(staging, t.context_tokens)
     copy_licence(t, staging)
@@ -248,6 +269,7 @@ def _convert(src: Path, staging: Path, work: Path, log: Callable[[str], object])
     if src.is_dir() and (src / GENAI_CONFIG).is_file():
         log(f"copying ONNX Runtime GenAI model from {src}")
         shutil.copytree(src, staging, ignore=shutil.ignore_patterns(MANIFEST))
+        _edit(staging, log)
         return
     if src.is_dir() and (src / "config.json").is_file():
         hf_dir = src
@@ -262,11 +284,21 @@ def _convert(src: Path, staging: Path, work: Path, log: Callable[[str], object])
         )
     log("converting to ONNX Runtime GenAI int4 for CPU")
     run_genai_builder(hf_dir, staging, work / "cache")
+    _edit(staging, log)
+
+
+def _edit(model_dir: Path, log: Callable[[str], object]) -> None:
+    """Step 4's graph edit, on the ONNX file ``genai_config.json`` names."""
+    config = json.loads((model_dir / GENAI_CONFIG).read_text(encoding="utf-8"))
+    graph = model_dir / config["model"]["decoder"]["filename"]
+    if keep_last_position(graph):
+        log("computing logits for the last prompt position only")
 
 
 def _write_manifest(staging: Path, source_id: str, t: Tier | None) -> None:
-    """Record the source, the tier (what :class:`ModelInfo` reports) and every file's sha256."""
-    manifest: dict[str, object] = {"source": source_id}
+    """Record the source, the recipe, the tier (what :class:`ModelInfo` reports) and every
+    file's sha256."""
+    manifest: dict[str, object] = {"source": source_id, "recipe": RECIPE}
     if t:
         manifest["tier"] = {
             "name": t.name, "title": t.title, "parameters": t.parameters, "licence": t.licence,
