@@ -4,8 +4,9 @@
 
 Ingests ``docs/`` and the Brightwater Kayaks test corpus (``tests/corpus.py``) with
 the real pipeline under ``bench/_work/gate-*``, then, for every question of the
-answer sets (``tests/qa/answers.jsonl``, ``answers_corpus.jsonl``) and the retrieval
-sets (``sample_docs.jsonl``, ``corpus.jsonl``), searches what the answer pipeline
+answer sets (``tests/qa/answers.jsonl``, ``answers_corpus.jsonl``), the retrieval
+sets (``sample_docs.jsonl``, ``corpus.jsonl``) and the held-out uncovered questions
+(``uncovered_docs.jsonl``, ``uncovered_corpus.jsonl``), searches what the answer pipeline
 searches (:func:`rag.answer.search_query`) and asks the gate
 (:func:`rag.grounding.judge`). Reports how many uncovered questions it stops and
 how many answerable ones it wrongly stops, and, for follow-ups, the rank of the
@@ -56,7 +57,8 @@ def _gate_row(retriever: Retriever, name: str, questions: list[AnswerQA]) -> str
     uncovered = sum(qa.refuse for qa in questions)
     answerable = len(questions) - uncovered
     gated = f"{stopped[True]}/{uncovered}" if uncovered else "-"
-    return f"| `{name}` | {gated} | {stopped[False]}/{answerable} |"
+    wrongly = f"{stopped[False]}/{answerable}" if answerable else "-"
+    return f"| `{name}` | {gated} | {wrongly} |"
 
 
 def _follow_up_rows(retriever: Retriever, questions: list[AnswerQA]) -> list[str]:
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> str:
     sets = [
         ("docs", "answers.jsonl"), ("docs", "sample_docs.jsonl"),
         ("corpus", "answers_corpus.jsonl"), ("corpus", "corpus.jsonl"),
+        ("docs", "uncovered_docs.jsonl"), ("corpus", "uncovered_corpus.jsonl"),
     ]  # fmt: skip
     gate, follow = [], []
     for store, file in sets:

@@ -453,6 +453,8 @@ def test_an_empty_store_stops_the_run_with_what_to_do(
 # --- the shipped answer sets --------------------------------------------------------------
 
 ANSWER_SETS = ("answers.jsonl", "answers_corpus.jsonl")
+# Uncovered questions kept out of tuning, to see whether refusals carry over to new ones.
+HELD_OUT = ("uncovered_docs.jsonl", "uncovered_corpus.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -478,6 +480,13 @@ def test_shipped_answer_sets_meet_the_minimum_counts() -> None:
     assert sum(qa.refuse for qa in items) >= 14
     assert sum(bool(qa.history) for qa in items) >= 6
     assert len({qa.q for qa in items}) == len(items), "a question is asked twice"
+
+
+def test_held_out_sets_are_uncovered_questions_asked_nowhere_else() -> None:
+    held_out = [qa for name in HELD_OUT for qa in load_answer_set(QA_DIR / name)]
+    assert len(held_out) >= 24 and all(qa.refuse and not qa.history for qa in held_out)
+    asked = {qa.q.casefold() for qa in shipped()}
+    assert len({qa.q.casefold() for qa in held_out} | asked) == len(held_out) + len(asked)
 
 
 def test_answerable_questions_name_facts_and_existing_sources(
