@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -42,11 +43,15 @@ async def answer(engine: Engine, messages: list[dict[str, str]]) -> tuple[float,
 
 
 def builders_graph(model_dir: Path, into: Path) -> Path:
-    """A copy of ``model_dir`` with the edit undone; its other files are hard links."""
+    """A copy of ``model_dir`` with the edit undone. Its weights are a hard link where the
+    file system allows (onnxruntime refuses weights reached through a symbolic link)."""
     for path in model_dir.iterdir():
-        (into / path.name).hardlink_to(path)
+        if path.name != "model.onnx":
+            try:
+                (into / path.name).hardlink_to(path)
+            except OSError:  # another file system
+                shutil.copyfile(path, into / path.name)
     graph = into / "model.onnx"
-    graph.unlink()
     graph.write_bytes((model_dir / "model.onnx").read_bytes())
     if not every_position(graph):
         raise SystemExit(f"{model_dir} does not keep the last position only: build it again")
