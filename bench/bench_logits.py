@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--quick", action="store_true", help="4 questions")
     args = parser.parse_args(argv)
     settings = get_settings()
+    tiers, count = args.tiers or [settings.engine_model], 4 if args.quick else args.questions
     load_before, rows = os.getloadavg()[0], []
-    for tier in args.tiers or [settings.engine_model]:
-        r = asyncio.run(measure(settings.with_overrides(engine_model=tier),
-                                4 if args.quick else args.questions))  # fmt: skip
+    for tier in tiers:
+        r = asyncio.run(measure(settings.with_overrides(engine_model=tier), count))
         rows.append(
             f"| `{tier}` | {r['tokens']:.0f} | {r['builder_s']:.2f} s | {r['edited_s']:.2f} s "
             f"({r['edited_s'] / r['builder_s']:.2f}x) | {r['same']} of {r['questions']} |"
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> str:
     return "\n".join([
         "## The output layer on the last prompt position only (bench_logits)",
         "",
-        f"`python -m bench.bench_logits --tiers {' '.join(args.tiers or [settings.engine_model])}`: "
-        f"the first {4 if args.quick else args.questions} questions without history of "
+        f"`python -m bench.bench_logits --tiers {' '.join(tiers)}`: "
+        f"the first {count} questions without history of "
         "`tests/qa/answers.jsonl`, retrieved from the ingested `docs/` and built as the chat "
         "builds them for an embedded tier, each prompt read whole; per tier, the model as built "
         "and the builder's graph take turns in one process; medians over the questions. "

@@ -333,3 +333,22 @@ def test_a_model_built_before_the_edit_gets_it_in_place(tmp_path: Path, built: P
     assert (out / "model.onnx.data").stat().st_ino == weights  # not copied or built again
     assert json.loads((out / MANIFEST).read_text())["recipe"] == RECIPE
     assert build(settings, source=str(built), out=out, log=lambda _: None).status == "up to date"
+
+
+def test_an_update_in_place_is_not_refused_for_a_builds_memory(
+    tmp_path: Path, built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The packaged tier's source, as a model of recipe 1 records it, on a machine far too
+    # small to build it: the edit needs no build, so it is made.
+    settings = make_settings(tmp_path, engine_model="smollm2-135m")
+    out = tmp_path / "models" / "old-int4"
+    shutil.copytree(built, out)
+    every_position(out / "model.onnx")
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["recipe"]
+    manifest["files"]["model.onnx"] = sha256_file(out / "model.onnx")
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    monkeypatch.setattr("rag.embedded_llm.build.machine_resources", lambda _: Resources(0.1, 0.1))
+
+    assert build(settings, out=out, log=lambda _: None).status == "updated"
+    assert keeps_last_position(out / "model.onnx")

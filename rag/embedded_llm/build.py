@@ -216,17 +216,19 @@ def build(
     t = None if src else tier(settings.engine_model)
     source_id = str(src) if src else t.source_id()
     name = t.name if t else None
-    if not force and is_up_to_date(out, source_id):
+    recipe = None if force else _intact(out, source_id)
+    if recipe == RECIPE:
         return BuildResult("up to date", out, source_id, name)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    if t:
+    if t and recipe is None:  # an update in place needs none of a build's memory or disk
         check_resources(t, machine_resources(out.parent), out.parent)
     # Two `make models` at once would race on the same folder; the second waits, then finds it done.
     with FileLock(str(out.parent / f".{out.name}.lock")):
-        if not force and is_up_to_date(out, source_id):
+        recipe = None if force else _intact(out, source_id)
+        if recipe == RECIPE:
             return BuildResult("up to date", out, source_id, name)
-        if not force and _intact(out, source_id) == 1:
+        if recipe == 1:
             _edit(out, log)  # built before step 4's edit existed: only the graph file changes
             _write_manifest(out, source_id, t)
             log(f"engine model updated in {out}")
@@ -237,6 +239,7 @@ def build(
                 _build_tier(t, staging, work, log)
             else:
                 _convert(src, staging, work, log)
+            _edit(staging, log)
             _write_manifest(staging, source_id, t)
             _replace(staging, out, work)
     log(f"engine model built in {out}")
@@ -258,7 +261,6 @@ def _build_tier(t: Tier, staging: Path, work: Path, log: Callable[[str], object]
     log(f"converting {t.title} to ONNX Runtime GenAI int4 for CPU")
     run_genai_builder(hf_dir, staging, work / "cache", t.builder_options)
     shutil.rmtree(hf_dir)
-    _edit(staging, log)
     if t.context_tokens:
         cap_context(staging, t.context_tokens)
     copy_licence(t, staging)
@@ -269,7 +271,6 @@ def _convert(src: Path, staging: Path, work: Path, log: Callable[[str], object])
     if src.is_dir() and (src / GENAI_CONFIG).is_file():
         log(f"copying ONNX Runtime GenAI model from {src}")
         shutil.copytree(src, staging, ignore=shutil.ignore_patterns(MANIFEST))
-        _edit(staging, log)
         return
     if src.is_dir() and (src / "config.json").is_file():
         hf_dir = src
@@ -284,7 +285,6 @@ def _convert(src: Path, staging: Path, work: Path, log: Callable[[str], object])
         )
     log("converting to ONNX Runtime GenAI int4 for CPU")
     run_genai_builder(hf_dir, staging, work / "cache")
-    _edit(staging, log)
 
 
 def _edit(model_dir: Path, log: Callable[[str], object]) -> None:

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     import onnx
 
 LOGITS = "logits"
-# Node names the edit adds; the broadcast's name marks a graph as edited.
+# Names of what the edit adds start with this; the broadcast's name marks a graph as edited.
+_ADDED = "lp"
 LAST_POSITION = "/lm_head/LastPosition"
 EVERY_POSITION = "/lm_head/EveryPosition"
 _HEADS = ("MatMulNBits", "MatMul")
@@ -91,11 +92,12 @@ def every_position(model_file: Path) -> bool:
         return False
     head = made[expand.input[0]]
     head.input[0], head.output[0] = made[head.input[0]].input[0], LOGITS
-    added = {"lp/last", "lp/shape", "lp/batch_sequence", "lp/logits_shape", LOGITS}
-    kept = [n for n in nodes if n is head or not added.intersection(n.output)]
+    kept = [
+        n for n in nodes if n is head or not (n is expand or n.output[0].startswith(f"{_ADDED}/"))
+    ]
     del model.graph.node[:]
     model.graph.node.extend(kept)
-    constants = [t for t in model.graph.initializer if not t.name.startswith("lp_")]
+    constants = [t for t in model.graph.initializer if not t.name.startswith(f"{_ADDED}_")]
     del model.graph.initializer[:]
     model.graph.initializer.extend(constants)
     _save(model, model_file)
