@@ -118,7 +118,9 @@ def test_ask_about_this_opens_the_chat_with_the_question_in_its_input(
     # Signed in first: Chainlit's sign-in redirect drops the query of the first visit.
     chat.goto(app_url)
     chat.locator("#chat-input").wait_for()
-    chat.goto(app_url + wasm_page.locator("a.ask").first.get_attribute("href"))
+    # Chainlit's page moves on to its own address once it has read ?prompt=, which can happen
+    # before "load" and abort a goto waiting for it; the input's value is what is checked.
+    chat.goto(app_url + wasm_page.locator("a.ask").first.get_attribute("href"), wait_until="commit")
     chat.wait_for_function(
         "q => document.querySelector('#chat-input')?.value === q", arg=ADD_FILES, timeout=60_000
     )
