@@ -21,8 +21,8 @@ from pathlib import Path
 RESULTS = Path(__file__).with_name("RESULTS.md")
 ALL = [
     "embed", "ingest", "ocr", "scale", "search", "recall", "gate", "engine", "ttft", "soak",
-    "browser", "summarize", "scope", "prefix", "check", "logits",
-]
+    "browser", "summarize", "scope", "prefix", "check", "logits", "projections",
+]  # fmt: skip
 
 
 def replace_section(document: str, name: str, section: str) -> str:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -24,10 +24,19 @@ import pytest
 
 from bench.bench_engine import bench_server
 from rag.embedded_llm import EngineProcess, engine_available
-from rag.embedded_llm.generation import Delta, Engine, Sampling, StopMatcher, ends_in_loop
+from rag.embedded_llm.generation import (
+    Delta,
+    Engine,
+    Sampling,
+    StopMatcher,
+    TokenLogprob,
+    ends_in_loop,
+)
 from rag.errors import ModelMissing
 from rag.llm import Endpoint, first_token_odds
 from rag.model_tiers import TIERS
+from rag.prompt import ON_CPU, build_prompt
+from rag.retrieve import Hit
 from rag.settings import Settings
 from tests.support import MODELS_DIR, REPO, make_settings
 
@@ -191,9 +200,10 @@ def test_a_greedy_request_reads_only_what_its_prompt_does_not_share_with_the_las
     assert 10 <= reused < second.usage.prompt_tokens - 20
 
 
-async def test_a_kept_prefix_answers_exactly_as_a_fresh_generator() -> None:
+async def test_a_kept_prefix_answers_as_a_fresh_generator() -> None:
     """Greedy answers to prompts that share a prefix, and a max_tokens limit, come out the same
-    whether the shared part is read again or kept from the request before."""
+    whether the shared part is read again or kept from the request before, up to the noise of
+    8-bit activations (see :func:`_agree`)."""
     model_dir = MODELS_DIR / TIERS[SMALL].folder
     fresh, kept = Engine(model_dir, reuse_prefix=False), Engine(model_dir, reuse_prefix=True)
     prompts = [
@@ -204,16 +214,34 @@ async def test_a_kept_prefix_answers_exactly_as_a_fresh_generator() -> None:
     ]
     for messages in prompts:
         for limit in (40, 5):
-            answers = [await _answer(e, messages, limit) for e in (fresh, kept)]
-            assert answers[0] == answers[1]
+            (_, a), (_, b) = [await _answer(e, messages, limit) for e in (fresh, kept)]
+            _agree(a.logprobs, b.logprobs)
+            assert a.completion_tokens <= limit and b.completion_tokens <= limit
     assert fresh.stats.prefix_tokens_reused == 0
     assert kept.stats.prefix_tokens_reused > 0
+
+
+def _agree(a: Sequence[TokenLogprob], b: Sequence[TokenLogprob]) -> None:
+    """The same tokens with log-probabilities within 0.1, up to where the model was nearly
+    undecided: its two likeliest tokens the same two on both sides and within 0.25 of each
+    other. There a token read alone and the same token read with the prompt can tip either
+    way: each token's activations are rounded to 8 bits (rag.embedded_llm.int8_projections),
+    and attention over a kept prefix adds its floats in another order. A wrong position or a
+    stale cache moves the log-probabilities by far more."""
+    for x, y in zip(a, b):
+        if x.token != y.token:
+            assert {t for t, _ in x.top[:2]} == {t for t, _ in y.top[:2]}, (x, y)
+            assert x.top[0][1] - x.top[1][1] < 0.25 and y.top[0][1] - y.top[1][1] < 0.25
+            return
+        assert abs(x.logprob - y.logprob) < 0.1, (x, y)
+    assert len(a) == len(b)
 
 
 async def _answer(engine: Engine, messages: list[dict[str, str]], max_tokens: int) -> tuple:
     text, end = "", None
     ids = engine.encode(engine.render(messages))
-    async for event in engine.generate(ids, Sampling(max_tokens=max_tokens, temperature=0.0)):
+    sampling = Sampling(max_tokens=max_tokens, temperature=0.0, top_logprobs=2)
+    async for event in engine.generate(ids, sampling):
         if isinstance(event, Delta):
             text += event.text
         else:
@@ -275,21 +303,11 @@ def test_disconnect_mid_stream_stops_generation(engine, client) -> None:
 
 
 # --- the default tier ------------------------------------------------------------------------
-GROUNDED_PROMPT = [
-    {
-        "role": "system",
-        "content": "Answer only from the numbered context and cite passages like [1]. If the "
-        "context does not say, answer that the documents do not say.",
-    },
-    {
-        "role": "user",
-        "content": "Context:\n"
-        "[1] Brightwater Kayaks rents touring kayaks by the day. A rented kayak must be back "
-        "at the boathouse within 48 hours; each late day costs 15 euros.\n"
-        "[2] The boathouse opens at 8:00 and closes at 19:00 from May to September.\n"
-        "[3] Life jackets are included with every rental and must be worn on the water.\n\n"
-        "Question: how long may I keep a kayak I rented, and what happens if I am late?",
-    },
+RENTALS = [
+    "Brightwater Kayaks rents touring kayaks by the day. A rented kayak must be back at the "
+    "boathouse within 48 hours; each late day costs 15 euros.",
+    "The boathouse opens at 8:00 and closes at 19:00 from May to September.",
+    "Life jackets are included with every rental and must be worn on the water.",
 ]
 
 
@@ -299,9 +317,15 @@ def test_default_tier_answers_a_grounded_question_from_its_context(tmp_path: Pat
         endpoint, info = process.endpoint, process.info
         assert endpoint is not None and info is not None and info.id == default.folder
         assert info.context_tokens == default.context_tokens
+        # The app's own prompt for this tier. A hand-written one ("answer that the documents
+        # do not say") had the 4-bit model's first token 0.06 nats from a refusal: a coin flip.
+        hits = [Hit(f"rentals.md#{n}", "rentals.md", None, None, text, 1.0)
+                for n, text in enumerate(RENTALS)]  # fmt: skip
+        question = "How long may I keep a kayak I rented, and what happens if I am late?"
+        prompt = build_prompt(question, hits, settings=make_settings(tmp_path), style=ON_CPU)
         client = openai.OpenAI(base_url=endpoint.base_url, api_key="x", max_retries=0, timeout=300)
         reply = client.chat.completions.create(
-            model=info.id, messages=GROUNDED_PROMPT, temperature=0, max_tokens=80
+            model=info.id, messages=prompt.messages, temperature=0, max_tokens=80
         )
     answer = reply.choices[0].message.content
     assert "48" in answer and "15" in answer, answer

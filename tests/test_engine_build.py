@@ -27,6 +27,7 @@ from rag.embedded_llm.build import (
     packaged_gguf,
     sha256_file,
 )
+from rag.embedded_llm.int8_projections import WEIGHTS
 from rag.embedded_llm.last_logits import every_position, keep_last_position, keeps_last_position
 from rag.embedded_llm.model import ModelInfo, model_id
 from rag.model_tiers import TIERS, SourceDamaged, join_parts, part_files
@@ -92,7 +93,7 @@ def test_damaged_model_is_rebuilt_in_place(tmp_path: Path, built: Path) -> None:
     assert not is_up_to_date(out, built)
     assert build(settings, source=str(built), out=out, log=lambda _: None).status == "built"
     assert is_up_to_date(out, built)
-    (out / "model.onnx.data").unlink()
+    (out / WEIGHTS).unlink()
     assert build(settings, source=str(built), out=out, log=lambda _: None).status == "built"
     assert sha256_file(out / "tokenizer_config.json") == sha256_file(
         built / "tokenizer_config.json"
@@ -325,12 +326,12 @@ def test_a_model_built_before_the_edit_gets_it_in_place(tmp_path: Path, built: P
     del manifest["recipe"]
     manifest["files"]["model.onnx"] = sha256_file(out / "model.onnx")
     (out / MANIFEST).write_text(json.dumps(manifest))
-    weights = (out / "model.onnx.data").stat().st_ino
+    weights = (out / WEIGHTS).stat().st_ino
     assert not is_up_to_date(out, built)
 
     assert build(settings, source=str(built), out=out, log=lambda _: None).status == "updated"
     assert keeps_last_position(out / "model.onnx")
-    assert (out / "model.onnx.data").stat().st_ino == weights  # not copied or built again
+    assert (out / WEIGHTS).stat().st_ino == weights  # not copied or built again
     assert json.loads((out / MANIFEST).read_text())["recipe"] == RECIPE
     assert build(settings, source=str(built), out=out, log=lambda _: None).status == "up to date"
 

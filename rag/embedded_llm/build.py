@@ -11,9 +11,11 @@ builds from another GGUF, Hugging Face folder or GenAI folder instead. Steps, al
    the tier's dtype (float16 for Qwen: half the memory and disk of float32);
 3. ``python -m onnxruntime_genai.models.builder -p int4 -e cpu`` in a subprocess;
 4. make the output layer run on the prompt's last position only
-   (:mod:`rag.embedded_llm.last_logits`), cap the context in ``genai_config.json``,
-   add the licence notice, and write a ``manifest.json`` with the source, the tier,
-   the build's recipe and the sha256 of every output file.
+   (:mod:`rag.embedded_llm.last_logits`) and store the other projections as int8
+   weights, which read a prompt about 1.8x as fast (:mod:`rag.embedded_llm.int8_projections`),
+   cap the context in ``genai_config.json``, add the licence notice, and write a
+   ``manifest.json`` with the source, the tier, the build's recipe and the sha256 of
+   every output file.
 
 The dequantizing step runs in its own process, which hands all its memory back
 before the builder starts, whatever the allocator would have kept. Measured on
@@ -22,7 +24,7 @@ float32 in the build's own process, 13.9 GB this way. The build happens
 in a temporary folder beside the target and is moved into place at the end,
 so a crash never leaves half a model. When the manifest's checksums all match,
 :func:`build` returns at once without importing torch; a model built before an edit
-of step 4 existed gets that edit in place, without being built again.
+of step 4 existed gets those edits in place, without being built again.
 
 >>> result = build(get_settings())          # doctest: +SKIP
 >>> result.status
@@ -47,6 +49,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from rag.embedded_llm.int8_projections import quantize_projections
 from rag.embedded_llm.last_logits import keep_last_position
 from rag.embedded_llm.model import GENAI_CONFIG, MANIFEST
 from rag.model_tiers import (
@@ -62,8 +65,9 @@ from rag.settings import Settings
 
 GIB = 1 << 30
 # The build's own steps as a number in the manifest, raised when they change what a build
-# writes. Recipe 2 added step 4's graph edit, which a model of recipe 1 gets in place.
-RECIPE = 2
+# writes. Recipe 2 added step 4's output layer edit, recipe 3 its int8 projections; a
+# model of an older recipe gets what it lacks in place.
+RECIPE = 3
 
 
 class BuildFailed(RagError):
@@ -228,15 +232,15 @@ def build(
         recipe = None if force else _intact(out, source_id)
         if recipe == RECIPE:
             return BuildResult("up to date", out, source_id, name)
-        if recipe == 1:
-            _edit(out, log)  # built before step 4's edit existed: only the graph file changes
+        if recipe is not None:  # built before step 4's edits existed: they are made in place
+            _edit(out, log)
             _write_manifest(out, source_id, t)
             log(f"engine model updated in {out}")
             return BuildResult("updated", out, source_id, name)
         with tempfile.TemporaryDirectory(prefix=f".{out.name}.build-", dir=out.parent) as tmp:
             staging, work = Path(tmp) / "model", Path(tmp)
             if t:
-                _build_tier(t, staging, work, log)
+                build_tier(t, staging, work, log)
             else:
                 _convert(src, staging, work, log)
             _edit(staging, log)
@@ -246,7 +250,7 @@ def build(
     return BuildResult("built", out, source_id, name)
 
 
-def _build_tier(t: Tier, staging: Path, work: Path, log: Callable[[str], object]) -> None:
+def build_tier(t: Tier, staging: Path, work: Path, log: Callable[[str], object]) -> None:
     """Produce a complete model for tier ``t`` in ``staging``, licence notice included."""
     if t.is_split:
         log(f"joining {t.title} from {t.requirement}")
@@ -288,11 +292,20 @@ def _convert(src: Path, staging: Path, work: Path, log: Callable[[str], object])
 
 
 def _edit(model_dir: Path, log: Callable[[str], object]) -> None:
-    """Step 4's graph edit, on the ONNX file ``genai_config.json`` names."""
+    """Step 4's edits, on the ONNX file ``genai_config.json`` names; each skips a graph
+    that has it already."""
     config = json.loads((model_dir / GENAI_CONFIG).read_text(encoding="utf-8"))
     graph = model_dir / config["model"]["decoder"]["filename"]
     if keep_last_position(graph):
         log("computing logits for the last prompt position only")
+    try:
+        if count := quantize_projections(graph):
+            log(f"stored {count} projections as int8 weights, which read prompts faster")
+    except OSError as exc:
+        raise BuildFailed(
+            f"Could not write the int8 weights in {model_dir} ({exc.strerror or exc}): "
+            "free some disk and run the build again."
+        ) from exc
 
 
 def _write_manifest(staging: Path, source_id: str, t: Tier | None) -> None:
@@ -304,7 +317,11 @@ def _write_manifest(staging: Path, source_id: str, t: Tier | None) -> None:
             "name": t.name, "title": t.title, "parameters": t.parameters, "licence": t.licence,
         }  # fmt: skip
     manifest["files"] = checksums(staging)
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    # Renamed into place: a kill leaves the old manifest whole, and a copy of the model that
+    # hard-links it keeps its own.
+    partial = staging / f"{MANIFEST}.partial"
+    partial.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    os.replace(partial, staging / MANIFEST)
 
 
 def gguf_to_hf_in_child(gguf: Path, hf_dir: Path, dtype: str) -> None:
