@@ -515,8 +515,10 @@ async def test_with_no_server_configured_the_embedded_model_answers_and_says_it_
         await chat.send(app.on_message, HOLIDAYS)
         answer = chat.last_answer()
         assert len(chat.streamed_tokens(answer.id)) > 1  # the real model streamed something
-        # Sources are what it cites; a tiny model often cites nothing, and then says so.
-        assert "**Sources:**" in answer.output or "cites no passage" in answer.output
+        # Sources are what it cites; a tiny model often cites nothing, and then says so, or
+        # makes up a value, and then its answer is withdrawn with the closest passages shown.
+        said = ("**Sources:**", "cites no passage", "so it was withdrawn")
+        assert any(sentence in answer.output for sentence in said), answer.output
         # The answer went to the engine, a small model that gets the compact prompt.
         local = await model_catalog(get_settings()).local()
         assert local.endpoint == engine.endpoint and style_for(local) is COMPACT
