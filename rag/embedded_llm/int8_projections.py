@@ -17,9 +17,10 @@ scale for the whole prompt) is faster still:
   projection reads them); one 8-bit scale for the prompt rounds every other token
   coarsely. Measured with one scale and the down projections kept in 4 bits, 2 of 39
   answers lost their right source and one question of the corpus set went unrefused;
-- a token's numbers then do not depend on which tokens are read with it, so reading a
-  prompt after a kept prefix (:mod:`rag.embedded_llm.generation`) gives the answer
-  reading it whole gives.
+- a token is then rounded alike whichever tokens are read with it, so a prompt read after
+  a kept prefix (:mod:`rag.embedded_llm.generation`) is rounded as it is read whole; only
+  attention's floats add up in another order, which can tip a near tie between two
+  tokens (the engine's kept-prefix test).
 
 The output layer keeps the builder's 4 bits: it reads one position only
 (:mod:`rag.embedded_llm.last_logits`), and while an answer is written, its weights,
