@@ -21,7 +21,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from bench.bench_prefix import app_prompts
 from rag.embedded_llm.generation import Delta, Engine, Sampling
@@ -29,6 +31,7 @@ from rag.embedded_llm.last_logits import every_position
 from rag.settings import Settings, get_settings
 
 ANSWER_TOKENS = 24
+T = TypeVar("T")
 
 
 async def answer(engine: Engine, messages: list[dict[str, str]]) -> tuple[float, str, int]:
@@ -58,6 +61,22 @@ def builders_graph(model_dir: Path, into: Path) -> Path:
     return into
 
 
+async def take_turns(
+    engines: dict[str, Engine],
+    prompts: list[list[dict[str, str]]],
+    ask: Callable[[Engine, list[dict[str, str]]], Awaitable[T]],
+) -> dict[str, list[T]]:
+    """``ask`` each engine every prompt, after one warm-up each; the engines take turns,
+    in reverse order every other prompt, so a change in the machine's load falls on all."""
+    for engine in engines.values():
+        await ask(engine, prompts[-1])
+    runs: dict[str, list[T]] = {name: [] for name in engines}
+    for turn, messages in enumerate(prompts):
+        for name in list(engines)[:: 1 if turn % 2 else -1]:
+            runs[name].append(await ask(engines[name], messages))
+    return runs
+
+
 async def measure(settings: Settings, count: int) -> dict[str, float]:
     """Medians over the questions: prompt tokens, both TTFTs; and answers that agree."""
     prompts = [cut for cut, _ in app_prompts(settings, count)]
@@ -67,12 +86,7 @@ async def measure(settings: Settings, count: int) -> dict[str, float]:
             "builder": Engine(builders_graph(settings.engine_model_dir, Path(tmp)),
                               settings.threads, reuse_prefix=False),
         }  # fmt: skip
-        for engine in engines.values():
-            await answer(engine, prompts[-1])  # warm up
-        runs: dict[str, list[tuple[float, str, int]]] = {name: [] for name in engines}
-        for turn, messages in enumerate(prompts):
-            for name in list(engines)[:: 1 if turn % 2 else -1]:
-                runs[name].append(await answer(engines[name], messages))
+        runs = await take_turns(engines, prompts, answer)
     ttft = {name: statistics.median(r[0] for r in rows) for name, rows in runs.items()}
     return {
         "questions": len(prompts),

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bench_logits import take_turns
 from bench.bench_prefix import app_prompts
 from rag.embedded_llm.build import build_tier
 from rag.embedded_llm.generation import Delta, Engine, Finished, Sampling
@@ -72,12 +73,7 @@ async def measure(settings: Settings, four_bit: Path, count: int) -> dict[str, f
         "int8": Engine(settings.engine_model_dir, settings.threads, reuse_prefix=False),
         "int4": Engine(four_bit, settings.threads, reuse_prefix=False),
     }
-    for engine in engines.values():
-        await answer(engine, prompts[-1])  # warm up
-    runs: dict[str, list[tuple[float, float, str]]] = {name: [] for name in engines}
-    for turn, messages in enumerate(prompts):
-        for name in list(engines)[:: 1 if turn % 2 else -1]:
-            runs[name].append(await answer(engines[name], messages))
+    runs = await take_turns(engines, prompts, answer)
     result: dict[str, float] = {"questions": len(prompts)}
     for name, rows in runs.items():
         result[f"{name}_ttft"] = statistics.median(r[0] for r in rows)

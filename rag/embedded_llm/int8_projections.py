@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
+from rag.embedded_llm.model import replace_graph
+
 if TYPE_CHECKING:
     import onnx
 
@@ -67,38 +69,39 @@ def quantize_projections(model_file: Path) -> int:
     model = onnx.load(model_file, load_external_data=False)
     folder = model_file.parent
     tensors = {t.name: t for t in model.graph.initializer}
-    chosen = [n for n in model.graph.node if _convertible(n, tensors)]
+    count = sum(_convertible(n, tensors) for n in model.graph.node)
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if not chosen or opset < _OPSET:
+    if not count or opset < _OPSET:
         return 0
     old_files = {_where(t)["location"] for t in tensors.values() if _is_external(t)}
     partial = folder / (WEIGHTS + ".partial")
     try:
         with partial.open("wb") as out:
-            _rewrite(model.graph, chosen, tensors, folder, out)
+            _rewrite(model.graph, tensors, folder, out)
     except BaseException:
         partial.unlink(missing_ok=True)  # a full disk leaves the model as it was
         raise
     os.replace(partial, folder / WEIGHTS)
-    graph = model_file.with_name(model_file.name + ".partial")
-    onnx.save(model, graph)
-    os.replace(graph, model_file)
+    replace_graph(model, model_file)
     for name in old_files - {WEIGHTS}:
         (folder / name).unlink(missing_ok=True)
-    return len(chosen)
+    return count
 
 
 def _rewrite(
-    graph: onnx.GraphProto,
-    chosen: list[onnx.NodeProto],
-    tensors: dict[str, onnx.TensorProto],
-    folder: Path,
-    out: BinaryIO,
+    graph: onnx.GraphProto, tensors: dict[str, onnx.TensorProto], folder: Path, out: BinaryIO
 ) -> None:
-    """Swap the ``chosen`` nodes, and write every weight the graph still uses to ``out``."""
-    for node in chosen:
-        _replace(graph, node, tensors, folder, out)
-    used = {name for n in graph.node for name in n.input}
+    """Swap every convertible node, and write every weight the graph still uses to ``out``."""
+    graph.initializer.extend(_constants())
+    nodes = [
+        made
+        for node in graph.node
+        for made in (_swap(graph, node, tensors, folder, out) if _convertible(node, tensors)
+                     else [node])
+    ]  # fmt: skip
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for n in nodes for name in n.input}
     kept = [t for t in graph.initializer if t.name in used]  # the 4-bit ones go
     for tensor in kept:
         if _is_external(tensor) and _where(tensor)["location"] != WEIGHTS:
@@ -111,20 +114,19 @@ def _convertible(node: onnx.NodeProto, tensors: dict[str, onnx.TensorProto]) -> 
     """A 4-bit ``MatMulNBits`` this module knows how to read, and not a kept one."""
     if node.op_type != "MatMulNBits" or _KEPT in node.name:
         return False
-    attributes = {a.name: a.i for a in node.attribute}
     g_idx = len(node.input) > 4 and node.input[4]  # a reordering of K this module ignores
-    return attributes.get("bits") == 4 and not g_idx and node.input[1] in tensors
+    return _attributes(node).get("bits") == 4 and not g_idx and node.input[1] in tensors
 
 
-def _replace(
+def _swap(
     graph: onnx.GraphProto,
     node: onnx.NodeProto,
     tensors: dict[str, onnx.TensorProto],
     folder: Path,
     out: BinaryIO,
-) -> None:
-    """Swap ``node`` for nodes quantizing each token to 8 bits and multiplying by its weights
-    as int8 columns."""
+) -> list[onnx.NodeProto]:
+    """The nodes that stand for ``node``, quantizing each token to 8 bits and multiplying by
+    its weights as int8 columns, which are written to ``out`` and added to ``graph``."""
     from onnx import numpy_helper
 
     weight = _dequantized(node, tensors, folder)  # [K, N]
@@ -138,12 +140,7 @@ def _replace(
         tensor.ClearField("raw_data")
         _append(tensor, raw, out)
         graph.initializer.append(tensor)
-    if not any(t.name == _AXES for t in graph.initializer):
-        graph.initializer.extend(_constants())
-    nodes = list(graph.node)
-    at = nodes.index(node)
-    del graph.node[:]
-    graph.node.extend([*nodes[:at], *_int8_product(node, stem), *nodes[at + 1 :]])
+    return _int8_product(node, stem)
 
 
 def _constants() -> list[onnx.TensorProto]:
@@ -162,7 +159,7 @@ def _int8_product(node: onnx.NodeProto, stem: str) -> list[onnx.NodeProto]:
     magnitude over 127), times the int8 weights, scaled back per token and per column."""
     from onnx import TensorProto, helper
 
-    x, k, at = node.input[0], {a.name: a.i for a in node.attribute}["K"], f"{node.name}/int8"
+    x, k, at = node.input[0], _attributes(node)["K"], f"{node.name}/int8"
     bias = node.input[5] if len(node.input) > 5 and node.input[5] else None
     product = f"{at}/scaled" if bias else node.output[0]
     made = [
@@ -189,7 +186,7 @@ def _dequantized(
     node: onnx.NodeProto, tensors: dict[str, onnx.TensorProto], folder: Path
 ) -> np.ndarray:
     """The float32 weight [K, N] a 4-bit ``MatMulNBits`` multiplies by."""
-    attributes = {a.name: a.i for a in node.attribute}
+    attributes = _attributes(node)
     k, n, block = attributes["K"], attributes["N"], attributes["block_size"]
     blocks = -(-k // block)
     packed = _array(tensors[node.input[1]], folder).reshape(n, blocks, block // 2)
@@ -202,6 +199,10 @@ def _dequantized(
         zero = np.full((n, blocks), 8, np.uint8)  # symmetric: the middle code is zero
     values = (codes.astype(np.float32) - zero[:, :, None]) * scales[:, :, None]
     return np.ascontiguousarray(values.reshape(n, blocks * block)[:, :k].T)
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, int]:
+    return {a.name: a.i for a in node.attribute}
 
 
 def _array(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:

@@ -19,12 +19,9 @@ are. ``onnx`` is imported by these functions alone: serving never needs it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import onnx
+from rag.embedded_llm.model import replace_graph
 
 LOGITS = "logits"
 # Names of what the edit adds start with this; the broadcast's name marks a graph as edited.
@@ -75,7 +72,7 @@ def keep_last_position(model_file: Path) -> bool:
     at = nodes.index(head)
     del graph.node[:]
     graph.node.extend([*nodes[:at], before, head, *after, *nodes[at + 1 :]])
-    _save(model, model_file)
+    replace_graph(model, model_file)
     return True
 
 
@@ -100,7 +97,7 @@ def every_position(model_file: Path) -> bool:
     constants = [t for t in model.graph.initializer if not t.name.startswith(f"{_ADDED}_")]
     del model.graph.initializer[:]
     model.graph.initializer.extend(constants)
-    _save(model, model_file)
+    replace_graph(model, model_file)
     return True
 
 
@@ -110,13 +107,3 @@ def keeps_last_position(model_file: Path) -> bool:
 
     graph = onnx.load(model_file, load_external_data=False).graph
     return any(n.name == EVERY_POSITION and LOGITS in n.output for n in graph.node)
-
-
-def _save(model: onnx.ModelProto, model_file: Path) -> None:
-    import onnx
-
-    # Written beside the old file and renamed over it: a kill leaves the old graph whole.
-    # The weights' path is relative to the graph's folder, so the copy finds them too.
-    partial = model_file.with_name(model_file.name + ".partial")
-    onnx.save(model, partial)
-    os.replace(partial, model_file)

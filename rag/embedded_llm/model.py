@@ -14,11 +14,16 @@ naming the tier and its approximate parameter count; for any other folder both a
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rag.errors import ModelMissing
+
+if TYPE_CHECKING:
+    import onnx
 
 GENAI_CONFIG = "genai_config.json"
 MANIFEST = "manifest.json"
@@ -97,3 +102,16 @@ def approximate_parameters(config: dict) -> int | None:
     if not (hidden and layers and vocab):
         return None
     return int(12 * layers * hidden * hidden + vocab * hidden)
+
+
+def replace_graph(model: onnx.ModelProto, model_file: Path) -> None:
+    """Write ``model`` (its weights already in place) over ``model_file``, atomically.
+
+    Written beside the old file and renamed over it: a kill leaves the old graph whole.
+    The weights' path is relative to the graph's folder, so the copy finds them too.
+    """
+    import onnx
+
+    partial = model_file.with_name(model_file.name + ".partial")
+    onnx.save(model, partial)
+    os.replace(partial, model_file)
