@@ -3,7 +3,8 @@
     python -m bench.bench_check
 
 Ingests ``docs/`` and the Brightwater Kayaks test corpus as :mod:`bench.bench_gate`
-does, then, for every question of the answer sets that the gate lets through, builds
+does, then, for every question of the answer sets and of the sets held out from the
+threshold (:data:`SETS`) that the gate lets through, builds
 the prompt the answer pipeline builds for the default tier (:data:`rag.prompt.ON_CPU`,
 a follow-up checked joined to the question before it) and reads the model's
 probability of "yes" to :data:`rag.grounding.ANSWERABLE_CHECK` from its first-token
@@ -29,6 +30,13 @@ from rag.settings import Settings
 from tests.corpus import build_corpus
 
 ODDS = Sampling(max_tokens=1, temperature=0.0, top_logprobs=20)
+# The answer sets the threshold is set on, then questions held out from it: uncovered ones,
+# and the retrieval sets' answerable ones (their false refusals).
+SETS = [
+    ("docs", "answers.jsonl"), ("corpus", "answers_corpus.jsonl"),
+    ("docs", "uncovered_docs.jsonl"), ("corpus", "uncovered_corpus.jsonl"),
+    ("docs", "sample_docs.jsonl"), ("corpus", "corpus.jsonl"),
+]  # fmt: skip
 
 
 async def _share(engine: Engine, retriever: Retriever, qa: AnswerQA) -> float | None:
@@ -73,7 +81,7 @@ async def _measure() -> list[str]:
         "corpus": _retriever("check-corpus", corpus),
     }
     rows = []
-    for store, file in [("docs", "answers.jsonl"), ("corpus", "answers_corpus.jsonl")]:
+    for store, file in SETS:
         shares = []
         for qa in load_answer_set(QA_DIR / file):
             share = await _share(engine, stores[store], qa)
