@@ -60,6 +60,9 @@ class Tier:
     context_tokens: int | None  # cap written into genai_config (None: keep the model's own)
     build_memory_gb: float  # free memory a build needs (measured peak plus headroom)
     build_disk_gb: float  # free disk a build needs (temporary files plus the output)
+    # Store the projections as int8 products (rag.embedded_llm.int8_projections), or keep
+    # the builder's 4 bits.
+    int8_products: bool = True
 
     @property
     def is_split(self) -> bool:
@@ -132,6 +135,10 @@ TIERS: dict[str, Tier] = {
             context_tokens=None,
             build_memory_gb=2.5,  # measured peak 1.9 GB
             build_disk_gb=1.0,
+            # With int8 products most of its greedy answers change (bench_projections), and on
+            # a CPU with VNNI it no longer repeats a fact it is given (tests/test_engine.py);
+            # a 135M model reads a prompt in a fraction of a second anyway.
+            int8_products=False,
         ),
     )
 }

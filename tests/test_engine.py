@@ -222,18 +222,19 @@ async def test_a_kept_prefix_answers_as_a_fresh_generator() -> None:
 
 
 def _agree(a: Sequence[TokenLogprob], b: Sequence[TokenLogprob]) -> None:
-    """The same tokens with log-probabilities within 0.1, up to where the model was nearly
+    """The same tokens with log-probabilities within 0.15, up to where the model was nearly
     undecided: its two likeliest tokens the same two on both sides and within 0.25 of each
     other. There a token read alone and the same token read with the prompt can tip either
-    way: each token's activations are rounded to 8 bits (rag.embedded_llm.int8_projections),
-    and attention over a kept prefix adds its floats in another order. A wrong position or a
-    stale cache moves the log-probabilities by far more."""
+    way: each token's activations are rounded to 8 bits (by int8 products, or by the 4-bit
+    projections' int8 compute), and attention over a kept prefix adds its floats in another
+    order; SmolLM2 on a CPU with VNNI moved one by 0.11. A kept prefix two tokens too long
+    still fails this."""
     for x, y in zip(a, b):
         if x.token != y.token:
             assert {t for t, _ in x.top[:2]} == {t for t, _ in y.top[:2]}, (x, y)
             assert x.top[0][1] - x.top[1][1] < 0.25 and y.top[0][1] - y.top[1][1] < 0.25
             return
-        assert abs(x.logprob - y.logprob) < 0.1, (x, y)
+        assert abs(x.logprob - y.logprob) < 0.15, (x, y)
     assert len(a) == len(b)
 
 

@@ -22,12 +22,13 @@ from rag.embedded_llm.build import (
     build,
     cap_context,
     check_resources,
+    checksums,
     is_up_to_date,
     machine_resources,
     packaged_gguf,
     sha256_file,
 )
-from rag.embedded_llm.int8_projections import WEIGHTS
+from rag.embedded_llm.int8_projections import WEIGHTS, quantize_projections
 from rag.embedded_llm.last_logits import every_position, keep_last_position, keeps_last_position
 from rag.embedded_llm.model import ModelInfo, model_id
 from rag.model_tiers import TIERS, SourceDamaged, join_parts, part_files
@@ -353,3 +354,31 @@ def test_an_update_in_place_is_not_refused_for_a_builds_memory(
 
     assert build(settings, out=out, log=lambda _: None).status == "updated"
     assert keeps_last_position(out / "model.onnx")
+
+
+def test_a_tier_that_keeps_four_bits_is_built_again_from_int8_projections(
+    tmp_path: Path, built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SmolLM2 as recipe 3 built it: its projections int8, which cannot be made 4-bit again.
+    import onnx
+
+    assert not TIERS["smollm2-135m"].int8_products and DEFAULT_TIER.int8_products
+    settings = make_settings(tmp_path, engine_model="smollm2-135m")
+    out = tmp_path / "models" / "smollm2-int4"
+    shutil.copytree(built, out)
+    assert quantize_projections(out / "model.onnx")
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["recipe"] = 3
+    manifest["files"] = checksums(out)
+    (out / MANIFEST).write_text(json.dumps(manifest))
+
+    def from_the_built_one(t: object, staging: Path, work: Path, log: object) -> None:
+        shutil.copytree(built, staging, ignore=shutil.ignore_patterns(MANIFEST))
+        every_position(staging / "model.onnx")  # as the builder writes it
+
+    monkeypatch.setattr("rag.embedded_llm.build.build_tier", from_the_built_one)
+    assert build(settings, out=out, log=lambda _: None).status == "built"
+    ops = {n.op_type for n in onnx.load(out / "model.onnx", load_external_data=False).graph.node}
+    assert "MatMulNBits" in ops and "MatMulInteger" not in ops
+    assert keeps_last_position(out / "model.onnx")
+    assert build(settings, out=out, log=lambda _: None).status == "up to date"

@@ -65,9 +65,10 @@ from rag.settings import Settings
 
 GIB = 1 << 30
 # The build's own steps as a number in the manifest, raised when they change what a build
-# writes. Recipe 2 added step 4's output layer edit, recipe 3 its int8 projections; a
-# model of an older recipe gets what it lacks in place.
-RECIPE = 3
+# writes. Recipe 2 added step 4's output layer edit, recipe 3 its int8 projections, recipe 4
+# keeps a tier's 4-bit ones where it asks (Tier.int8_products); a model of an older recipe
+# gets what it lacks in place, or is built again when that means undoing int8 projections.
+RECIPE = 4
 
 
 class BuildFailed(RagError):
@@ -220,7 +221,8 @@ def build(
     t = None if src else tier(settings.engine_model)
     source_id = str(src) if src else t.source_id()
     name = t.name if t else None
-    recipe = None if force else _intact(out, source_id)
+    int8 = t is None or t.int8_products  # a model given as a source gets them
+    recipe = _updatable(out, source_id, t, force)
     if recipe == RECIPE:
         return BuildResult("up to date", out, source_id, name)
 
@@ -229,11 +231,11 @@ def build(
         check_resources(t, machine_resources(out.parent), out.parent)
     # Two `make models` at once would race on the same folder; the second waits, then finds it done.
     with FileLock(str(out.parent / f".{out.name}.lock")):
-        recipe = None if force else _intact(out, source_id)
+        recipe = _updatable(out, source_id, t, force)
         if recipe == RECIPE:
             return BuildResult("up to date", out, source_id, name)
         if recipe is not None:  # built before step 4's edits existed: they are made in place
-            _edit(out, log)
+            _edit(out, log, int8=int8)
             _write_manifest(out, source_id, t)
             log(f"engine model updated in {out}")
             return BuildResult("updated", out, source_id, name)
@@ -243,7 +245,7 @@ def build(
                 build_tier(t, staging, work, log)
             else:
                 _convert(src, staging, work, log)
-            _edit(staging, log)
+            _edit(staging, log, int8=int8)
             _write_manifest(staging, source_id, t)
             _replace(staging, out, work)
     log(f"engine model built in {out}")
@@ -291,13 +293,24 @@ def _convert(src: Path, staging: Path, work: Path, log: Callable[[str], object])
     run_genai_builder(hf_dir, staging, work / "cache")
 
 
-def _edit(model_dir: Path, log: Callable[[str], object]) -> None:
+def _updatable(out: Path, source_id: str, t: Tier | None, force: bool) -> int | None:
+    """The recipe of the model at ``out`` when it is whole and can be brought up to date in
+    place; None when it must be built (again)."""
+    recipe = None if force else _intact(out, source_id)
+    if recipe == 3 and t is not None and not t.int8_products:
+        return None  # its int8 projections cannot be turned back into 4-bit ones
+    return recipe
+
+
+def _edit(model_dir: Path, log: Callable[[str], object], int8: bool = True) -> None:
     """Step 4's edits, on the ONNX file ``genai_config.json`` names; each skips a graph
-    that has it already."""
+    that has it already. ``int8``: store the projections as int8 products too."""
     config = json.loads((model_dir / GENAI_CONFIG).read_text(encoding="utf-8"))
     graph = model_dir / config["model"]["decoder"]["filename"]
     if keep_last_position(graph):
         log("computing logits for the last prompt position only")
+    if not int8:
+        return
     try:
         if count := quantize_projections(graph):
             log(f"stored {count} projections as int8 weights, which read prompts faster")
