@@ -69,6 +69,7 @@ GIB = 1 << 30
 # keeps a tier's 4-bit ones where it asks (Tier.int8_products); a model of an older recipe
 # gets what it lacks in place, or is built again when that means undoing int8 projections.
 RECIPE = 4
+_INT8_RECIPE = 3  # the one recipe that gave every tier int8 projections
 
 
 class BuildFailed(RagError):
@@ -222,7 +223,7 @@ def build(
     source_id = str(src) if src else t.source_id()
     name = t.name if t else None
     int8 = t is None or t.int8_products  # a model given as a source gets them
-    recipe = _updatable(out, source_id, t, force)
+    recipe = _updatable(out, source_id, int8, force)
     if recipe == RECIPE:
         return BuildResult("up to date", out, source_id, name)
 
@@ -231,7 +232,7 @@ def build(
         check_resources(t, machine_resources(out.parent), out.parent)
     # Two `make models` at once would race on the same folder; the second waits, then finds it done.
     with FileLock(str(out.parent / f".{out.name}.lock")):
-        recipe = _updatable(out, source_id, t, force)
+        recipe = _updatable(out, source_id, int8, force)
         if recipe == RECIPE:
             return BuildResult("up to date", out, source_id, name)
         if recipe is not None:  # built before step 4's edits existed: they are made in place
@@ -293,16 +294,16 @@ def _convert(src: Path, staging: Path, work: Path, log: Callable[[str], object])
     run_genai_builder(hf_dir, staging, work / "cache")
 
 
-def _updatable(out: Path, source_id: str, t: Tier | None, force: bool) -> int | None:
+def _updatable(out: Path, source_id: str, int8: bool, force: bool) -> int | None:
     """The recipe of the model at ``out`` when it is whole and can be brought up to date in
-    place; None when it must be built (again)."""
+    place (``int8``: with int8 projections); None when it must be built (again)."""
     recipe = None if force else _intact(out, source_id)
-    if recipe == 3 and t is not None and not t.int8_products:
+    if recipe == _INT8_RECIPE and not int8:
         return None  # its int8 projections cannot be turned back into 4-bit ones
     return recipe
 
 
-def _edit(model_dir: Path, log: Callable[[str], object], int8: bool = True) -> None:
+def _edit(model_dir: Path, log: Callable[[str], object], *, int8: bool) -> None:
     """Step 4's edits, on the ONNX file ``genai_config.json`` names; each skips a graph
     that has it already. ``int8``: store the projections as int8 products too."""
     config = json.loads((model_dir / GENAI_CONFIG).read_text(encoding="utf-8"))
