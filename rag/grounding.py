@@ -407,8 +407,9 @@ def unbacked(
     A question that asks for a price or for colours gets an answer holding an amount of
     money or a colour, or the answer is about something else ("It costs 22 kg.").
 
-    >>> unbacked("The setting for dark mode is [3].", "Which setting turns on dark mode?", [])
-    Withdrawal(reason=<Unbacked.SAYS_NOTHING: ...>, values=(), draft='The setting ...')
+    >>> got = unbacked("The setting for dark mode is [3].", "Which setting turns dark mode on?", [])
+    >>> got.reason, got.values
+    (<Unbacked.SAYS_NOTHING: 'says nothing the question did not'>, ())
     >>> unbacked("Use --schedule [1].", "How do I schedule it?", ["Run ingest --rebuild."]).values
     ('--schedule',)
     >>> unbacked("It listens on 11,434 [1].", "Which port?", ["Ollama uses port 11434."]) is None

@@ -27,7 +27,7 @@ so a crash never leaves half a model. When the manifest's checksums all match,
 of step 4 existed gets those edits in place, without being built again.
 
 >>> result = build(get_settings())          # doctest: +SKIP
->>> result.status
+>>> result.status                            # doctest: +SKIP
 'up to date'
 """
 

@@ -7,8 +7,8 @@ text back to asyncio through a queue. Cancelling the consumer (a client that
 went away) sets the job's cancel flag, which the worker checks between tokens.
 
 >>> engine = Engine(Path(".data/models/smollm2-135m-instruct-int4"))   # doctest: +SKIP
->>> ids = engine.encode(engine.render([{"role": "user", "content": "Hi"}]))
->>> async for event in engine.generate(ids, Sampling(max_tokens=20)):
+>>> ids = engine.encode(engine.render([{"role": "user", "content": "Hi"}]))   # doctest: +SKIP
+>>> async for event in engine.generate(ids, Sampling(max_tokens=20)):   # doctest: +SKIP
 ...     print(event)
 """
 
