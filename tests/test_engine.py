@@ -222,19 +222,21 @@ async def test_a_kept_prefix_answers_as_a_fresh_generator() -> None:
 
 
 def _agree(a: Sequence[TokenLogprob], b: Sequence[TokenLogprob]) -> None:
-    """The same tokens with log-probabilities within 0.15, up to where the model was nearly
+    """The same tokens with log-probabilities within 0.25, up to where the model was nearly
     undecided: its two likeliest tokens the same two on both sides and within 0.25 of each
     other. There a token read alone and the same token read with the prompt can tip either
     way: each token's activations are rounded to 8 bits (by int8 products, or by the 4-bit
-    projections' int8 compute), and attention over a kept prefix adds its floats in another
-    order; SmolLM2 on a CPU with VNNI moved one by 0.11. A kept prefix two tokens too long
-    still fails this."""
+    projections' int8 compute), a prompt's last token read alone goes through onnxruntime's
+    one-row kernel, and attention over a kept prefix adds its floats in another order.
+    SmolLM2 in 4 bits moved one by 0.11 on a CPU with VNNI and by 0.16 on one with AVX2 only;
+    a kept prefix one token too long moved them by 0.37-0.52, or split at tokens that were
+    not a near tie, and fails this."""
     for x, y in zip(a, b):
         if x.token != y.token:
             assert {t for t, _ in x.top[:2]} == {t for t, _ in y.top[:2]}, (x, y)
             assert x.top[0][1] - x.top[1][1] < 0.25 and y.top[0][1] - y.top[1][1] < 0.25
             return
-        assert abs(x.logprob - y.logprob) < 0.15, (x, y)
+        assert abs(x.logprob - y.logprob) < 0.25, (x, y)
     assert len(a) == len(b)
 
 
