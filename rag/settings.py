@@ -109,7 +109,8 @@ class Settings(BaseSettings):
     # The embedded engine's own check past the gate: below this probability of "yes" to "do
     # the passages state the answer?", the model is not asked to answer. Midway between the
     # answer sets' uncovered questions below their lowest answerable one (up to 0.26) and that
-    # one (0.34), as the int8 model answers (bench_check in bench/RESULTS.md).
+    # one (0.34), as the int8 model answers on a CPU with VNNI; with AVX2 only, one answerable
+    # question of 63 gets 0.26 and is declined (bench_check in bench/RESULTS.md).
     check_min_yes: float = Field(0.3, ge=0, le=1, validation_alias=_env("RAG_CHECK_MIN_YES"))
     # Passages this far below the best one's similarity (and not found by BM25) are left out.
     passage_margin: float = Field(0.25, ge=0, le=2, validation_alias=_env("RAG_PASSAGE_MARGIN"))

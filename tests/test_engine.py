@@ -226,11 +226,11 @@ def _agree(a: Sequence[TokenLogprob], b: Sequence[TokenLogprob]) -> None:
     undecided: its two likeliest tokens the same two on both sides and within 0.25 of each
     other. There a token read alone and the same token read with the prompt can tip either
     way: each token's activations are rounded to 8 bits (by int8 products, or by the 4-bit
-    projections' int8 compute), a prompt's last token read alone goes through onnxruntime's
-    one-row kernel, and attention over a kept prefix adds its floats in another order.
-    SmolLM2 in 4 bits moved one by 0.11 on a CPU with VNNI and by 0.16 on one with AVX2 only;
-    a kept prefix one token too long moved them by 0.37-0.52, or split at tokens that were
-    not a near tie, and fails this."""
+    projections' int8 compute), and attention over a kept prefix adds its floats in another
+    order. SmolLM2 in 4 bits moved one by 0.11 on a CPU with VNNI and by 0.16 on one with
+    AVX2 only, both where all of the prompt but its last token was kept, so that token was
+    multiplied as a row of its own; a kept prefix one token too long moved them by
+    0.37-0.52, or split at tokens that were not a near tie, and fails this."""
     for x, y in zip(a, b):
         if x.token != y.token:
             assert {t for t, _ in x.top[:2]} == {t for t, _ in y.top[:2]}, (x, y)
