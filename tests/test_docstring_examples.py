@@ -21,22 +21,14 @@ def library_modules() -> list[str]:
     )
 
 
-def test_the_library_has_docstring_examples_to_run() -> None:
-    # Guards the test below against finding no modules (a renamed package) and passing.
-    finder = doctest.DocTestFinder()
-    examples = sum(
-        len(test.examples)
-        for name in library_modules()
-        for test in finder.find(importlib.import_module(name))
-    )
-    assert examples >= 40
-
-
 def test_every_docstring_example_in_rag_and_ingest_gives_what_it_shows() -> None:
-    failed = {}
+    failed, ran = {}, 0
     for name in library_modules():
         # Failures are printed, with the example and what it gave, to the captured output.
         result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+        ran += result.attempted
         if result.failed:
             failed[name] = result.failed
     assert not failed, f"docstring examples that no longer hold, per module: {failed}"
+    # Finding no modules (a renamed package) must not pass for every example holding.
+    assert ran >= 40

@@ -227,8 +227,8 @@ def _agree(a: Sequence[TokenLogprob], b: Sequence[TokenLogprob]) -> None:
     other. There a token read alone and the same token read with the prompt can tip either
     way: each token's activations are rounded to 8 bits (by int8 products, or by the 4-bit
     projections' int8 compute), and attention over a kept prefix adds its floats in another
-    order. SmolLM2 in 4 bits moved one by 0.11 on a CPU with VNNI and by 0.16 on one with
-    AVX2 only, both where all of the prompt but its last token was kept, so that token was
+    order. SmolLM2 in 4 bits moved one by 0.11 on a CPU with VNNI, and by 0.16 on one with
+    AVX2 only where all of the prompt but its last token was kept, so that token was
     multiplied as a row of its own; a kept prefix one token too long moved them by
     0.37-0.52, or split at tokens that were not a near tie, and fails this."""
     for x, y in zip(a, b):
